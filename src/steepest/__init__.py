@@ -1,0 +1,15 @@
+"""steepest: geometry-aware optimizers for PyTorch.
+
+Every optimizer is steepest descent under a norm chosen per layer: a state transform, the linear
+minimization oracle of the layer's norm ball, a step size, and decay. Start with
+``steepest.for_model(model, "muon")`` and ``print(steepest.explain(optimizer))``.
+"""
+from . import geometry, polar, roles
+from .explain import explain, explain_rows
+from .factory import for_model
+from .optim import PRESETS, GeometryOptimizer, Muon, Scion
+
+__version__ = "0.1.0"
+
+__all__ = ["Muon", "Scion", "GeometryOptimizer", "PRESETS", "for_model", "explain", "explain_rows",
+           "geometry", "polar", "roles", "__version__"]

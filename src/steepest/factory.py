@@ -1,0 +1,68 @@
+"""Build an optimizer for a model in one line: roles -> param groups -> preset.
+
+``for_model(model, "muon")`` labels every parameter with :func:`steepest.roles.classify`, puts each
+role in its own named param group (``role`` key set, ``param_names`` filled), applies per-role and
+per-parameter overrides, and hands the groups to the preset, which gives each role its documented
+recipe (geometry, lr, weight decay). Every preset has default hyperparameters, so ``lr`` is optional.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from torch import nn
+
+from .optim.engine import GeometryOptimizer
+from .optim.registry import preset_class
+from .roles import ROLES, classify
+
+
+def for_model(model: nn.Module, preset: str = "muon", *, lr: float | None = None,
+              roles: Mapping[str, str] | None = None,
+              overrides: Mapping[str, Mapping[str, Any]] | None = None,
+              **preset_kwargs: Any) -> GeometryOptimizer:
+    """Build a steepest optimizer for ``model`` with one param group per role.
+
+    Args:
+        model: the model to optimize; only parameters with ``requires_grad`` are included.
+        preset: a registered preset name (``steepest.optim.PRESETS``), e.g. ``"muon"``, ``"scion"``.
+        lr: the preset's main learning rate (``None``: the preset's documented default).
+        roles: role overrides, parameter name -> role (see :func:`steepest.roles.classify`).
+        overrides: extra group keys per role name or per parameter name, e.g.
+            ``{"embedding": {"lr": 1e-3}, "lm_head.weight": {"weight_decay": 0.0}}``. A parameter
+            named here gets a group of its own.
+        **preset_kwargs: any other keyword of the preset's constructor.
+
+    Returns:
+        The preset optimizer; ``steepest.explain(optimizer)`` shows what each parameter gets.
+    """
+    cls = preset_class(preset)
+    labels = classify(model, roles)
+    params = dict(model.named_parameters())
+    overrides = dict(overrides or {})
+    unknown = sorted(k for k in overrides if k not in ROLES and k not in labels)
+    if unknown:
+        raise ValueError(f"overrides= keys must be role names ({', '.join(ROLES)}) or parameter names; "
+                         f"unknown: {', '.join(unknown)}")
+    groups: list[dict[str, Any]] = []
+    by_role: dict[str, list] = {role: [] for role in ROLES}
+    for name, role in labels.items():
+        p = params[name]
+        if not p.requires_grad:
+            continue
+        if name in overrides:
+            group = {"params": [(name, p)], "role": role}
+            group.update(overrides.get(role, {}))
+            group.update(overrides[name])
+            groups.append(group)
+        else:
+            by_role[role].append((name, p))
+    role_groups = []
+    for role, items in by_role.items():
+        if items:
+            group = {"params": items, "role": role}
+            group.update(overrides.get(role, {}))
+            role_groups.append(group)
+    kwargs = dict(preset_kwargs)
+    if lr is not None:
+        kwargs["lr"] = lr
+    return cls(role_groups + groups, **kwargs)

@@ -1,0 +1,55 @@
+"""Geometries: one small object per norm with ``lmo``, ``dual_norm``, ``norm``, ``shape_scale``
+and ``init_``. ``make_geometry`` builds one from a parameter group's flat keys."""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from .base import Geometry, as_matrix, matrix_dims
+from .colrow import ColNorm, RowNorm
+from .rms import RMS, Identity
+from .sign import Sign
+from .spectral import Spectral
+
+GEOMETRIES: dict[str, type[Geometry]] = {
+    "spectral": Spectral,
+    "sign": Sign,
+    "colnorm": ColNorm,
+    "rownorm": RowNorm,
+    "rms": RMS,
+    "identity": Identity,
+}
+GEOMETRY_NAMES: tuple[str, ...] = tuple(GEOMETRIES)
+
+__all__ = [
+    "Geometry", "Spectral", "Sign", "ColNorm", "RowNorm", "RMS", "Identity",
+    "GEOMETRIES", "GEOMETRY_NAMES", "make_geometry", "as_matrix", "matrix_dims",
+]
+
+
+def geometry_class(name: str) -> type[Geometry]:
+    """The geometry class registered under ``name``."""
+    try:
+        return GEOMETRIES[name]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"Unknown geometry {name!r}; expected one of: {', '.join(GEOMETRY_NAMES)}"
+        ) from None
+
+
+def make_geometry(group: Mapping[str, Any]) -> Geometry:
+    """Build the geometry a parameter group describes with its flat keys.
+
+    Keys read: ``geometry`` (name), ``shape_scale`` (mode or ``None`` for the geometry's default),
+    and for ``spectral`` also ``ns``, ``ns_steps``, ``ns_dtype``, ``ns_eps``.
+    """
+    cls = geometry_class(group["geometry"])
+    shape_scale = group.get("shape_scale")
+    if cls is Spectral:
+        return Spectral(
+            ns=group.get("ns", "keller"),
+            ns_steps=group.get("ns_steps"),
+            ns_dtype=group.get("ns_dtype", "auto"),
+            eps=group.get("ns_eps", 1e-7),
+            shape_scale=shape_scale,
+        )
+    return cls(shape_scale=shape_scale)

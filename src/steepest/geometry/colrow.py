@@ -1,0 +1,97 @@
+"""Column- and row-norm geometries for embeddings and output layers (Scion, arXiv 2502.07529).
+
+Both view a parameter as the matrix ``(fan_out, fan_in)``; a zero column or row gets a zero step.
+
+``ColNorm``: norm ``max_j ||W[:, j]||_2``; LMO normalizes every column to unit l2 norm; dual norm
+``sum_j ||G[:, j]||_2``. ``shape_scale``: ``rms`` = ``sqrt(fan_out)`` (columns of unit RMS, the
+l1->RMS operator norm, Scion's ``ColNorm``) or ``none``.
+
+``RowNorm``: norm ``max_i ||W[i, :]||_2``; LMO normalizes every row to unit l2 norm; dual norm
+``sum_i ||G[i, :]||_2``. ``shape_scale``: ``rms`` = ``sqrt(fan_in)`` (rows of unit RMS: an
+``nn.Embedding`` stores one token vector per row, so this is Scion's ``ColNorm(transpose=True)``
+for embeddings), ``rms_to_linf`` = ``1/sqrt(fan_in)`` (the RMS->l_inf operator norm of an output
+layer, Scion's ``RowNorm(normalized=True)``), or ``none``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .base import Geometry, as_matrix, matrix_dims
+
+_TINY = 1e-30
+
+
+def _normalize_along(x: Tensor, dim: int) -> Tensor:
+    m = as_matrix(x)
+    work = m if m.dtype in (torch.float32, torch.float64) else m.float()
+    norms = torch.linalg.vector_norm(work, dim=dim, keepdim=True)
+    return (work / norms.clamp(min=_TINY)).reshape(x.shape)
+
+
+def _norms_along(x: Tensor, dim: int) -> Tensor:
+    m = as_matrix(x)
+    work = m if m.dtype in (torch.float32, torch.float64) else m.float()
+    return torch.linalg.vector_norm(work, dim=dim)
+
+
+def _gaussian_unit(shape, dim: int, generator, device) -> Tensor:
+    g = torch.randn(shape, generator=generator, device=device)
+    return g / torch.linalg.vector_norm(g, dim=dim, keepdim=True).clamp(min=_TINY)
+
+
+class ColNorm(Geometry):
+    name = "colnorm"
+    shape_scales = ("rms", "none")
+    min_ndim = 2
+
+    def lmo(self, x: Tensor) -> Tensor:
+        return _normalize_along(x, 0)
+
+    def dual_norm(self, x: Tensor) -> Tensor:
+        return _norms_along(x, 0).sum()
+
+    def norm(self, w: Tensor) -> Tensor:
+        return _norms_along(w, 0).amax()
+
+    def shape_scale(self, shape) -> float:
+        return math.sqrt(matrix_dims(shape)[0]) if self.shape_scale_mode == "rms" else 1.0
+
+    def init_(self, w: Tensor, scale: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
+        """Gaussian columns normalized to l2 norm ``scale``."""
+        u = _gaussian_unit(as_matrix(w).shape, 0, generator, w.device)
+        with torch.no_grad():
+            w.copy_((u * scale).reshape(w.shape).to(w.dtype))
+        return w
+
+
+class RowNorm(Geometry):
+    name = "rownorm"
+    shape_scales = ("rms", "rms_to_linf", "none")
+    min_ndim = 2
+
+    def lmo(self, x: Tensor) -> Tensor:
+        return _normalize_along(x, 1)
+
+    def dual_norm(self, x: Tensor) -> Tensor:
+        return _norms_along(x, 1).sum()
+
+    def norm(self, w: Tensor) -> Tensor:
+        return _norms_along(w, 1).amax()
+
+    def shape_scale(self, shape) -> float:
+        n = matrix_dims(shape)[1]
+        if self.shape_scale_mode == "rms":
+            return math.sqrt(n)
+        if self.shape_scale_mode == "rms_to_linf":
+            return 1.0 / math.sqrt(n)
+        return 1.0
+
+    def init_(self, w: Tensor, scale: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
+        """Gaussian rows normalized to l2 norm ``scale``."""
+        u = _gaussian_unit(as_matrix(w).shape, 1, generator, w.device)
+        with torch.no_grad():
+            w.copy_((u * scale).reshape(w.shape).to(w.dtype))
+        return w

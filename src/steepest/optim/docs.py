@@ -1,0 +1,26 @@
+"""Shared argument descriptions for preset docstrings (kept in one place, like torch.optim)."""
+
+PARAMS_DOC = """params: an iterable of tensors, of ``(name, tensor)`` pairs, or of param-group dicts. A group
+            may carry ``role`` (``hidden``, ``conv``, ``embedding``, ``head``, ``vector``) to pick
+            the preset's recipe for it; groups without one are split by shape (>= 3-D: conv,
+            2-D: hidden, else vector). Any engine key (``lr``, ``geometry``, ``ns``, ...) set in a
+            group overrides the recipe. :func:`steepest.for_model` builds labelled groups for you."""
+
+NS_DOC = """ns: Newton-Schulz schedule (``keller``, ``you``, ``quintic``, ``polar_express``,
+            ``polar_express_8``) or ``svd`` for the exact polar factor.
+        ns_steps: Newton-Schulz iterations; ``None`` uses the schedule's default.
+        ns_dtype: iteration dtype: ``auto`` (float32 on CPU, bfloat16 on CUDA), ``float32``,
+            ``bfloat16``, ``float16`` or ``float64``."""
+
+COMMON_DOC = """maximize: maximize the objective instead of minimizing it.
+        on_nonfinite: ``raise`` (default: ``FloatingPointError`` naming the parameter, nothing
+            modified) or ``skip`` (the whole step is skipped, warned about and counted in
+            ``optimizer.nonfinite_skips``)."""
+
+
+def fill_doc(doc: str) -> str:
+    """Insert the shared snippets into a docstring's ``{PARAMS_DOC}``-style markers (plain string
+    replacement, so LaTeX braces in the math stay untouched)."""
+    for key, text in (("{PARAMS_DOC}", PARAMS_DOC), ("{NS_DOC}", NS_DOC), ("{COMMON_DOC}", COMMON_DOC)):
+        doc = doc.replace(key, text)
+    return doc

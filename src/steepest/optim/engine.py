@@ -1,0 +1,275 @@
+"""The engine: one ``torch.optim.Optimizer`` that runs the four stages of a steepest-descent update.
+
+For every parameter ``W`` with gradient ``g`` in a group, one step is
+
+    (1) state transform    D = T(state, g)                      momentum (EMA, Nesterov) or Adam moments
+    (2) direction          O = geometry.lmo(D)                  polar factor, sign, column/row/RMS normalization
+    (3) step size          s = lr * radius * geometry.shape_scale(shape(W))
+    (4) decay and apply    W <- (1 - lr * weight_decay) W - s O
+
+Stage 2 runs over the whole group at once, so same-shape matrices are orthogonalized in one batched
+call; stage 3 is a method (``_step_sizes``) so that group-level rules (noise-adaptive layerwise
+rates) can see every layer of the group before any layer moves. Weight decay uses the unadjusted
+``lr``, as torch.optim.Muon, Moonlight and Dion do; with ``weight_decay = 1`` stage 4 is Scion's
+constrained (conditional-gradient) blend ``W <- (1 - lr) W - lr * radius * shape * O``, which keeps
+``||W|| <= radius * shape`` in the geometry's norm.
+
+Every hyperparameter is a flat key of the parameter group (strings for names), so param groups stay
+plain data: ``state_dict`` / ``load_state_dict`` round-trip exactly, ``torch.load(weights_only=True)``
+works, and LR schedulers drive ``group["lr"]`` of every group, fallback groups included.
+
+Group keys: ``lr``, ``weight_decay``, ``radius``, ``transform`` (``momentum`` | ``adam``),
+``momentum``, ``nesterov``, ``betas``, ``eps``, ``geometry`` (``spectral`` | ``sign`` | ``colnorm``
+| ``rownorm`` | ``rms`` | ``identity``), ``shape_scale`` (a mode of the geometry, ``None`` for its
+default), ``ns``, ``ns_steps``, ``ns_dtype``, ``ns_eps``, ``maximize``, ``role`` (informational:
+``hidden``, ``conv``, ``embedding``, ``head``, ``vector`` or ``""``).
+
+Numerics: optimizer state of bfloat16/float16 parameters is kept in float32 and the update is
+applied in float32. A zero gradient gives a zero step. Gradients are checked for NaN/Inf before
+anything is modified: ``on_nonfinite="raise"`` raises ``FloatingPointError`` naming the parameter;
+``"skip"`` skips the whole step, warns and counts it in ``nonfinite_skips``.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from ..geometry import Geometry, make_geometry
+from .transforms import adam_signal, momentum_signal
+from .validation import ON_NONFINITE, check_choice, check_group
+
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+#: Keys every engine group has, with the engine's own defaults (presets override them).
+ENGINE_DEFAULTS: dict[str, Any] = {
+    "lr": 0.02,
+    "weight_decay": 0.0,
+    "radius": 1.0,
+    "transform": "momentum",
+    "momentum": 0.95,
+    "nesterov": True,
+    "betas": (0.9, 0.95),
+    "eps": 1e-8,
+    "geometry": "spectral",
+    "shape_scale": None,
+    "ns": "keller",
+    "ns_steps": None,
+    "ns_dtype": "auto",
+    "ns_eps": 1e-7,
+    "maximize": False,
+    "role": "",
+}
+
+_GEOMETRY_KEYS = ("geometry", "shape_scale", "ns", "ns_steps", "ns_dtype", "ns_eps")
+
+
+def default_role(p: Tensor) -> str:
+    """Role of a parameter that arrives without one: ``conv`` (>= 3-D), ``hidden`` (2-D), ``vector``."""
+    return "conv" if p.ndim >= 3 else "hidden" if p.ndim == 2 else "vector"
+
+
+class GeometryOptimizer(Optimizer):
+    """Steepest descent under a geometry chosen per parameter group (see the module docstring).
+
+    Args:
+        params: tensors, ``(name, tensor)`` pairs, or dicts of param groups (torch.optim style).
+        on_nonfinite: ``"raise"`` (default) or ``"skip"`` when a gradient holds NaN or Inf.
+        **defaults: values for any group key listed in the module docstring.
+
+    Presets subclass this and implement :meth:`role_settings` to give each role its recipe.
+    """
+
+    def __init__(self, params: Iterable[Any], *, on_nonfinite: str = "raise", **defaults: Any):
+        check_choice("on_nonfinite", on_nonfinite, ON_NONFINITE)
+        unknown = sorted(set(defaults) - set(ENGINE_DEFAULTS))
+        if unknown:
+            raise TypeError(f"Unknown optimizer option(s): {', '.join(unknown)}")
+        self.on_nonfinite = on_nonfinite
+        self.nonfinite_skips = 0
+        self._geometries: dict[tuple, Geometry] = {}
+        merged = dict(ENGINE_DEFAULTS)
+        merged.update(defaults)
+        super().__init__(params, merged)
+
+    # -- groups ------------------------------------------------------------------------------
+    def role_settings(self, role: str) -> dict[str, Any]:
+        """Group keys a preset gives to parameters of ``role`` (the engine itself gives none)."""
+        return {}
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group; a group without ``role`` is split by tensor shape into hidden/conv/vector
+        groups, each completed with the preset's recipe for its role, then validated."""
+        group = dict(param_group)
+        params = group.pop("params")
+        if isinstance(params, Tensor):
+            params = [params]
+        params = list(params)
+        if "role" in group or not params:
+            parts = [(group.get("role", ""), params)]
+        else:
+            by_role: dict[str, list] = {}
+            for item in params:
+                tensor = item[1] if isinstance(item, tuple) else item
+                by_role.setdefault(default_role(tensor) if isinstance(tensor, Tensor) else "", []).append(item)
+            parts = list(by_role.items())
+        for role, items in parts:
+            sub = dict(group)
+            sub["params"] = items
+            sub["role"] = role
+            for key, value in self.role_settings(role).items():
+                sub.setdefault(key, value)
+            super().add_param_group(sub)
+            try:
+                self._validate_group(self.param_groups[-1])
+            except (TypeError, ValueError):
+                self.param_groups.pop()
+                raise
+
+    def _validate_group(self, group: dict[str, Any]) -> None:
+        check_group(group)
+        geometry = self.geometry(group)
+        names = group.get("param_names")
+        for i, p in enumerate(group["params"]):
+            geometry.check_shape(p.shape, names[i] if names else f"param {i} of group {len(self.param_groups) - 1}")
+
+    def geometry(self, group: dict[str, Any]) -> Geometry:
+        """The (cached) geometry object a group's flat keys describe."""
+        key = tuple(group.get(k) for k in _GEOMETRY_KEYS)
+        geom = self._geometries.get(key)
+        if geom is None:
+            geom = self._geometries[key] = make_geometry(group)
+        return geom
+
+    def effective_lr(self, group: dict[str, Any], p: Tensor) -> float:
+        """Step size of stage 3 for ``p`` at the group's current lr: ``lr * radius * shape_scale``."""
+        return float(group["lr"]) * group["radius"] * self.geometry(group).shape_scale(p.shape)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("_geometries", {})
+        self.__dict__.setdefault("on_nonfinite", "raise")
+        self.__dict__.setdefault("nonfinite_skips", 0)
+        for group in self.param_groups:
+            for key, value in ENGINE_DEFAULTS.items():
+                group.setdefault(key, value)
+
+    # -- the step ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Perform one update of every parameter that has a gradient.
+
+        Args:
+            closure: re-evaluates the model and returns the loss (optional).
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        work = []
+        for gi, group in enumerate(self.param_groups):
+            params, grads = [], []
+            for pi, p in enumerate(group["params"]):
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise TypeError(f"{type(self).__name__} does not support sparse gradients "
+                                    f"(parameter {self._param_name(gi, pi)!r})")
+                if torch.is_complex(p):
+                    raise TypeError(f"{type(self).__name__} does not support complex parameters "
+                                    f"(parameter {self._param_name(gi, pi)!r})")
+                params.append(p)
+                grads.append(p.grad)
+            if params:
+                work.append((gi, group, params, grads))
+        bad = self._first_nonfinite(work)
+        if bad is not None:
+            if self.on_nonfinite == "raise":
+                raise FloatingPointError(
+                    f"Non-finite gradient (NaN or Inf) in parameter {bad!r}; parameters and optimizer "
+                    f"state were left unchanged. Pass on_nonfinite='skip' to skip such steps instead."
+                )
+            self.nonfinite_skips += 1
+            warnings.warn(f"{type(self).__name__}: skipped a step with a non-finite gradient in "
+                          f"parameter {bad!r} ({self.nonfinite_skips} skipped so far)", RuntimeWarning)
+            return loss
+        for _, group, params, grads in work:
+            self._update_group(group, params, grads)
+        return loss
+
+    def _param_name(self, gi: int, pi: int) -> str:
+        names = self.param_groups[gi].get("param_names")
+        if names:
+            return names[pi]
+        return f"param {pi} of group {gi} (shape {tuple(self.param_groups[gi]['params'][pi].shape)})"
+
+    def _first_nonfinite(self, work) -> str | None:
+        grads = [g for _, _, _, gs in work for g in gs]
+        if not grads:
+            return None
+        # amax of |g| propagates NaN and is Inf for Inf; one reduction per tensor, one sync.
+        peaks = torch._foreach_norm(grads, float("inf"))
+        if bool(torch.stack([p.float() for p in peaks]).isfinite().all()):
+            return None
+        for gi, group, params, gs in work:
+            for p, g in zip(params, gs):
+                if not bool(torch.isfinite(g).all()):
+                    return self._param_name(gi, next(i for i, q in enumerate(group["params"]) if q is p))
+        return None
+
+    def _update_group(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
+        signals = [self._signal(group, p, g) for p, g in zip(params, grads)]   # stage 1
+        directions = self.geometry(group).lmo_many(signals)                     # stage 2
+        steps = self._step_sizes(group, params, directions)                     # stage 3
+        self._apply(group, params, directions, steps)                           # stage 4
+
+    def _signal(self, group: dict[str, Any], p: Tensor, grad: Tensor) -> Tensor:
+        state = self.state[p]
+        state_dtype = torch.float32 if p.dtype in _LOW_PRECISION else p.dtype
+        g = grad.to(state_dtype) if grad.dtype != state_dtype else grad
+        if group["maximize"]:
+            g = -g
+        if group["transform"] == "adam":
+            if not state:
+                state["step"] = torch.tensor(0.0, dtype=torch.float32)
+                state["exp_avg"] = torch.zeros_like(p, dtype=state_dtype, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, dtype=state_dtype, memory_format=torch.preserve_format)
+            beta1, beta2 = group["betas"]
+            return adam_signal(state["exp_avg"], state["exp_avg_sq"], state["step"], g, beta1, beta2, group["eps"])
+        beta = group["momentum"]
+        if beta > 0 and "momentum_buffer" not in state:
+            state["momentum_buffer"] = torch.zeros_like(p, dtype=state_dtype, memory_format=torch.preserve_format)
+        return momentum_signal(state.get("momentum_buffer") if beta > 0 else None, g, beta, group["nesterov"])
+
+    def _step_sizes(self, group: dict[str, Any], params: list[Tensor], directions: list[Tensor]) -> list[float]:
+        """Stage 3: one step size per parameter (override for group-level adaptive rules)."""
+        return [self.effective_lr(group, p) for p in params]
+
+    def _apply(self, group: dict[str, Any], params: list[Tensor], directions: list[Tensor], steps: list[float]) -> None:
+        shrink = 1 - float(group["lr"]) * group["weight_decay"]
+        for p, d, s in zip(params, directions, steps):
+            if p.dtype in _LOW_PRECISION:
+                w = p.float()
+                w.mul_(shrink).add_(d, alpha=-s)
+                p.copy_(w)
+            else:
+                p.mul_(shrink)
+                p.add_(d, alpha=-s)
+
+    # -- initialization ------------------------------------------------------------------------
+    @torch.no_grad()
+    def init_params_(self, roles: Iterable[str] = ("hidden", "conv", "embedding", "head"),
+                     generator: torch.Generator | None = None) -> None:
+        """Re-initialize parameters of the given roles on their geometry's sphere of radius
+        ``radius * shape_scale`` (Scion's init rules: orthogonal for spectral, normalized
+        columns/rows, +-1 for sign). Needed before training with the constrained variant."""
+        wanted = set(roles)
+        for group in self.param_groups:
+            if group["role"] not in wanted:
+                continue
+            geom = self.geometry(group)
+            for p in group["params"]:
+                geom.init_(p, scale=group["radius"] * geom.shape_scale(p.shape), generator=generator)

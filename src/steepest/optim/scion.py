@@ -1,0 +1,86 @@
+"""Scion: a norm-constrained LMO per layer (Pethick et al., arXiv 2502.07529)."""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from .docs import fill_doc
+from .engine import GeometryOptimizer
+from .validation import check_positive
+
+#: role -> (geometry, shape_scale) of Scion's recipe for that role.
+SCION_ROLE_GEOMETRY: dict[str, tuple[str, str | None]] = {
+    "hidden": ("spectral", "rms_to_rms"),
+    "conv": ("spectral", "rms_to_rms"),
+    "embedding": ("rownorm", "rms"),
+    "head": ("sign", "fan_in"),
+    "vector": ("rms", None),
+}
+
+
+class Scion(GeometryOptimizer):
+    __doc__ = fill_doc(r"""Scion (Pethick, Xie, Erdogan, Mertikopoulos, Cevher; arXiv 2502.07529).
+
+    Stochastic conditional gradient with a norm ball chosen per layer. With the averaged gradient
+    ``d`` and the LMO of the layer's ball of radius ``rho`` (times the geometry's shape factor):
+
+    .. math::
+        d_t &= \beta d_{t-1} + (1 - \beta) g_t \\
+        \text{uSCG (default):}\quad W_t &= W_{t-1} - \eta\,\rho\, s\, \mathrm{lmo}(d_t) \\
+        \text{SCG (constrained=True):}\quad W_t &= (1 - \eta) W_{t-1} - \eta\,\rho\, s\, \mathrm{lmo}(d_t)
+
+    SCG is decoupled weight decay with coefficient 1: iterates that start inside the ball
+    ``||W|| <= rho s`` stay inside it, so call ``init_params_()`` (Scion's init rules) first.
+
+    Geometry per role (research/algorithms.md 3.2):
+
+    =========== ================================ =======================================
+    role        geometry (shape factor)          paper's name
+    =========== ================================ =======================================
+    hidden/conv spectral, ``sqrt(fan_out/fan_in)`` ``Spectral`` (RMS->RMS operator norm)
+    embedding   rownorm, ``sqrt(dim)``           ``ColNorm(transpose=True)``: unit-RMS token vectors
+    head        sign, ``1/fan_in``               ``Sign(normalized=True)``
+    vector      rms                              ``BiasRMS``
+    =========== ================================ =======================================
+
+    ``momentum`` here is the usual EMA coefficient ``beta``; the reference code's ``momentum`` is
+    ``alpha = 1 - beta`` (its recommended 0.1 is our default 0.9). Radii default to the untied
+    nanoGPT recipe of the Scion repository (embedding 1, hidden 3, head 10); the default ``lr``
+    (2^-7) was picked on the steepest benchmark's character-level GPT.
+
+    Args:
+        {PARAMS_DOC}
+        lr: learning rate ``eta`` (every role; radii set the per-role scale).
+        momentum: EMA coefficient ``beta`` in [0, 1).
+        nesterov: use the Nesterov signal (the paper does not).
+        constrained: SCG (``(1 - lr)`` blend) instead of uSCG.
+        hidden_radius, embedding_radius, head_radius, vector_radius: per-role radii ``rho``.
+        {NS_DOC}
+        {COMMON_DOC}
+    """)
+
+    def __init__(self, params: Iterable[Any], lr: float = 2**-7, momentum: float = 0.9, nesterov: bool = False,
+                 constrained: bool = False, hidden_radius: float = 3.0, embedding_radius: float = 1.0,
+                 head_radius: float = 10.0, vector_radius: float = 1.0, ns: str = "keller",
+                 ns_steps: int | None = None, ns_dtype: str = "auto", *, maximize: bool = False,
+                 on_nonfinite: str = "raise"):
+        radii = {"hidden": hidden_radius, "conv": hidden_radius, "embedding": embedding_radius,
+                 "head": head_radius, "vector": vector_radius}
+        for role in ("hidden", "embedding", "head", "vector"):
+            check_positive(f"{role}_radius", radii[role])
+        if not isinstance(constrained, bool):
+            raise TypeError(f"Invalid type for constrained: expected bool, got {type(constrained).__name__}")
+        self._radii = radii
+        super().__init__(params, on_nonfinite=on_nonfinite, lr=lr, momentum=momentum, nesterov=nesterov,
+                         weight_decay=1.0 if constrained else 0.0, transform="momentum", geometry="spectral",
+                         shape_scale="rms_to_rms", ns=ns, ns_steps=ns_steps, ns_dtype=ns_dtype,
+                         maximize=maximize)
+
+    def role_settings(self, role: str) -> dict[str, Any]:
+        """Geometry, shape factor and radius of Scion's recipe for ``role``."""
+        geometry, shape_scale = SCION_ROLE_GEOMETRY.get(role, SCION_ROLE_GEOMETRY["vector"])
+        return {"geometry": geometry, "shape_scale": shape_scale,
+                "radius": self._radii.get(role, self._radii["vector"])}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("_radii", {})

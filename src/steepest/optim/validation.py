@@ -1,0 +1,88 @@
+"""Validation of hyperparameters with exact, stable error messages.
+
+Every check raises ``TypeError`` for a value of the wrong type and ``ValueError`` for a value out of
+range; tests match these messages, so change them only on purpose.
+"""
+from __future__ import annotations
+
+import numbers
+from typing import Any, Mapping
+
+from ..geometry import GEOMETRY_NAMES, geometry_class
+from ..polar import NS_DTYPE_NAMES, SCHEDULE_NAMES
+
+TRANSFORMS = ("momentum", "adam")
+ON_NONFINITE = ("raise", "skip")
+
+
+def _number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"Invalid type for {name}: expected a real number, got {type(value).__name__}")
+    return float(value)
+
+
+def check_lr(lr: Any) -> None:
+    if _number("lr", lr) < 0.0:
+        raise ValueError(f"Invalid learning rate: {lr}")
+
+
+def check_momentum(momentum: Any) -> None:
+    if not 0.0 <= _number("momentum", momentum) < 1.0:
+        raise ValueError(f"Invalid momentum value: {momentum}; expected 0 <= momentum < 1")
+
+
+def check_betas(betas: Any) -> None:
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise TypeError(f"Invalid betas: expected a pair of numbers, got {betas!r}")
+    for i, b in enumerate(betas):
+        if not 0.0 <= _number(f"betas[{i}]", b) < 1.0:
+            raise ValueError(f"Invalid beta parameter at index {i}: {b}")
+
+
+def check_nonnegative(name: str, value: Any) -> None:
+    if _number(name, value) < 0.0:
+        raise ValueError(f"Invalid {name} value: {value}")
+
+
+def check_positive(name: str, value: Any) -> None:
+    if not _number(name, value) > 0.0:
+        raise ValueError(f"Invalid {name} value: {value}; expected a positive number")
+
+
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"Unknown {name} {value!r}; expected one of: {', '.join(choices)}")
+
+
+def check_ns_steps(steps: Any) -> None:
+    if steps is None:
+        return
+    if isinstance(steps, bool) or not isinstance(steps, int):
+        raise TypeError(f"Invalid type for ns_steps: expected an int or None, got {type(steps).__name__}")
+    if not 1 <= steps < 100:
+        raise ValueError(f"Invalid ns_steps: {steps}; expected an integer in [1, 100)")
+
+
+def check_group(group: Mapping[str, Any]) -> None:
+    """Validate every hyperparameter a parameter group of the engine carries."""
+    check_lr(group["lr"])
+    check_nonnegative("weight_decay", group["weight_decay"])
+    check_positive("radius", group["radius"])
+    check_choice("transform", group["transform"], TRANSFORMS)
+    if group["transform"] == "momentum":
+        check_momentum(group["momentum"])
+        if not isinstance(group["nesterov"], bool):
+            raise TypeError(f"Invalid type for nesterov: expected bool, got {type(group['nesterov']).__name__}")
+    else:
+        check_betas(group["betas"])
+        check_nonnegative("eps", group["eps"])
+    check_choice("geometry", group["geometry"], GEOMETRY_NAMES)
+    if group["geometry"] == "spectral":
+        check_choice("Newton-Schulz schedule", group["ns"], SCHEDULE_NAMES)
+        check_ns_steps(group["ns_steps"])
+        check_choice("ns_dtype", group["ns_dtype"], NS_DTYPE_NAMES)
+    cls = geometry_class(group["geometry"])
+    if group["shape_scale"] is not None:
+        check_choice(f"shape_scale for geometry {group['geometry']!r}", group["shape_scale"], cls.shape_scales)
+    if not isinstance(group["maximize"], bool):
+        raise TypeError(f"Invalid type for maximize: expected bool, got {type(group['maximize']).__name__}")

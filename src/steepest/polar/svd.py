@@ -1,0 +1,29 @@
+"""Exact polar factor by singular value decomposition.
+
+``polar(G) = U V^T`` over the singular values that are numerically nonzero, so a rank-deficient
+input gives the partial isometry (zero singular values stay zero, as in the Newton-Schulz limit) and
+a zero input gives zeros. Wide inputs are transposed first: LAPACK is about 2x faster on tall
+matrices (research/benchmarks.md section 4: 217 ms vs 421 ms for 3072x768 vs 768x3072). On CPU an
+exact polar factor costs only 1.3-2.3x a 5-step Newton-Schulz.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def svd_polar(G: Tensor, dtype: torch.dtype) -> Tensor:
+    """Exact polar factor of ``G`` (``(m, n)`` or ``(batch, m, n)``), computed in ``dtype``
+    (promoted to at least float32, since LAPACK has no half-precision SVD)."""
+    work = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+    X = G.to(work)
+    wide = X.size(-2) < X.size(-1)
+    if wide:
+        X = X.mT
+    U, S, Vh = torch.linalg.svd(X, full_matrices=False)
+    tol = S.amax(dim=-1, keepdim=True) * (max(X.shape[-2:]) * torch.finfo(work).eps)
+    keep = (S > tol).to(work)
+    P = (U * keep.unsqueeze(-2)) @ Vh
+    if wide:
+        P = P.mT
+    return P

@@ -1,0 +1,126 @@
+"""Which role each parameter of a model plays, decided once from module types and names.
+
+Roles: ``embedding`` (token/position tables), ``head`` (the output layer, including a head tied to
+an embedding: the shared tensor appears once, as ``head``), ``hidden`` (2-D matrices), ``conv``
+(>= 3-D filters of convolution modules) and ``vector`` (biases, norm gains, scalars).
+
+Rules, in order, for each distinct parameter tensor (research/algorithms.md 0.2: never route by
+``ndim`` alone, embeddings and heads are 2-D too):
+
+1. ``roles=`` overrides given by the caller win.
+2. A tensor owned by an ``nn.Embedding``/``nn.EmbeddingBag`` is ``embedding``; if it is also the
+   weight of an ``nn.Linear`` (tied input/output embedding) it is ``head``.
+3. The weight of an ``nn.Linear`` whose attribute name is one of ``HEAD_NAMES`` is ``head``. With no
+   such module, the last ``nn.Linear`` registered in the model is the head (a classifier's last
+   layer). Two or more name matches are ambiguous and raise.
+4. Weights of convolution modules are ``conv``; other 2-D tensors are ``hidden`` (a bare
+   ``nn.Parameter`` whose name contains an ``EMBEDDING_HINTS`` word is ``embedding``); < 2-D
+   tensors are ``vector``. A >= 3-D tensor outside a convolution (an expert stack, say) is
+   ambiguous and raises.
+
+Ambiguous cases raise ``ValueError`` with the ``roles={...}`` override that resolves them.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+from torch import nn
+
+ROLES: tuple[str, ...] = ("embedding", "head", "hidden", "conv", "vector")
+HEAD_NAMES: tuple[str, ...] = ("lm_head", "head", "classifier", "fc_out", "output", "output_layer", "unembed")
+EMBEDDING_HINTS: tuple[str, ...] = ("embed", "emb", "wte", "wpe", "pos_enc")
+
+_EMBEDDINGS = (nn.Embedding, nn.EmbeddingBag)
+_CONVS = (nn.modules.conv._ConvNd,)
+
+
+def _owners(model: nn.Module) -> tuple[dict[int, str], dict[int, list[tuple[str, str, nn.Module]]]]:
+    """First name of every distinct tensor, and every (module path, attribute, module) owning it."""
+    first_name: dict[int, str] = {}
+    owners: dict[int, list[tuple[str, str, nn.Module]]] = {}
+    for mod_name, module in model.named_modules(remove_duplicate=False):
+        for attr, p in module.named_parameters(recurse=False):
+            full = f"{mod_name}.{attr}" if mod_name else attr
+            first_name.setdefault(id(p), full)
+            owners.setdefault(id(p), []).append((mod_name, attr, module))
+    return first_name, owners
+
+
+def _check_overrides(overrides: Mapping[str, str], names: set[str]) -> None:
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise ValueError(f"roles= names unknown parameters: {', '.join(unknown)}; "
+                         f"parameter names are those of model.named_parameters()")
+    for name, role in overrides.items():
+        if role not in ROLES:
+            raise ValueError(f"Unknown role {role!r} for parameter {name!r}; expected one of: {', '.join(ROLES)}")
+
+
+def classify(model: nn.Module, roles: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Label every distinct parameter of ``model`` with a role (see the module docstring).
+
+    Args:
+        model: the module whose parameters to label.
+        roles: overrides, parameter name (as in ``model.named_parameters()``) -> role.
+
+    Returns:
+        An ordered dict ``name -> role`` with one entry per distinct tensor, in
+        ``named_parameters()`` order (a tied tensor appears once, under its first name).
+    """
+    overrides = dict(roles or {})
+    first_name, owners = _owners(model)
+    params = dict(model.named_parameters())
+    all_names = set(params) | {f"{m}.{a}" if m else a for os in owners.values() for m, a, _ in os}
+    _check_overrides(overrides, all_names)
+    by_any_name = {}
+    for pid, os in owners.items():
+        for m, a, _ in os:
+            by_any_name[f"{m}.{a}" if m else a] = first_name[pid]
+    overrides = {by_any_name[k]: v for k, v in overrides.items()}
+
+    linear_weights = [(first_name[id(mod.weight)], mod_name)
+                      for mod_name, mod in model.named_modules() if isinstance(mod, nn.Linear)]
+    named_heads = [(pname, mod_name) for pname, mod_name in linear_weights
+                   if mod_name.rsplit(".", 1)[-1] in HEAD_NAMES]
+    named_heads = [h for h in named_heads if h[0] not in overrides]
+    if len(named_heads) > 1:
+        listed = ", ".join(f"{m!r}" for _, m in named_heads)
+        example = ", ".join(f"'{p}': 'hidden'" for p, _ in named_heads[1:])
+        raise ValueError(f"Ambiguous output head: modules {listed} all look like heads; pass "
+                         f"roles={{{example}}} (or 'head' for the one that is) to say which is the head")
+    head_names = {p for p, _ in named_heads}
+    tied = any(any(isinstance(m, _EMBEDDINGS) for _, _, m in os)
+               and any(isinstance(m, nn.Linear) and a == "weight" for _, a, m in os) for os in owners.values())
+    if not named_heads and linear_weights and not tied and not any(r == "head" for r in overrides.values()):
+        head_names = {linear_weights[-1][0]}
+
+    result: dict[str, str] = {}
+    for name, p in params.items():
+        if name in overrides:
+            result[name] = overrides[name]
+            continue
+        os = owners[id(p)]
+        kinds = {type(m) for _, _, m in os}
+        is_embedding = any(isinstance(m, _EMBEDDINGS) for _, _, m in os)
+        is_linear = any(isinstance(m, nn.Linear) and a == "weight" for _, a, m in os)
+        if is_embedding:
+            result[name] = "head" if is_linear else "embedding"
+        elif name in head_names:
+            result[name] = "head"
+        elif p.ndim >= 3:
+            if any(isinstance(m, _CONVS) and a == "weight" for _, a, m in os):
+                result[name] = "conv"
+            else:
+                raise ValueError(
+                    f"Ambiguous role for parameter {name!r} of shape {tuple(p.shape)} (owned by "
+                    f"{', '.join(sorted(k.__name__ for k in kinds))}): it has >= 3 dimensions but is not a "
+                    f"convolution weight; pass roles={{'{name}': 'conv'}} to treat it as a matrix "
+                    f"(flattened to out x rest) or roles={{'{name}': 'vector'}}")
+        elif p.ndim == 2:
+            bare = not any(isinstance(m, (nn.Linear, nn.MultiheadAttention)) for _, _, m in os)
+            leaf = name.rsplit(".", 1)[-1].lower()
+            result[name] = "embedding" if bare and any(h in leaf for h in EMBEDDING_HINTS) else "hidden"
+        else:
+            result[name] = "vector"
+    return result
