@@ -12,7 +12,7 @@ Rules, in order, for each distinct parameter tensor (research/algorithms.md 0.2:
    weight of an ``nn.Linear`` (tied input/output embedding) it is ``head``.
 3. The weight of an ``nn.Linear`` whose attribute name is one of ``HEAD_NAMES`` is ``head``. With no
    such module, the last ``nn.Linear`` registered in the model is the head (a classifier's last
-   layer). Two or more name matches are ambiguous and raise.
+   layer); the projections inside ``nn.MultiheadAttention`` never are. Two or more name matches are ambiguous and raise.
 4. Weights of convolution modules are ``conv``; other 2-D tensors are ``hidden`` (a bare
    ``nn.Parameter`` whose name contains an ``EMBEDDING_HINTS`` word is ``embedding``); < 2-D
    tensors are ``vector``. A >= 3-D tensor outside a convolution (an expert stack, say) is
@@ -79,8 +79,9 @@ def classify(model: nn.Module, roles: Mapping[str, str] | None = None) -> dict[s
             by_any_name[f"{m}.{a}" if m else a] = first_name[pid]
     overrides = {by_any_name[k]: v for k, v in overrides.items()}
 
-    linear_weights = [(first_name[id(mod.weight)], mod_name)
-                      for mod_name, mod in model.named_modules() if isinstance(mod, nn.Linear)]
+    internal = {id(m.out_proj) for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
+    linear_weights = [(first_name[id(mod.weight)], mod_name) for mod_name, mod in model.named_modules()
+                      if isinstance(mod, nn.Linear) and id(mod) not in internal]
     named_heads = [(pname, mod_name) for pname, mod_name in linear_weights
                    if mod_name.rsplit(".", 1)[-1] in HEAD_NAMES]
     named_heads = [h for h in named_heads if h[0] not in overrides]

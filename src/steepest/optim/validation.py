@@ -75,7 +75,7 @@ def check_group(group: Mapping[str, Any]) -> None:
             raise TypeError(f"Invalid type for nesterov: expected bool, got {type(group['nesterov']).__name__}")
     else:
         check_betas(group["betas"])
-        check_nonnegative("eps", group["eps"])
+        check_positive("eps", group["eps"])  # eps = 0 would turn a zero gradient into 0/0
     check_choice("geometry", group["geometry"], GEOMETRY_NAMES)
     if group["geometry"] == "spectral":
         check_choice("Newton-Schulz schedule", group["ns"], SCHEDULE_NAMES)

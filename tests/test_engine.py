@@ -1,0 +1,78 @@
+"""Engine details the conformance suite does not cover: stage kernels, state dtypes, grads untouched."""
+import math
+
+import pytest
+import torch
+
+import steepest
+from steepest.optim.transforms import adam_signal, momentum_signal
+
+
+def test_momentum_signal_is_the_ema_with_nesterov():
+    buf = torch.tensor([1.0, 2.0])
+    g = torch.tensor([3.0, -1.0])
+    d = momentum_signal(buf, g, 0.9, nesterov=True)
+    m = 0.9 * torch.tensor([1.0, 2.0]) + 0.1 * g
+    torch.testing.assert_close(buf, m)
+    torch.testing.assert_close(d, 0.1 * g + 0.9 * m)
+    assert momentum_signal(None, g, 0.0, nesterov=True) is g
+
+
+def test_adam_signal_first_step_is_sign_like():
+    m, v, t = torch.zeros(3), torch.zeros(3), torch.tensor(0.0)
+    g = torch.tensor([2.0, -0.5, 0.0])
+    d = adam_signal(m, v, t, g, 0.9, 0.999, 1e-12)
+    torch.testing.assert_close(d, torch.tensor([1.0, -1.0, 0.0]))
+    assert t.item() == 1.0
+
+
+def test_gradients_are_never_mutated():
+    p = torch.randn(6, 4, requires_grad=True)
+    v = torch.randn(4, requires_grad=True)
+    opt = steepest.Muon([p, v], maximize=True)
+    for _ in range(3):
+        p.grad = torch.randn(6, 4)
+        v.grad = torch.randn(4)
+        gp, gv = p.grad.clone(), v.grad.clone()
+        opt.step()
+        assert torch.equal(p.grad, gp) and torch.equal(v.grad, gv)
+
+
+def test_no_momentum_means_no_buffer():
+    p = torch.randn(4, 4, requires_grad=True)
+    p.grad = torch.randn(4, 4)
+    opt = steepest.Muon([p], momentum=0.0)
+    opt.step()
+    assert "momentum_buffer" not in opt.state[p]
+
+
+def test_unknown_engine_option_is_a_type_error():
+    with pytest.raises(TypeError, match="Unknown optimizer option\\(s\\): colour"):
+        steepest.GeometryOptimizer([torch.zeros(2, 2, requires_grad=True)], colour="red")
+
+
+def test_engine_accepts_any_geometry_per_group():
+    """Signum is the sign geometry with momentum: one engine, flat keys."""
+    p = torch.zeros(3, 5, requires_grad=True)
+    opt = steepest.GeometryOptimizer([p], lr=0.1, geometry="sign", momentum=0.0)
+    p.grad = torch.tensor([[1.0, -2.0, 0.0, 3.0, -0.1]] * 3)
+    opt.step()
+    torch.testing.assert_close(p.detach(), -0.1 * torch.sign(p.grad))
+
+
+def test_identity_geometry_is_the_documented_pass_through():
+    g = steepest.geometry.Identity()
+    x = torch.randn(3, 4)
+    assert g.lmo(x) is x
+    assert g.dual_norm(x).item() == pytest.approx(x.norm().item())
+
+
+def test_effective_lr_formula():
+    w = torch.zeros(8, 2, requires_grad=True)
+    opt = steepest.GeometryOptimizer([w], lr=0.5, radius=2.0, shape_scale="rms_to_rms")
+    assert opt.effective_lr(opt.param_groups[0], w) == pytest.approx(0.5 * 2.0 * math.sqrt(8 / 2))
+
+
+def test_adam_eps_must_be_positive_so_zero_grads_stay_finite():
+    with pytest.raises(ValueError, match="Invalid eps value: 0.0; expected a positive number"):
+        steepest.Muon([torch.zeros(3, requires_grad=True)], adamw_eps=0.0)
