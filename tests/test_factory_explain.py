@@ -32,7 +32,7 @@ def test_muon_groups_by_role_with_names():
 
 def test_default_lr_is_the_presets():
     opt = steepest.for_model(LM(), "scion")
-    assert all(g["lr"] == 2**-7 for g in opt.param_groups)
+    assert all(g["lr"] == 2**-6 for g in opt.param_groups)
     assert steepest.for_model(LM(), "muon").param_groups[0]["lr"] in (0.02, 3e-4)
 
 

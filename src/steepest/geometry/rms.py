@@ -63,3 +63,6 @@ class Identity(Geometry):
     def init_(self, w: Tensor, scale: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
         """Leaves ``w`` unchanged (the identity has no preferred point)."""
         return w
+
+    def describe(self) -> str:
+        return "none"

@@ -116,18 +116,19 @@ class GeometryOptimizer(Optimizer):
                 tensor = item[1] if isinstance(item, tuple) else item
                 by_role.setdefault(default_role(tensor) if isinstance(tensor, Tensor) else "", []).append(item)
             parts = list(by_role.items())
-        for role, items in parts:
-            sub = dict(group)
-            sub["params"] = items
-            sub["role"] = role
-            for key, value in self.role_settings(role).items():
-                sub.setdefault(key, value)
-            super().add_param_group(sub)
-            try:
+        start = len(self.param_groups)
+        try:
+            for role, items in parts:
+                sub = dict(group)
+                sub["params"] = items
+                sub["role"] = role
+                for key, value in self.role_settings(role).items():
+                    sub.setdefault(key, value)
+                super().add_param_group(sub)
                 self._validate_group(self.param_groups[-1])
-            except (TypeError, ValueError):
-                self.param_groups.pop()
-                raise
+        except (TypeError, ValueError):
+            del self.param_groups[start:]  # all or nothing: no split part of a rejected group stays
+            raise
 
     def _validate_group(self, group: dict[str, Any]) -> None:
         check_group(group)
@@ -147,6 +148,22 @@ class GeometryOptimizer(Optimizer):
     def effective_lr(self, group: dict[str, Any], p: Tensor) -> float:
         """Step size of stage 3 for ``p`` at the group's current lr: ``lr * radius * shape_scale``."""
         return float(group["lr"]) * group["radius"] * self.geometry(group).shape_scale(p.shape)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch.optim's loader, except that the float32 state of bfloat16/float16 parameters stays
+        float32 (torch casts state to the parameter's dtype, which would lose precision and break
+        the float32 update), so continuing after a reload is bit-identical."""
+        saved_groups = state_dict["param_groups"]
+        saved_state = state_dict["state"]
+        super().load_state_dict(state_dict)
+        saved_ids = [i for g in saved_groups for i in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]
+        for saved_id, p in zip(saved_ids, params):
+            if p.dtype not in _LOW_PRECISION or saved_id not in saved_state:
+                continue
+            for key, value in saved_state[saved_id].items():
+                if isinstance(value, Tensor) and key != "step" and value.is_floating_point():
+                    self.state[p][key] = value.to(device=p.device, copy=True)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)

@@ -82,7 +82,8 @@ def check_group(group: Mapping[str, Any]) -> None:
         check_ns_steps(group["ns_steps"])
         check_choice("ns_dtype", group["ns_dtype"], NS_DTYPE_NAMES)
     cls = geometry_class(group["geometry"])
-    if group["shape_scale"] is not None:
-        check_choice(f"shape_scale for geometry {group['geometry']!r}", group["shape_scale"], cls.shape_scales)
+    if group["shape_scale"] is not None and group["shape_scale"] not in cls.shape_scales:
+        raise ValueError(f"Unknown shape_scale {group['shape_scale']!r} for geometry {group['geometry']!r}; "
+                         f"expected one of: {', '.join(cls.shape_scales)}")
     if not isinstance(group["maximize"], bool):
         raise TypeError(f"Invalid type for maximize: expected bool, got {type(group['maximize']).__name__}")
