@@ -42,44 +42,42 @@ def _gaussian_unit(shape, dim: int, generator, device) -> Tensor:
     return g / torch.linalg.vector_norm(g, dim=dim, keepdim=True).clamp(min=_TINY)
 
 
-class ColNorm(Geometry):
-    name = "colnorm"
-    shape_scales = ("rms", "none")
+class _AxisNorm(Geometry):
+    """Shared body of ColNorm (``axis = 0``: the vectors are columns) and RowNorm (``axis = 1``)."""
+
+    axis: int = 0
     min_ndim = 2
 
     def lmo(self, x: Tensor) -> Tensor:
-        return _normalize_along(x, 0)
+        return _normalize_along(x, self.axis)
 
     def dual_norm(self, x: Tensor) -> Tensor:
-        return _norms_along(x, 0).sum()
+        return _norms_along(x, self.axis).sum()
 
     def norm(self, w: Tensor) -> Tensor:
-        return _norms_along(w, 0).amax()
-
-    def shape_scale(self, shape) -> float:
-        return math.sqrt(matrix_dims(shape)[0]) if self.shape_scale_mode == "rms" else 1.0
+        return _norms_along(w, self.axis).amax()
 
     def init_(self, w: Tensor, scale: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
-        """Gaussian columns normalized to l2 norm ``scale``."""
-        u = _gaussian_unit(as_matrix(w).shape, 0, generator, w.device)
+        """Gaussian vectors (columns or rows) normalized to l2 norm ``scale``."""
+        u = _gaussian_unit(as_matrix(w).shape, self.axis, generator, w.device)
         with torch.no_grad():
             w.copy_((u * scale).reshape(w.shape).to(w.dtype))
         return w
 
 
-class RowNorm(Geometry):
+class ColNorm(_AxisNorm):
+    name = "colnorm"
+    shape_scales = ("rms", "none")
+    axis = 0
+
+    def shape_scale(self, shape) -> float:
+        return math.sqrt(matrix_dims(shape)[0]) if self.shape_scale_mode == "rms" else 1.0
+
+
+class RowNorm(_AxisNorm):
     name = "rownorm"
     shape_scales = ("rms", "rms_to_linf", "none")
-    min_ndim = 2
-
-    def lmo(self, x: Tensor) -> Tensor:
-        return _normalize_along(x, 1)
-
-    def dual_norm(self, x: Tensor) -> Tensor:
-        return _norms_along(x, 1).sum()
-
-    def norm(self, w: Tensor) -> Tensor:
-        return _norms_along(w, 1).amax()
+    axis = 1
 
     def shape_scale(self, shape) -> float:
         n = matrix_dims(shape)[1]
@@ -88,10 +86,3 @@ class RowNorm(Geometry):
         if self.shape_scale_mode == "rms_to_linf":
             return 1.0 / math.sqrt(n)
         return 1.0
-
-    def init_(self, w: Tensor, scale: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
-        """Gaussian rows normalized to l2 norm ``scale``."""
-        u = _gaussian_unit(as_matrix(w).shape, 1, generator, w.device)
-        with torch.no_grad():
-            w.copy_((u * scale).reshape(w.shape).to(w.dtype))
-        return w
