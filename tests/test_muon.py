@@ -10,20 +10,24 @@ import steepest
 SHAPES = [(8, 16), (24, 8), (16, 16), (5, 7)]
 
 
-def _run_pair(ref_cls, ref_kwargs, ours_kwargs, shapes=SHAPES, steps=10, seed=0, dtype=torch.float32):
+def _step_both(ref, ours, opt_ref, opt_ours, gen, steps):
+    """Feed both optimizers the same random gradients for ``steps`` steps."""
+    for _ in range(steps):
+        grads = [torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in ref]
+        for p, q, g in zip(ref, ours, grads):
+            p.grad = g.clone()
+            q.grad = g.clone()
+        opt_ref.step()
+        opt_ours.step()
+
+
+def _run_pair(ref_cls, ref_kwargs, ours_kwargs, shapes=SHAPES, steps=10, seed=0):
     gen = torch.Generator().manual_seed(seed)
-    ref = [torch.randn(s, generator=gen, dtype=dtype).requires_grad_() for s in shapes]
+    ref = [torch.randn(s, generator=gen).requires_grad_() for s in shapes]
     ours = [p.detach().clone().requires_grad_() for p in ref]
     opt_ref = ref_cls(ref, **ref_kwargs)
     opt_ours = steepest.Muon([{"params": ours, "role": "hidden"}], **ours_kwargs)
-    for _ in range(steps):
-        grads = [torch.randn(s, generator=gen, dtype=dtype) for s in shapes]
-        for p, g in zip(ref, grads):
-            p.grad = g.clone()
-        for p, g in zip(ours, grads):
-            p.grad = g.clone()
-        opt_ref.step()
-        opt_ours.step()
+    _step_both(ref, ours, opt_ref, opt_ours, gen, steps)
     return ref, ours
 
 
@@ -93,14 +97,7 @@ def test_fallback_groups_match_torch_adamw():
     opt_ref = torch.optim.AdamW(ref, lr=3e-3, betas=(0.8, 0.95), eps=1e-8, weight_decay=0.05, foreach=False)
     opt_ours = steepest.Muon([{"params": ours, "role": "embedding"}], adamw_lr=3e-3, adamw_betas=(0.8, 0.95),
                              adamw_eps=1e-8, adamw_weight_decay=0.05)
-    for _ in range(20):
-        grads = [torch.randn(s, generator=gen) for s in shapes]
-        for p, g in zip(ref, grads):
-            p.grad = g.clone()
-        for p, g in zip(ours, grads):
-            p.grad = g.clone()
-        opt_ref.step()
-        opt_ours.step()
+    _step_both(ref, ours, opt_ref, opt_ours, gen, 20)
     for a, b in zip(ref, ours):
         torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7)
 
