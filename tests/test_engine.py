@@ -76,3 +76,13 @@ def test_effective_lr_formula():
 def test_adam_eps_must_be_positive_so_zero_grads_stay_finite():
     with pytest.raises(ValueError, match="Invalid eps value: 0.0; expected a positive number"):
         steepest.Muon([torch.zeros(3, requires_grad=True)], adamw_eps=0.0)
+
+
+def test_overriding_the_geometry_brings_its_default_shape_factor():
+    """Scion's per-group norm choice: a sign embedding inside Muon/Scion needs no shape_scale."""
+    emb = torch.zeros(5, 4, requires_grad=True)
+    hid = torch.zeros(4, 4, requires_grad=True)
+    opt = steepest.Muon([{"params": [emb], "role": "hidden", "geometry": "sign"}, {"params": [hid]}])
+    assert opt.param_groups[0]["shape_scale"] is None and opt.param_groups[1]["shape_scale"] == "original"
+    opt2 = steepest.Scion([{"params": [emb], "role": "embedding", "geometry": "colnorm", "shape_scale": "none"}])
+    assert opt2.param_groups[0]["geometry"] == "colnorm" and opt2.param_groups[0]["shape_scale"] == "none"

@@ -21,7 +21,7 @@ works, and LR schedulers drive ``group["lr"]`` of every group, fallback groups i
 Group keys: ``lr``, ``weight_decay``, ``radius``, ``transform`` (``momentum`` | ``adam``),
 ``momentum``, ``nesterov``, ``betas``, ``eps``, ``geometry`` (``spectral`` | ``sign`` | ``colnorm``
 | ``rownorm`` | ``rms`` | ``identity``), ``shape_scale`` (a mode of the geometry, ``None`` for its
-default), ``ns``, ``ns_steps``, ``ns_dtype``, ``ns_eps``, ``maximize``, ``role`` (informational:
+default; a group that names its ``geometry`` without a ``shape_scale`` gets the geometry's default), ``ns``, ``ns_steps``, ``ns_dtype``, ``ns_eps``, ``maximize``, ``role`` (informational:
 ``hidden``, ``conv``, ``embedding``, ``head``, ``vector`` or ``""``).
 
 Numerics: optimizer state of bfloat16/float16 parameters is kept in float32 and the update is
@@ -122,6 +122,8 @@ class GeometryOptimizer(Optimizer):
                 sub = dict(group)
                 sub["params"] = items
                 sub["role"] = role
+                if "geometry" in group and "shape_scale" not in group:
+                    sub["shape_scale"] = None  # an explicit geometry brings its own default shape factor
                 for key, value in self.role_settings(role).items():
                     sub.setdefault(key, value)
                 super().add_param_group(sub)
