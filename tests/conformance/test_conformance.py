@@ -23,7 +23,7 @@ from torch import nn
 
 import steepest
 from steepest.geometry import GEOMETRY_NAMES
-from steepest.optim import PRESETS
+from steepest.optim import ENGINE_DEFAULTS, PRESETS
 from steepest.polar import SCHEDULE_NAMES
 from steepest.roles import ROLES
 
@@ -273,6 +273,26 @@ def test_deepcopy_of_optimizer(name):
         assert torch.equal(p, q)
     assert_state_equal(snapshot_state(opt), snapshot_state(clone))
 
+
+
+@parametrize_presets
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_copies_keep_settings_and_role_recipes(name, how):
+    """torch's Optimizer pickles only defaults, state and param_groups; the engine's settings
+    (on_nonfinite, the skip count) and the preset's per-role recipes must survive too."""
+    model = make_model()
+    opt = build(model, name, on_nonfinite="skip")
+    opt.nonfinite_skips = 2
+    clone = copy.deepcopy(opt) if how == "deepcopy" else pickle.loads(pickle.dumps(opt))
+    assert clone.on_nonfinite == "skip" and clone.nonfinite_skips == 2
+    for role in ROLES:
+        shape = (3, 2, 2) if role == "conv" else (4,) if role == "vector" else (4, 3)
+        opt.add_param_group({"params": [(f"extra.{role}", torch.zeros(shape, requires_grad=True))], "role": role})
+        clone.add_param_group({"params": [(f"extra.{role}", torch.zeros(shape, requires_grad=True))], "role": role})
+        # the engine's keys decide the update (torch's __setstate__ adds its own "differentiable")
+        mine = {k: opt.param_groups[-1][k] for k in ENGINE_DEFAULTS}
+        theirs = {k: clone.param_groups[-1][k] for k in ENGINE_DEFAULTS}
+        assert mine == theirs, role
 
 # -- bfloat16 --------------------------------------------------------------------------------
 @parametrize_presets

@@ -167,11 +167,19 @@ class GeometryOptimizer(Optimizer):
                 if isinstance(value, Tensor) and key != "step" and value.is_floating_point():
                     self.state[p][key] = value.to(device=p.device, copy=True)
 
+    #: Instance attributes that are settings, not tensors: torch's ``Optimizer.__getstate__`` keeps
+    #: only defaults, state and param_groups, so these are carried explicitly through pickling and
+    #: ``copy.deepcopy`` (presets add their role recipes).
+    _persistent_attrs: tuple[str, ...] = ("on_nonfinite", "nonfinite_skips")
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state.update({name: getattr(self, name) for name in self._persistent_attrs})
+        return state
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        self.__dict__.setdefault("_geometries", {})
-        self.__dict__.setdefault("on_nonfinite", "raise")
-        self.__dict__.setdefault("nonfinite_skips", 0)
+        self._geometries = {}
         for group in self.param_groups:
             for key, value in ENGINE_DEFAULTS.items():
                 group.setdefault(key, value)

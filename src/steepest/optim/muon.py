@@ -52,6 +52,8 @@ class Muon(GeometryOptimizer):
         {COMMON_DOC}
     """)
 
+    _persistent_attrs = GeometryOptimizer._persistent_attrs + ("_fallback",)
+
     def __init__(self, params: Iterable[Any], lr: float = 0.02, momentum: float = 0.95, nesterov: bool = True,
                  weight_decay: float = 0.0, adjust_lr: str = "original", ns: str = "keller",
                  ns_steps: int | None = None, ns_dtype: str = "auto", adamw_lr: float = 3e-4,
@@ -69,7 +71,3 @@ class Muon(GeometryOptimizer):
     def role_settings(self, role: str) -> dict[str, Any]:
         """Matrix roles (hidden, conv) use the defaults above; every other role gets AdamW."""
         return {} if role in MATRIX_ROLES else dict(self._fallback)
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        self.__dict__.setdefault("_fallback", {})

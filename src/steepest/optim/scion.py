@@ -62,6 +62,8 @@ class Scion(GeometryOptimizer):
         {COMMON_DOC}
     """)
 
+    _persistent_attrs = GeometryOptimizer._persistent_attrs + ("_radii",)
+
     def __init__(self, params: Iterable[Any], lr: float = 2**-6, momentum: float = 0.9, nesterov: bool = False,
                  constrained: bool = False, hidden_radius: float = 3.0, embedding_radius: float = 1.0,
                  head_radius: float = 10.0, vector_radius: float = 1.0, ns: str = "keller",
@@ -84,7 +86,3 @@ class Scion(GeometryOptimizer):
         geometry, shape_scale = SCION_ROLE_GEOMETRY.get(role, SCION_ROLE_GEOMETRY["vector"])
         return {"geometry": geometry, "shape_scale": shape_scale,
                 "radius": self._radii.get(role, self._radii["vector"])}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        self.__dict__.setdefault("_radii", {})
