@@ -75,13 +75,6 @@ def test_peers_follow_the_documented_recipes():
         peers.build_peer("sgd", model)
 
 
-def test_fallback_hidden_rule_matches_steepest_roles():
-    roles = pytest.importorskip("steepest.roles")
-    model = GPT(GPTConfig(vocab_size=84))
-    expected = {n for n, r in roles.classify(model).items() if r == "hidden"}
-    assert peers._fallback_hidden_names(model) == expected
-
-
 def _fake_run(final, curve, opt_ms, state=1.0):
     return {"status": "ok", "final_val_loss": final, "opt_step_ms": opt_ms, "step_ms": opt_ms + 100.0,
             "fwd_bwd_ms": 100.0, "peak_rss_mib": 400.0, "state_mib": state,

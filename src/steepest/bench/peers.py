@@ -17,8 +17,8 @@ Peers:
     steepest-scion steepest.for_model(model, "scion"), with the preset's defaults unless an lr is
                    given.
 
-A peer whose library cannot be imported raises :class:`PeerUnavailable`; the runner skips it and
-records the reason in the report.
+A peer that cannot be built here (``torch.optim.Muon`` before torch 2.9) raises
+:class:`PeerUnavailable`; the runner skips it and records the reason in the report.
 """
 from __future__ import annotations
 
@@ -27,6 +27,10 @@ from typing import Callable
 
 import torch
 from torch import nn
+
+from .. import roles
+from ..explain import explain
+from ..factory import for_model
 
 
 class PeerUnavailable(RuntimeError):
@@ -63,45 +67,9 @@ AUX_ADAMW_LR = 2e-3  # the AdamW that handles non-matrix parameters beside Muon
 BETAS = (0.9, 0.95)
 
 
-def _import_steepest():
-    """The ``steepest`` package, or ``PeerUnavailable`` saying why it cannot be used."""
-    try:
-        import steepest
-    except Exception as exc:  # any import-time failure of the core makes the peer unavailable
-        raise PeerUnavailable(f"import steepest failed: {type(exc).__name__}: {exc}") from exc
-    if not hasattr(steepest, "for_model"):
-        raise PeerUnavailable("steepest has no for_model() (the core library is not installed here)")
-    return steepest
-
-
-HEAD_NAMES = ("lm_head", "head", "classifier", "output")
-
-
-def _fallback_hidden_names(model: nn.Module) -> set[str]:
-    """Hidden matrices by the documented rule, for when ``steepest.roles`` is not importable:
-    2-D weights of modules that are neither ``nn.Embedding`` nor named like an output head."""
-    hidden = set()
-    for module_name, module in model.named_modules():
-        if isinstance(module, nn.Embedding) or module_name.rsplit(".", 1)[-1] in HEAD_NAMES:
-            continue
-        for param_name, p in module.named_parameters(recurse=False):
-            if p.ndim == 2:
-                hidden.add(f"{module_name}.{param_name}" if module_name else param_name)
-    return hidden
-
-
-def hidden_matrix_names(model: nn.Module) -> tuple[set[str], str]:
-    """Names of the hidden matrices and which classifier chose them.
-
-    Uses ``steepest.roles.classify`` (role ``"hidden"``) when the core library is importable, else
-    :func:`_fallback_hidden_names`.
-    """
-    try:
-        from steepest import roles
-        classified = roles.classify(model)
-    except (ImportError, AttributeError):
-        return _fallback_hidden_names(model), "the benchmark's fallback rule (steepest.roles missing)"
-    return {name for name, role in classified.items() if role == "hidden"}, "steepest.roles.classify"
+def hidden_matrix_names(model: nn.Module) -> set[str]:
+    """Names of the parameters ``steepest.roles.classify`` labels ``hidden`` (torch.optim.Muon's share)."""
+    return {name for name, role in roles.classify(model).items() if role == "hidden"}
 
 
 def _decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -123,7 +91,7 @@ def build_torch_muon(model: nn.Module, lr: float | None = None) -> Peer:
     if not hasattr(torch.optim, "Muon"):
         raise PeerUnavailable(f"torch {torch.__version__} has no torch.optim.Muon (added in 2.9)")
     lr = DEFAULT_LRS["torch-muon"] if lr is None else lr
-    hidden, chooser = hidden_matrix_names(model)
+    hidden = hidden_matrix_names(model)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     muon_params = [p for n, p in named if n in hidden]
     other_params = [p for n, p in named if n not in hidden]
@@ -135,22 +103,14 @@ def build_torch_muon(model: nn.Module, lr: float | None = None) -> Peer:
                      f"+ torch.optim.AdamW ({len(other_params)} other tensors)"),
         hyperparameters={"lr": lr, "momentum": 0.95, "nesterov": True, "weight_decay": 0.0,
                          "adjust_lr_fn": "original (default)", "aux_adamw_lr": AUX_ADAMW_LR,
-                         "aux_betas": BETAS, "aux_weight_decay": 0.0, "hidden_chosen_by": chooser},
+                         "aux_betas": BETAS, "aux_weight_decay": 0.0, "hidden_chosen_by": "steepest.roles.classify"},
     )
 
 
 def _steepest_peer(name: str, model: nn.Module, preset: str, **kwargs) -> Peer:
-    steepest = _import_steepest()
-    opt = steepest.for_model(model, preset, **kwargs)
-    explanation = None
-    if hasattr(steepest, "explain"):
-        try:
-            explanation = steepest.explain(opt)
-        except Exception as exc:  # the table is a nicety for the report, never a reason to fail
-            explanation = f"(steepest.explain failed: {type(exc).__name__}: {exc})"
+    opt = for_model(model, preset, **kwargs)
     return Peer(name, [opt], step_covers=f"steepest.for_model(model, {preset!r}): one optimizer",
-                hyperparameters={**kwargs, "lr": opt.defaults.get("lr", kwargs.get("lr"))},
-                explanation=explanation)
+                hyperparameters={**kwargs, "lr": opt.defaults["lr"]}, explanation=explain(opt))
 
 
 def build_steepest_muon(model: nn.Module, lr: float | None = None) -> Peer:

@@ -266,8 +266,6 @@ def train_one(config: BenchConfig, name: str, data: CharData | None = None,
         "per_step_ms": {"step": [round(t * 1000.0, 3) for t in step_s],
                         "fwd_bwd": [round(t * 1000.0, 3) for t in fwd_bwd_s],
                         "opt_step": [round(t * 1000.0, 3) for t in opt_s]},
-        "opt_step_ms_mean": (sum(opt_s[config.timing_skip:]) / max(1, len(opt_s[config.timing_skip:]))
-                             * 1000.0),
         "state_mib": state_bytes(peer.optimizers) / MIB,
         "rss_before_train_mib": rss_before,
         "peak_rss_mib": peak_rss_mib(),
