@@ -569,6 +569,8 @@ GENERIC_ERRORS = [
               "Invalid momentum value: 1.0; expected 0 <= momentum < 1", group={"transform": "momentum"}),
     ErrorCase("momentum_negative", {"momentum": -0.1}, ValueError,
               "Invalid momentum value: -0.1; expected 0 <= momentum < 1", group={"transform": "momentum"}),
+    ErrorCase("unknown_role", {}, ValueError,
+              "Unknown role 'hiden'; expected one of: embedding, head, hidden, conv, vector", group={"role": "hiden"}),
     ErrorCase("unknown_geometry", {}, ValueError,
               f"Unknown geometry 'nope'; expected one of: {', '.join(GEOMETRY_NAMES)}", group={"geometry": "nope"}),
     ErrorCase("unknown_ns", {"ns": "nope"}, ValueError,

@@ -10,6 +10,7 @@ from typing import Any, Mapping
 
 from ..geometry import GEOMETRY_NAMES, geometry_class
 from ..polar import NS_DTYPE_NAMES, SCHEDULE_NAMES
+from ..roles import ROLES
 
 TRANSFORMS = ("momentum", "adam")
 ON_NONFINITE = ("raise", "skip")
@@ -65,6 +66,8 @@ def check_ns_steps(steps: Any) -> None:
 
 def check_group(group: Mapping[str, Any]) -> None:
     """Validate every hyperparameter a parameter group of the engine carries."""
+    if group["role"] and group["role"] not in ROLES:  # "" is the engine's "no role"
+        raise ValueError(f"Unknown role {group['role']!r}; expected one of: {', '.join(ROLES)}")
     check_lr(group["lr"])
     check_nonnegative("weight_decay", group["weight_decay"])
     check_positive("radius", group["radius"])
