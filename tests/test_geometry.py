@@ -69,6 +69,7 @@ CLOSED = {
                 lambda x: matrix(x).norm(dim=1).sum(), lambda x: matrix(x).norm(dim=1).max()),
     "rms": (lambda x: x * math.sqrt(x.numel()) / x.norm(),
             lambda x: x.norm() * math.sqrt(x.numel()), lambda x: x.norm() / math.sqrt(x.numel())),
+    "frobenius": (lambda x: x / x.norm(), lambda x: x.norm(), lambda x: x.norm()),
 }
 
 
@@ -242,10 +243,11 @@ SHAPE_SCALES = {
     "colnorm": {"rms": (R6, R3, 2 * R2), "none": (1.0, 1.0, 1.0)},  # sqrt(fan_out)
     "rownorm": {"rms": (R3, R6, 6.0), "rms_to_linf": (1 / R3, 1 / R6, 1 / 6), "none": (1.0, 1.0, 1.0)},
     "rms": {"none": (1.0, 1.0, 1.0)},
+    "frobenius": {"none": (1.0, 1.0, 1.0), "original": (R2, 1.0, 1.0)},  # sqrt(max(1, fan_out/fan_in))
     "identity": {"none": (1.0, 1.0, 1.0)},
 }
 DEFAULT_MODES = {"spectral": "original", "sign": "none", "colnorm": "rms", "rownorm": "rms", "rms": "none",
-                 "identity": "none"}
+                 "frobenius": "none", "identity": "none"}
 
 
 @pytest.mark.parametrize("name", list(SHAPE_SCALES))
@@ -296,6 +298,8 @@ def test_init_has_norm_scale(name, shape):
             assert torch.equal(w.abs(), torch.full(shape, scale, dtype=F64))
         elif name == "rms":
             assert torch.equal(w, torch.full(shape, scale, dtype=F64))
+        elif name == "frobenius":
+            assert w.numel() == 1 or w.std() > 0  # random, not constant
     # Deterministic under a generator.
     a = geom.init_(torch.empty(shape, dtype=F64), generator=torch.Generator().manual_seed(8))
     b = geom.init_(torch.empty(shape, dtype=F64), generator=torch.Generator().manual_seed(8))
@@ -325,7 +329,7 @@ def test_check_shape_rejects_vectors(name, shape):
     geom.check_shape((5, 3, 2, 2), "conv.weight")
 
 
-@pytest.mark.parametrize("name", ["sign", "rms", "identity"])
+@pytest.mark.parametrize("name", ["sign", "rms", "frobenius", "identity"])
 def test_vector_geometries_accept_any_shape(name):
     geom = GEOMETRIES[name]()
     for shape in [(), (5,), (5, 3), (5, 3, 2, 2)]:
@@ -345,6 +349,6 @@ def test_make_geometry():
 
 
 def test_make_geometry_unknown_name():
-    msg = "Unknown geometry 'nope'; expected one of: spectral, sign, colnorm, rownorm, rms, identity"
+    msg = "Unknown geometry 'nope'; expected one of: spectral, sign, colnorm, rownorm, rms, frobenius, identity"
     with pytest.raises(ValueError, match=exact(msg)):
         make_geometry({"geometry": "nope"})

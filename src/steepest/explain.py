@@ -20,10 +20,7 @@ def explain_rows(optimizer: GeometryOptimizer) -> list[dict[str, Any]]:
     for gi, group in enumerate(optimizer.param_groups):
         geom = optimizer.geometry(group)
         names = group.get("param_names")
-        if group["transform"] == "adam":
-            update = f"adamw(betas={tuple(group['betas'])})"
-        else:
-            update = f"momentum({group['momentum']}{', nesterov' if group['nesterov'] else ''})"
+        update = optimizer.describe_update(group)
         for pi, p in enumerate(group["params"]):
             rows.append({
                 "parameter": names[pi] if names else f"group{gi}.param{pi}",

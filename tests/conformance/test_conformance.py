@@ -594,7 +594,7 @@ GENERIC_ERRORS = [
     ErrorCase("weight_decay", {}, ValueError, "Invalid weight_decay value: -0.5", group={"weight_decay": -0.5}),
     ErrorCase("radius", {}, ValueError, "Invalid radius value: 0.0; expected a positive number",
               group={"radius": 0.0}),
-    ErrorCase("transform", {}, ValueError, "Unknown transform 'nope'; expected one of: momentum, adam",
+    ErrorCase("transform", {}, ValueError, "Unknown transform 'nope'; expected one of: momentum, adam, lion, diffgrad",
               group={"transform": "nope"}),
     ErrorCase("nesterov_type", {"nesterov": "yes"}, TypeError, "Invalid type for nesterov: expected bool, got str",
               group={"transform": "momentum"}),

@@ -6,6 +6,7 @@ from typing import Any, Mapping
 
 from .base import Geometry, as_matrix, matrix_dims
 from .colrow import ColNorm, RowNorm
+from .frobenius import Frobenius
 from .rms import RMS, Identity
 from .sign import Sign
 from .spectral import Spectral
@@ -16,12 +17,13 @@ GEOMETRIES: dict[str, type[Geometry]] = {
     "colnorm": ColNorm,
     "rownorm": RowNorm,
     "rms": RMS,
+    "frobenius": Frobenius,
     "identity": Identity,
 }
 GEOMETRY_NAMES: tuple[str, ...] = tuple(GEOMETRIES)
 
 __all__ = [
-    "Geometry", "Spectral", "Sign", "ColNorm", "RowNorm", "RMS", "Identity",
+    "Geometry", "Spectral", "Sign", "ColNorm", "RowNorm", "RMS", "Frobenius", "Identity",
     "GEOMETRIES", "GEOMETRY_NAMES", "make_geometry", "as_matrix", "matrix_dims",
 ]
 

@@ -2,14 +2,19 @@
 
 For every parameter ``W`` with gradient ``g`` in a group, one step is
 
-    (1) state transform    D = T(state, g)                      momentum (EMA, Nesterov) or Adam moments
-    (2) direction          O = geometry.lmo(D)                  polar factor, sign, column/row/RMS normalization
-    (3) step size          s = lr * radius * geometry.shape_scale(shape(W))
+    (1) state transform    D = T(state, g)                      momentum (EMA, Nesterov), Lion's two betas,
+                                                                Adam moments, diffGrad's friction
+    (2) direction          O = geometry.lmo(D)                  polar factor, sign, column/row/RMS/Frobenius
+                                                                normalization
+    (3) step size          O <- A(O)  (per-entry factor, optional: NorMuon's neuron normalization)
+                           s = lr * radius * geometry.shape_scale(shape(W))   (times a preset's factor)
     (4) decay and apply    W <- (1 - lr * weight_decay) W - s O
 
-Stage 2 runs over the whole group at once, so same-shape matrices are orthogonalized in one batched
-call; stage 3 is a method (``_step_sizes``) so that group-level rules (noise-adaptive layerwise
-rates) can see every layer of the group before any layer moves. Weight decay uses the unadjusted
+Every stage sees the whole group: stage 1 is ``_signals`` (per parameter by default; M-FAC's window
+spans the group), stage 2 runs ``lmo_many`` so same-shape matrices are orthogonalized in one batched
+call, and stage 3 is two methods (``_adapt`` for per-entry factors, ``_step_sizes`` for one scalar
+per parameter) so that group-level rules (noise-adaptive layerwise rates, AuON's brake) can see
+every layer of the group before any layer moves. Weight decay uses the unadjusted
 ``lr``, as torch.optim.Muon, Moonlight and Dion do; with ``weight_decay = 1`` stage 4 is Scion's
 constrained (conditional-gradient) blend ``W <- (1 - lr) W - lr * radius * shape * O``, which keeps
 ``||W|| <= radius * shape`` in the geometry's norm.
@@ -18,11 +23,13 @@ Every hyperparameter is a flat key of the parameter group (strings for names), s
 plain data: ``state_dict`` / ``load_state_dict`` round-trip exactly, ``torch.load(weights_only=True)``
 works, and LR schedulers drive ``group["lr"]`` of every group, fallback groups included.
 
-Group keys: ``lr``, ``weight_decay``, ``radius``, ``transform`` (``momentum`` | ``adam``),
+Group keys: ``lr``, ``weight_decay``, ``radius``, ``transform`` (``momentum`` | ``adam`` | ``lion`` |
+``diffgrad``; see ``transforms.py``),
 ``momentum``, ``nesterov``, ``betas``, ``eps``, ``geometry`` (``spectral`` | ``sign`` | ``colnorm``
 | ``rownorm`` | ``rms`` | ``identity``), ``shape_scale`` (a mode of the geometry, ``None`` for its
 default; a group that names its ``geometry`` without a ``shape_scale`` gets the geometry's default), ``ns``, ``ns_steps``, ``ns_dtype``, ``ns_eps``, ``maximize``, ``role`` (informational:
-``hidden``, ``conv``, ``embedding``, ``head``, ``vector`` or ``""``).
+``hidden``, ``conv``, ``embedding``, ``head``, ``vector`` or ``""``). Presets may add keys of their
+own (``PRESET_KEYS``), which are carried the same way.
 
 Numerics: optimizer state of bfloat16/float16 parameters is kept in float32 and the update is
 applied in float32. A zero gradient gives a zero step. Gradients are checked for NaN/Inf before
@@ -39,7 +46,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from ..geometry import Geometry, make_geometry
-from .transforms import adam_signal, momentum_signal
+from .transforms import adam_signal, diffgrad_signal, lion_signal, momentum_signal
 from .validation import ON_NONFINITE, check_choice, check_group
 
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
@@ -80,18 +87,24 @@ class GeometryOptimizer(Optimizer):
         on_nonfinite: ``"raise"`` (default) or ``"skip"`` when a gradient holds NaN or Inf.
         **defaults: values for any group key listed in the module docstring.
 
-    Presets subclass this and implement :meth:`role_settings` to give each role its recipe.
+    Presets subclass this and implement :meth:`role_settings` to give each role its recipe; a
+    preset with hyperparameters of its own lists them with their defaults in ``PRESET_KEYS`` and
+    validates them in :meth:`_validate_group`.
     """
+
+    #: Group keys a preset adds to the engine's, with their defaults.
+    PRESET_KEYS: dict[str, Any] = {}
 
     def __init__(self, params: Iterable[Any], *, on_nonfinite: str = "raise", **defaults: Any):
         check_choice("on_nonfinite", on_nonfinite, ON_NONFINITE)
-        unknown = sorted(set(defaults) - set(ENGINE_DEFAULTS))
+        unknown = sorted(set(defaults) - set(ENGINE_DEFAULTS) - set(self.PRESET_KEYS))
         if unknown:
             raise TypeError(f"Unknown optimizer option(s): {', '.join(unknown)}")
         self.on_nonfinite = on_nonfinite
         self.nonfinite_skips = 0
         self._geometries: dict[tuple, Geometry] = {}
         merged = dict(ENGINE_DEFAULTS)
+        merged.update(self.PRESET_KEYS)
         merged.update(defaults)
         super().__init__(params, merged)
 
@@ -181,7 +194,7 @@ class GeometryOptimizer(Optimizer):
         super().__setstate__(state)
         self._geometries = {}
         for group in self.param_groups:
-            for key, value in ENGINE_DEFAULTS.items():
+            for key, value in {**ENGINE_DEFAULTS, **self.PRESET_KEYS}.items():
                 group.setdefault(key, value)
 
     # -- the step ------------------------------------------------------------------------------
@@ -249,32 +262,73 @@ class GeometryOptimizer(Optimizer):
         return None
 
     def _update_group(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
-        signals = [self._signal(group, p, g) for p, g in zip(params, grads)]   # stage 1
+        signals = self._signals(group, params, grads)                           # stage 1
         directions = self.geometry(group).lmo_many(signals)                     # stage 2
-        steps = self._step_sizes(group, params, directions)                     # stage 3
+        directions = self._adapt(group, params, directions)                     # stage 3
+        steps = self._step_sizes(group, params, directions)
         self._apply(group, params, directions, steps)                           # stage 4
 
-    def _signal(self, group: dict[str, Any], p: Tensor, grad: Tensor) -> Tensor:
+    def _signals(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> list[Tensor]:
+        """Stage 1 for a whole group: one signal per parameter (override for group-level transforms)."""
+        return [self._signal(group, p, self._working_grad(group, p, g)) for p, g in zip(params, grads)]
+
+    @staticmethod
+    def state_dtype(p: Tensor) -> torch.dtype:
+        """Dtype of ``p``'s optimizer state: float32 for bfloat16/float16 parameters, else ``p.dtype``."""
+        return torch.float32 if p.dtype in _LOW_PRECISION else p.dtype
+
+    def _working_grad(self, group: dict[str, Any], p: Tensor, grad: Tensor) -> Tensor:
+        """The gradient in the state dtype, negated for ``maximize`` (a new tensor whenever it differs)."""
+        dtype = self.state_dtype(p)
+        g = grad.to(dtype) if grad.dtype != dtype else grad
+        return -g if group["maximize"] else g
+
+    def _zeros_state(self, p: Tensor) -> Tensor:
+        return torch.zeros_like(p, dtype=self.state_dtype(p), memory_format=torch.preserve_format)
+
+    def _signal(self, group: dict[str, Any], p: Tensor, g: Tensor) -> Tensor:
+        """Stage 1 for one parameter: update its state with ``g`` and return the signal ``D``."""
         state = self.state[p]
-        state_dtype = torch.float32 if p.dtype in _LOW_PRECISION else p.dtype
-        g = grad.to(state_dtype) if grad.dtype != state_dtype else grad
-        if group["maximize"]:
-            g = -g
-        if group["transform"] == "adam":
+        transform = group["transform"]
+        if transform in ("adam", "diffgrad"):
             if not state:
                 state["step"] = torch.tensor(0.0, dtype=torch.float32)
-                state["exp_avg"] = torch.zeros_like(p, dtype=state_dtype, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(p, dtype=state_dtype, memory_format=torch.preserve_format)
+                state["exp_avg"] = self._zeros_state(p)
+                state["exp_avg_sq"] = self._zeros_state(p)
+                if transform == "diffgrad":
+                    state["prev_grad"] = self._zeros_state(p)
             beta1, beta2 = group["betas"]
+            if transform == "diffgrad":
+                return diffgrad_signal(state["exp_avg"], state["exp_avg_sq"], state["prev_grad"], state["step"],
+                                       g, beta1, beta2, group["eps"])
             return adam_signal(state["exp_avg"], state["exp_avg_sq"], state["step"], g, beta1, beta2, group["eps"])
+        if transform == "lion":
+            if "exp_avg" not in state:
+                state["exp_avg"] = self._zeros_state(p)
+            beta1, beta2 = group["betas"]
+            return lion_signal(state["exp_avg"], g, beta1, beta2)
         beta = group["momentum"]
         if beta > 0 and "momentum_buffer" not in state:
-            state["momentum_buffer"] = torch.zeros_like(p, dtype=state_dtype, memory_format=torch.preserve_format)
+            state["momentum_buffer"] = self._zeros_state(p)
         return momentum_signal(state.get("momentum_buffer") if beta > 0 else None, g, beta, group["nesterov"])
 
+    def _adapt(self, group: dict[str, Any], params: list[Tensor], directions: list[Tensor]) -> list[Tensor]:
+        """Stage 3, per-entry part: rescale directions entrywise (NorMuon's neuron normalization).
+        The engine applies no factor; the directions may be modified in place (they are fresh)."""
+        return directions
+
     def _step_sizes(self, group: dict[str, Any], params: list[Tensor], directions: list[Tensor]) -> list[float]:
-        """Stage 3: one step size per parameter (override for group-level adaptive rules)."""
+        """Stage 3, scalar part: one step size per parameter (override for group-level adaptive rules)."""
         return [self.effective_lr(group, p) for p in params]
+
+    def describe_update(self, group: dict[str, Any]) -> str:
+        """The state transform of ``group`` in words, for ``explain`` tables."""
+        transform = group["transform"]
+        if transform in ("adam", "diffgrad"):
+            return f"{'adamw' if transform == 'adam' else 'diffgrad'}(betas={tuple(group['betas'])})"
+        if transform == "lion":
+            return f"lion(betas={tuple(group['betas'])})"
+        return f"momentum({group['momentum']}{', nesterov' if group['nesterov'] else ''})"
 
     def _apply(self, group: dict[str, Any], params: list[Tensor], directions: list[Tensor], steps: list[float]) -> None:
         shrink = 1 - float(group["lr"]) * group["weight_decay"]

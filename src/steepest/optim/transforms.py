@@ -12,6 +12,17 @@ With ``beta = 0`` there is no buffer and ``D = g``. Scion's ``momentum`` hyperpa
 arXiv 1711.05101, as torch.optim.AdamW computes it):
     m <- beta1 m + (1 - beta1) g ;  v <- beta2 v + (1 - beta2) g^2 ;  t <- t + 1
     D  = (m / (1 - beta1^t)) / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+
+``lion`` (Chen et al., arXiv 2302.06675): the signal interpolates with the fast beta1 and the
+buffer tracks the gradient with the slow beta2 (Lion / Lion-K; the sign or other LMO is stage 2),
+    D  = beta1 m + (1 - beta1) g ;  m <- beta2 m + (1 - beta2) g
+
+``diffgrad`` (Dubey et al., arXiv 1909.11015): Adam's moments with the "friction" coefficient
+    xi = sigmoid(|g_prev - g|)  (elementwise, in [0.5, 1)) ;  g_prev <- copy of g
+    D  = sqrt(1 - beta2^t) / (1 - beta1^t) * xi * m / (sqrt(v) + eps)
+(the reference code's step-size folding: eps is added to the uncorrected sqrt(v)). The published
+code kept a reference to the gradient tensor instead of a copy, so with in-place gradient
+accumulation g_prev aliased g and xi was 0.5 everywhere; here g_prev is a buffer of its own.
 """
 from __future__ import annotations
 
@@ -40,3 +51,23 @@ def adam_signal(exp_avg: Tensor, exp_avg_sq: Tensor, step: Tensor, grad: Tensor,
     bias2_sqrt = math.sqrt(1 - beta2**t)
     denom = (exp_avg_sq.sqrt() / bias2_sqrt).add_(eps)
     return (exp_avg / bias1).div_(denom)
+
+
+def lion_signal(exp_avg: Tensor, grad: Tensor, beta1: float, beta2: float) -> Tensor:
+    """Return Lion's interpolation ``beta1 m + (1 - beta1) g`` and then move ``m`` (in place) with ``beta2``."""
+    signal = exp_avg.mul(beta1).add_(grad, alpha=1 - beta1)
+    exp_avg.mul_(beta2).add_(grad, alpha=1 - beta2)
+    return signal
+
+
+def diffgrad_signal(exp_avg: Tensor, exp_avg_sq: Tensor, prev_grad: Tensor, step: Tensor, grad: Tensor,
+                    beta1: float, beta2: float, eps: float) -> Tensor:
+    """Update diffGrad's moments, previous gradient and step in place; return the friction-scaled direction."""
+    step += 1
+    t = float(step)
+    friction = torch.sigmoid((prev_grad - grad).abs_())
+    prev_grad.copy_(grad)
+    exp_avg.lerp_(grad, 1 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    step_scale = math.sqrt(1 - beta2**t) / (1 - beta1**t)
+    return friction.mul_(exp_avg).div_(exp_avg_sq.sqrt().add_(eps)).mul_(step_scale)

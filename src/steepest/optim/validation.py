@@ -12,7 +12,7 @@ from ..geometry import GEOMETRY_NAMES, geometry_class
 from ..polar import NS_DTYPE_NAMES, SCHEDULE_NAMES
 from ..roles import ROLES
 
-TRANSFORMS = ("momentum", "adam")
+TRANSFORMS = ("momentum", "adam", "lion", "diffgrad")
 ON_NONFINITE = ("raise", "skip")
 
 
@@ -78,7 +78,8 @@ def check_group(group: Mapping[str, Any]) -> None:
             raise TypeError(f"Invalid type for nesterov: expected bool, got {type(group['nesterov']).__name__}")
     else:
         check_betas(group["betas"])
-        check_positive("eps", group["eps"])  # eps = 0 would turn a zero gradient into 0/0
+        if group["transform"] != "lion":
+            check_positive("eps", group["eps"])  # eps = 0 would turn a zero gradient into 0/0
     check_choice("geometry", group["geometry"], GEOMETRY_NAMES)
     if group["geometry"] == "spectral":
         check_choice("Newton-Schulz schedule", group["ns"], SCHEDULE_NAMES)
