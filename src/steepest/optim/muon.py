@@ -11,6 +11,12 @@ ADJUST_LR = ("original", "match_rms_adamw", "rms_to_rms", "none")
 MATRIX_ROLES = ("hidden", "conv")
 
 
+def adamw_fallback(lr: float, betas: tuple[float, float], eps: float, weight_decay: float) -> dict[str, Any]:
+    """Group keys of the AdamW-style fallback that matrix presets give embeddings, heads and vectors."""
+    return {"transform": "adam", "geometry": "identity", "shape_scale": None, "lr": lr,
+            "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay}
+
+
 class Muon(GeometryOptimizer):
     __doc__ = fill_doc(r"""Muon (Keller Jordan et al., 2024; arXiv 2502.16982 for the RMS-matched variant).
 
@@ -60,10 +66,7 @@ class Muon(GeometryOptimizer):
                  adamw_betas: tuple[float, float] = (0.9, 0.95), adamw_eps: float = 1e-10,
                  adamw_weight_decay: float = 0.0, *, maximize: bool = False, on_nonfinite: str = "raise"):
         check_choice("adjust_lr", adjust_lr, ADJUST_LR)
-        self._fallback = {
-            "transform": "adam", "geometry": "identity", "shape_scale": None, "lr": adamw_lr,
-            "betas": tuple(adamw_betas), "eps": adamw_eps, "weight_decay": adamw_weight_decay,
-        }
+        self._fallback = adamw_fallback(adamw_lr, adamw_betas, adamw_eps, adamw_weight_decay)
         super().__init__(params, on_nonfinite=on_nonfinite, lr=lr, momentum=momentum, nesterov=nesterov,
                          weight_decay=weight_decay, transform="momentum", geometry="spectral",
                          shape_scale=adjust_lr, ns=ns, ns_steps=ns_steps, ns_dtype=ns_dtype, maximize=maximize)
