@@ -1,0 +1,112 @@
+"""Lion and Lion-K: sign (or another LMO) of a two-beta momentum, with decoupled weight decay."""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from .docs import fill_doc
+from .engine import GeometryOptimizer
+from .validation import check_choice
+
+KAPPAS = ("l1", "l2", "nuclear")
+_MATRIX_ROLES = ("hidden", "conv", "embedding", "head")
+
+
+class Lion(GeometryOptimizer):
+    __doc__ = fill_doc(r"""Lion (Chen et al., "Symbolic Discovery of Optimization Algorithms", arXiv 2302.06675).
+
+    Steepest descent under the max-entry (l_inf) norm with a two-beta momentum, for every parameter:
+
+    .. math::
+        c_t &= \beta_1 m_{t-1} + (1 - \beta_1) g_t \\
+        W_t &= (1 - \eta\lambda) W_{t-1} - \eta\, \mathrm{sign}(c_t) \\
+        m_t &= \beta_2 m_{t-1} + (1 - \beta_2) g_t
+
+    ``sign`` is the LMO of the l_inf ball, so every entry moves by exactly ``lr`` (update RMS 1):
+    use an lr 3-10x smaller than AdamW's and a weight decay 3-10x larger (the paper's advice,
+    section 5), since the effective decay is ``lr * weight_decay``. With decay ``lambda`` Lion
+    solves ``min f(W)`` subject to ``max |W_ij| <= 1/lambda`` (arXiv 2310.05898): iterates from any
+    start enter that box and stay there. One state buffer (half of Adam's memory).
+
+    Defaults ``lr=1e-4``, ``betas=(0.9, 0.99)``, ``weight_decay=0`` are the paper's and the
+    ``lion-pytorch`` package's; with equal hyperparameters the parameters match ``lion_pytorch.Lion``
+    (a test checks 20 steps to 1e-6). ``sign(0) = 0``: an exactly zero entry of ``c`` does not move.
+
+    Args:
+        {PARAMS_DOC}
+        lr: learning rate (every entry moves by ``lr`` per step, plus decay).
+        betas: ``(beta1, beta2)``: interpolation for the update and momentum of the buffer.
+        weight_decay: decoupled decay ``lambda`` (the parameter shrinks by ``lr * lambda``).
+        {COMMON_DOC}
+    """)
+
+    def __init__(self, params: Iterable[Any], lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
+                 weight_decay: float = 0.0, *, maximize: bool = False, on_nonfinite: str = "raise"):
+        super().__init__(params, on_nonfinite=on_nonfinite, lr=lr, betas=tuple(betas), weight_decay=weight_decay,
+                         transform="lion", geometry="sign", shape_scale="none", maximize=maximize)
+
+    def role_settings(self, role: str) -> dict[str, Any]:
+        """Every role uses the sign geometry (Lion is elementwise)."""
+        return {"geometry": "sign", "shape_scale": "none"}
+
+
+class LionK(GeometryOptimizer):
+    __doc__ = fill_doc(r"""Lion-K (Chen, Liu, Liang, Liu, "Lion Secretly Solves Constrained Optimization: As
+    Lyapunov Predicts", arXiv 2310.05898).
+
+    Lion with ``sign`` replaced by the (sub)gradient of a convex function ``K``:
+
+    .. math::
+        c_t &= \beta_1 m_{t-1} + (1 - \beta_1) g_t \\
+        W_t &= (1 - \eta\lambda) W_{t-1} - \eta\, \nabla K(c_t) \\
+        m_t &= \beta_2 m_{t-1} + (1 - \beta_2) g_t
+
+    and solves ``min f(W) + K*(lambda W)``, where ``K*`` is the convex conjugate. For a norm ``K``,
+    ``grad K`` is the LMO of the dual norm's unit ball and ``K*(lambda W)`` is the indicator of
+    ``||W||_dual <= 1/lambda``, so decoupled weight decay *is* a norm constraint:
+
+    ============ =============================== ====================================== ==========
+    ``kappa``    ``K(x)``                        ``grad K(x)``                           constraint
+    ============ =============================== ====================================== ==========
+    ``l1``       ``sum |x_i|``                   ``sign(x)`` (this is :class:`Lion`)      ``max |W_ij| <= 1/lambda``
+    ``l2``       ``||x||_2`` (whole tensor)      ``x / ||x||_2``                          ``||W||_F <= 1/lambda``
+    ``nuclear``  ``sum_i sigma_i(x)``            polar factor ``U V^T``                   ``sigma_max(W) <= 1/lambda``
+    ============ =============================== ====================================== ==========
+
+    ``nuclear`` is "Muon with Lion's momentum": it applies to every matrix (hidden, conv filters
+    viewed as ``out x in*k*k``, embeddings, heads); vectors get ``l2``, which is the nuclear norm of
+    a vector seen as a one-column matrix. The polar factor uses Newton-Schulz with the ``you``
+    schedule by default, whose output singular values stay in [0.99, 1.0], so the constraint radius
+    stays ``1/lambda`` (Keller's coefficients reach 1.14 and would loosen it by up to 14%).
+    No shape factor is applied: the constraint is on the plain norm, as in the paper.
+
+    Defaults as :class:`Lion` (``lr=1e-4``, ``betas=(0.9, 0.99)``) and ``kappa="nuclear"``.
+
+    Args:
+        {PARAMS_DOC}
+        lr: learning rate.
+        betas: ``(beta1, beta2)`` as in Lion.
+        weight_decay: decoupled decay ``lambda``; the iterates converge into the ball of radius
+            ``1/lambda`` of the constraint above.
+        kappa: ``l1``, ``l2`` or ``nuclear``.
+        {NS_DOC}
+        {COMMON_DOC}
+    """)
+
+    _persistent_attrs = GeometryOptimizer._persistent_attrs + ("kappa",)
+
+    def __init__(self, params: Iterable[Any], lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
+                 weight_decay: float = 0.0, kappa: str = "nuclear", ns: str = "you", ns_steps: int | None = None,
+                 ns_dtype: str = "auto", *, maximize: bool = False, on_nonfinite: str = "raise"):
+        check_choice("kappa", kappa, KAPPAS)
+        self.kappa = kappa
+        super().__init__(params, on_nonfinite=on_nonfinite, lr=lr, betas=tuple(betas), weight_decay=weight_decay,
+                         transform="lion", geometry="sign", shape_scale="none", ns=ns, ns_steps=ns_steps,
+                         ns_dtype=ns_dtype, maximize=maximize)
+
+    def role_settings(self, role: str) -> dict[str, Any]:
+        """Geometry of ``grad K`` for ``role`` (see the table above)."""
+        if self.kappa == "l1":
+            return {"geometry": "sign", "shape_scale": "none"}
+        if self.kappa == "nuclear" and role in _MATRIX_ROLES:
+            return {"geometry": "spectral", "shape_scale": "none"}
+        return {"geometry": "frobenius", "shape_scale": "none"}
