@@ -1,0 +1,123 @@
+"""NorMuon: Muon's orthogonalized momentum with per-neuron (row) second-moment normalization."""
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+import torch
+from torch import Tensor
+
+from ..geometry import as_matrix
+from .docs import fill_doc
+from .muon import Muon
+from .validation import check_choice
+
+SCALES = ("frobenius", "rms")
+#: Guard added to sqrt(v) and to ||O_hat||_F (the reference code's 1e-10).
+NEURON_EPS = 1e-10
+
+
+def neuron_normalize(o: Tensor, row_sq: Tensor, beta2: float, scale: str, eps: float = NEURON_EPS) -> Tensor:
+    """NorMuon's stage-3 factor for one matrix ``o`` (rows = output neurons); updates ``row_sq`` in place.
+
+    ``v <- beta2 v + (1 - beta2) mean_cols(o * o)``; ``o_hat = o / (sqrt(v) + eps)`` row-wise; then
+    ``o_hat`` is rescaled to Frobenius norm ``||o||_F`` (``scale="frobenius"``) or ``0.2 sqrt(m n)``
+    (``scale="rms"``: update RMS 0.2).
+    """
+    row_sq.mul_(beta2).add_(o.square().mean(dim=1).to(row_sq.dtype), alpha=1 - beta2)
+    normed = o / (row_sq.sqrt() + eps).to(o.dtype).unsqueeze(1)
+    if scale == "frobenius":
+        target = torch.linalg.vector_norm(o)
+    else:
+        target = 0.2 * math.sqrt(o.numel())
+    return normed.mul_(target / (torch.linalg.vector_norm(normed) + eps))
+
+
+class NorMuon(Muon):
+    __doc__ = fill_doc(r"""NorMuon (Li, Liu, Liang, Chen, Zhao; arXiv 2510.05491).
+
+    Muon's orthogonalized momentum, then a per-neuron second-moment normalization so that every
+    output neuron (row) gets an update of the same RMS. For each hidden matrix (conv filters viewed
+    as ``m x n = out x in*kh*kw``; rows are output neurons):
+
+    .. math::
+        M_t &= \mu M_{t-1} + (1-\mu) g_t, \qquad D_t = (1-\mu) g_t + \mu M_t \ \text{(Nesterov)} \\
+        O_t &= \mathrm{NS}(D_t) \\
+        v_t &= \beta_2 v_{t-1} + (1-\beta_2)\, \mathrm{mean}_{\text{cols}}(O_t \odot O_t) \in \mathbb{R}^m \\
+        \hat O_t &= O_t \oslash (\sqrt{v_t} + \epsilon) \quad \text{(row-wise)} \\
+        W_t &= (1 - \eta\lambda) W_{t-1} - \eta\, s\, c_t\, \hat O_t
+
+    with ``scale="frobenius"`` (the reference code): ``c_t = ||O_t||_F / (||\hat O_t||_F + eps)``
+    (the update keeps Muon's Frobenius norm) and ``s`` the ``adjust_lr`` factor (default Keller's
+    ``sqrt(max(1, m/n))``); or ``scale="rms"`` (the paper's form): ``c_t = 0.2 sqrt(mn) / ||\hat O_t||_F``,
+    update RMS ``0.2 eta`` like AdamW's, and ``adjust_lr`` defaults to ``none``. ``eps = 1e-10``.
+    ``v`` starts at zero without bias correction (the Frobenius rescale makes the step
+    scale-free, so the zero start only changes relative row weights in the first steps). Extra
+    state: one float per row. Conv filters are normalized on the flattened ``out x in*k*k`` view
+    (the reference code takes row statistics of the 4-D tensor's last axis).
+
+    Embeddings, heads and vectors get AdamW inside the same optimizer, as in :class:`Muon`. The
+    neuron normalization applies to every group whose geometry is ``spectral``.
+
+    Defaults (reference repository): ``lr=0.02``, ``momentum=0.95``, ``beta2=0.95``, Nesterov, 5
+    Keller Newton-Schulz steps, ``weight_decay=0``; AdamW side as :class:`Muon`.
+
+    Args:
+        {PARAMS_DOC}
+        lr: learning rate of the matrix groups.
+        momentum: EMA coefficient ``mu`` in [0, 1).
+        beta2: EMA coefficient of the per-row second moment, in [0, 1).
+        scale: ``frobenius`` (keep Muon's Frobenius norm) or ``rms`` (update RMS 0.2).
+        nesterov: use the Nesterov signal.
+        weight_decay: decoupled weight decay of the matrix groups.
+        adjust_lr: shape factor (see :class:`Muon`); ``None`` picks ``original`` for
+            ``scale="frobenius"`` and ``none`` for ``scale="rms"``.
+        {NS_DOC}
+        adamw_lr, adamw_betas, adamw_eps, adamw_weight_decay: the fallback AdamW's hyperparameters.
+        {COMMON_DOC}
+    """)
+
+    PRESET_KEYS = {"beta2": 0.95, "scale": "frobenius"}
+
+    def __init__(self, params: Iterable[Any], lr: float = 0.02, momentum: float = 0.95, beta2: float = 0.95,
+                 scale: str = "frobenius", nesterov: bool = True, weight_decay: float = 0.0,
+                 adjust_lr: str | None = None, ns: str = "keller", ns_steps: int | None = None,
+                 ns_dtype: str = "auto", adamw_lr: float = 3e-4, adamw_betas: tuple[float, float] = (0.9, 0.95),
+                 adamw_eps: float = 1e-10, adamw_weight_decay: float = 0.0, *, maximize: bool = False,
+                 on_nonfinite: str = "raise"):
+        check_choice("scale", scale, SCALES)
+        if adjust_lr is None:
+            adjust_lr = "original" if scale == "frobenius" else "none"
+        super().__init__(params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
+                         adjust_lr=adjust_lr, ns=ns, ns_steps=ns_steps, ns_dtype=ns_dtype, adamw_lr=adamw_lr,
+                         adamw_betas=adamw_betas, adamw_eps=adamw_eps, adamw_weight_decay=adamw_weight_decay,
+                         maximize=maximize, on_nonfinite=on_nonfinite,
+                         preset_defaults={"beta2": beta2, "scale": scale})
+
+    def _validate_group(self, group: dict[str, Any]) -> None:
+        super()._validate_group(group)
+        beta2 = group["beta2"]
+        if isinstance(beta2, bool) or not isinstance(beta2, (int, float)):
+            raise TypeError(f"Invalid type for beta2: expected a real number, got {type(beta2).__name__}")
+        if not 0.0 <= beta2 < 1.0:
+            raise ValueError(f"Invalid beta2 value: {beta2}; expected 0 <= beta2 < 1")
+        check_choice("scale", group["scale"], SCALES)
+
+    def _adapt(self, group: dict[str, Any], params: list[Tensor], directions: list[Tensor]) -> list[Tensor]:
+        """Stage 3's per-entry factor: the neuron normalization of every spectral group."""
+        if group["geometry"] != "spectral":
+            return directions
+        out = []
+        for p, d in zip(params, directions):
+            state = self.state[p]
+            if "row_sq" not in state:
+                state["row_sq"] = torch.zeros(p.shape[0], dtype=self.state_dtype(p), device=p.device)
+            o = as_matrix(d)
+            out.append(neuron_normalize(o, state["row_sq"], group["beta2"], group["scale"]).view_as(d))
+        return out
+
+    def describe_update(self, group: dict[str, Any]) -> str:
+        base = super().describe_update(group)
+        if group["geometry"] != "spectral":
+            return base
+        return f"{base} + neurons(beta2={group['beta2']}, {group['scale']})"
