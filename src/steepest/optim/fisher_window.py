@@ -1,0 +1,106 @@
+r"""Pure kernels of M-FAC's sliding-window empirical Fisher (Frantar, Kurtic, Alistarh, arXiv 2107.03356).
+
+The window holds the last ``m`` gradients of a parameter group as the rows of ``G`` (``m x d``, the
+group's gradients flattened and concatenated). Slots that were never written are zero rows. With
+the damping ``lambda > 0`` the empirical Fisher of the window is
+
+.. math::
+    F = \lambda I + \frac{1}{m} G^\top G = \lambda I + \frac{1}{m}\sum_{i=1}^m g_i g_i^\top
+
+and Woodbury's identity gives its inverse applied to any ``x`` with one ``m x m`` solve:
+
+.. math::
+    F^{-1} x = \frac{1}{\lambda}\Big(x - G^\top (m\lambda I_m + K)^{-1} G x\Big), \qquad K = G G^\top .
+
+Derivation: ``F = lambda (I + U U^T)`` with ``U = G^T / sqrt(m lambda)``, and
+``(I + U U^T)^{-1} = I - U (I + U^T U)^{-1} U^T``; then ``U (I + U^T U)^{-1} U^T =
+G^T (m lambda I + K)^{-1} G``.
+
+The window is stored per parameter tensor (``G = [G_1 | G_2 | ...]``, one ``m x n_p`` block per
+parameter), so ``G x = sum_p G_p x_p`` and ``G^T y`` is ``G_p^T y`` block by block; nothing of
+length ``d`` is ever concatenated. Each parameter also keeps its partial Gram matrix
+``K_p = G_p G_p^T`` in the window's dtype (its entries are products computed in that dtype, so
+storing them there loses nothing) and ``K = sum_p K_p`` is summed in float64.
+
+Costs: inserting a gradient overwrites one row of every ``G_p`` and recomputes row/column ``r`` of
+every ``K_p`` with one product ``G_p g_p`` (O(dm) in all); the product ``F^{-1} x`` is O(dm) for
+``G x`` and ``G^T y`` plus O(m^3) for the Cholesky factorization of ``m lambda I + K`` (the paper's
+dynamic algorithm refactorizes after each insertion too: O(dm + m^3) per insertion, O(dm + m^2) per
+product with a cached factor). For the gradient just inserted, ``G g`` is exactly the product the
+insertion computed, so a step costs two passes over the window.
+
+Numerics: the sum ``K`` and the ``m x m`` solve are float64. The window itself is in the parameters' state
+dtype (float32 for float32/bfloat16 parameters); since the inserted gradient lies in the window's
+span, ``x - G^T y`` cancels to a fraction of about ``m lambda / ||g||^2`` of ``x``, so a float32
+window gives ``F^{-1} g`` to a relative accuracy of roughly ``eps_32 ||g||^2 / (m lambda)`` (the
+reference implementation, also float32, shares this).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def window_products(windows: list[Tensor], xs: list[Tensor]) -> Tensor:
+    """``G x = sum_p G_p x_p`` as a float64 vector of length ``m`` (``xs`` flattened, in the windows' dtypes)."""
+    total = None
+    for w, x in zip(windows, xs):
+        part = torch.mv(w, x.reshape(-1).to(w.dtype)).double()
+        total = part if total is None else total + part.to(total.device)
+    if total is None:
+        raise ValueError("window_products needs at least one window")
+    return total
+
+
+def insert_gradient(windows: list[Tensor], grams: list[Tensor], grads: list[Tensor], row: int) -> Tensor:
+    """Write ``grads`` (one tensor per parameter) into ring slot ``row`` of every window, in place.
+
+    Updates row and column ``row`` of each partial Gram ``K_p = G_p G_p^T`` and returns
+    ``G g = sum_p G_p g_p`` (float64, length ``m``) of the window after the insertion, which is
+    also the right-hand side ``F^{-1} g`` needs.
+    """
+    total = None
+    for w, k, g in zip(windows, grams, grads):
+        w[row].copy_(g.reshape(-1))
+        part = torch.mv(w, w[row])
+        k[row].copy_(part)
+        k[:, row].copy_(part)
+        part = part.double()
+        total = part if total is None else total + part.to(total.device)
+    if total is None:
+        raise ValueError("insert_gradient needs at least one window")
+    return total
+
+
+def solve_window_system(gram: Tensor, rhs: Tensor, damp: float) -> Tensor:
+    """``y = (m * damp * I + K)^{-1} rhs`` in float64, with ``m = gram.shape[0]``.
+
+    The matrix is symmetric positive definite in exact arithmetic (``K`` is a Gram matrix), so it is
+    solved by Cholesky. A ``K`` accumulated in float32 can be indefinite by rounding when
+    ``||K||`` is about ``1/eps_32`` times ``m * damp``; then the factorization fails and the system
+    is solved by pivoted LU instead.
+    """
+    m = gram.shape[0]
+    a = gram.double() + torch.eye(m, dtype=torch.float64, device=gram.device) * (m * float(damp))
+    b = rhs.double().reshape(m, 1).to(a.device)
+    factor, info = torch.linalg.cholesky_ex(a)
+    if int(info) == 0:
+        return torch.cholesky_solve(b, factor).reshape(m)
+    return torch.linalg.solve(a, b).reshape(m)
+
+
+def inverse_fisher_apply(windows: list[Tensor], xs: list[Tensor], coefficients: Tensor, damp: float) -> list[Tensor]:
+    """``(x_p - G_p^T y) / damp`` for every block: the blocks of ``F^{-1} x`` given ``y`` from
+    :func:`solve_window_system` (new tensors, flattened, in the windows' dtypes)."""
+    out = []
+    for w, x in zip(windows, xs):
+        y = coefficients.to(device=w.device, dtype=w.dtype)
+        out.append(x.reshape(-1).to(w.dtype).sub(torch.mv(w.t(), y)).div_(float(damp)))
+    return out
+
+
+def inverse_fisher_product(windows: list[Tensor], gram: Tensor, xs: list[Tensor], damp: float) -> list[Tensor]:
+    """``F^{-1} x`` for the window ``G = [G_1 | G_2 | ...]`` with total Gram ``K = gram`` (blocks of
+    ``x`` in ``xs``; returns flattened blocks)."""
+    y = solve_window_system(gram, window_products(windows, xs), damp)
+    return inverse_fisher_apply(windows, xs, y, damp)
