@@ -75,6 +75,29 @@ KNOBS: dict[str, Knobs] = {
                       "Invalid eps value: -1.0; expected a positive number", roles=("hidden", "vector")),
         ),
     ),
+    # AuON's update has Frobenius norm lr*sqrt(max(1, m/n)) (RMS ~sqrt(min(m, n)) below Muon's), so
+    # the 40-step problem wants a larger lr than the default 0.055, and the AdamW fallback Muon's 1e-2.
+    # Measured ratios (adamw_lr 1e-2): lr 0.055 -> 0.31, 0.1 -> 0.18, 0.2 -> 0.058, 0.4 -> 0.028.
+    # bf16 relative difference at lr 0.2: 0.16 (norm.weight, the AdamW side, as muon).
+    "auon": Knobs(
+        direction_kwargs={"lr": 0.2, "adamw_lr": 1e-2},
+        direction_max_ratio=0.2,
+        error_cases=(
+            ErrorCase("cosh_brake_type", {}, TypeError, "Invalid type for cosh_brake: expected bool, got str",
+                      group={"cosh_brake": "yes"}),
+        ),
+    ),
+    # Same scaling as AuON (the brake renormalizes the Newton-Schulz output). Measured ratios
+    # (adamw_lr 1e-2): lr 0.055 -> 0.30, 0.1 -> 0.17, 0.2 -> 0.050, 0.4 -> 0.022. bf16 relative
+    # difference at lr 0.2: 0.17 (norm.weight).
+    "hybrid_auon": Knobs(
+        direction_kwargs={"lr": 0.2, "adamw_lr": 1e-2},
+        direction_max_ratio=0.2,
+        error_cases=(
+            ErrorCase("cosh_brake_type", {}, TypeError, "Invalid type for cosh_brake: expected bool, got int",
+                      group={"cosh_brake": 1}),
+        ),
+    ),
     # Measured ratio with lr 2^-6: ~0.05 (the default 2^-7 gives ~0.45).
     "scion": Knobs(
         direction_kwargs={"lr": 2**-6},
@@ -89,6 +112,50 @@ KNOBS: dict[str, Knobs] = {
         ),
     ),
 }
+
+
+KNOBS.update({
+    # Measured ratio ~0.05, bf16 relative difference 0.16 (as muon).
+    "normuon": Knobs(
+        direction_kwargs={"lr": 0.05, "adamw_lr": 1e-2},
+        direction_max_ratio=0.2,
+        error_cases=(
+            ErrorCase("beta2", {"beta2": 1.0}, ValueError, "Invalid beta2 value: 1.0; expected 0 <= beta2 < 1"),
+            ErrorCase("beta2_type", {"beta2": "x"}, TypeError, "Invalid type for beta2: expected a real number, got str"),
+            ErrorCase("scale", {"scale": "l2"}, ValueError, "Unknown scale 'l2'; expected one of: frobenius, rms"),
+        ),
+    ),
+    # Sign updates move every entry by lr: lr 1e-2 gives ratio ~0.07. In bfloat16 the sign of
+    # near-zero momentum entries flips more often: measured relative difference 0.26.
+    "lion": Knobs(direction_kwargs={"lr": 1e-2}, direction_max_ratio=0.2, bf16_max_rel_diff=0.35),
+    # lr 3e-2: ratio ~0.17, bf16 relative difference 0.12.
+    "lion_k": Knobs(
+        direction_kwargs={"lr": 3e-2},
+        direction_max_ratio=0.3,
+        error_cases=(
+            ErrorCase("kappa", {"kappa": "linf"}, ValueError, "Unknown kappa 'linf'; expected one of: l1, l2, nuclear"),
+        ),
+    ),
+    # lr 2e-2: ratio ~0.001, bf16 relative difference 0.16.
+    "signum": Knobs(direction_kwargs={"lr": 2e-2}, direction_max_ratio=0.2),
+    # lr 3e-2: ratio ~0.01, bf16 relative difference 0.11.
+    "diffgrad": Knobs(direction_kwargs={"lr": 3e-2}, direction_max_ratio=0.2),
+    # Without momentum, M-FAC's steps on a fixed batch oscillate (the first step has length
+    # lr*m/||g||): measured ratio 0.49 at the defaults (lr 1e-3), 0.43 / 0.36 at lr 3e-3 / 4e-3.
+    # lr 5e-3 with momentum 0.5: ratio 0.077, bf16 relative difference 0.13 (norm.bias). With
+    # momentum 0.9 and lr 1e-3 (ratio 0.005) the bf16 updates of norm.weight round away.
+    "mfac": Knobs(
+        direction_kwargs={"lr": 5e-3, "momentum": 0.5},
+        direction_max_ratio=0.25,
+        error_cases=(
+            ErrorCase("ngrads_zero", {"ngrads": 0}, ValueError, "Invalid ngrads: 0; expected an integer >= 1"),
+            ErrorCase("ngrads_float", {"ngrads": 2.5}, TypeError, "Invalid type for ngrads: expected an int, got float"),
+            ErrorCase("damp_zero", {"damp": 0.0}, ValueError, "Invalid damp value: 0.0; expected a positive number"),
+            ErrorCase("transform", {}, ValueError, "MFAC supports only transform 'momentum' (an EMA of the "
+                      "preconditioned direction); got 'adam'", group={"transform": "adam"}),
+        ),
+    ),
+})
 
 
 def knobs_for(name: str) -> Knobs:

@@ -289,9 +289,11 @@ def test_copies_keep_settings_and_role_recipes(name, how):
         shape = (3, 2, 2) if role == "conv" else (4,) if role == "vector" else (4, 3)
         opt.add_param_group({"params": [(f"extra.{role}", torch.zeros(shape, requires_grad=True))], "role": role})
         clone.add_param_group({"params": [(f"extra.{role}", torch.zeros(shape, requires_grad=True))], "role": role})
-        # the engine's keys decide the update (torch's __setstate__ adds its own "differentiable")
-        mine = {k: opt.param_groups[-1][k] for k in ENGINE_DEFAULTS}
-        theirs = {k: clone.param_groups[-1][k] for k in ENGINE_DEFAULTS}
+        # the engine's and the preset's keys decide the update (torch's __setstate__ adds its own
+        # "differentiable")
+        keys = [*ENGINE_DEFAULTS, *PRESETS[name].PRESET_KEYS]
+        mine = {k: opt.param_groups[-1][k] for k in keys}
+        theirs = {k: clone.param_groups[-1][k] for k in keys}
         assert mine == theirs, role
 
 # -- bfloat16 --------------------------------------------------------------------------------

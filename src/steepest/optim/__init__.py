@@ -1,7 +1,14 @@
 """Optimizers: the four-stage engine and the presets built on it."""
+from .auon import AuON, HybridAuON
+from .diffgrad import DiffGrad
 from .engine import ENGINE_DEFAULTS, GeometryOptimizer
+from .lion import Lion, LionK
+from .mfac import MFAC
 from .muon import Muon
+from .normuon import NorMuon
 from .registry import PRESETS, preset_class
 from .scion import Scion
+from .signum import Signum
 
-__all__ = ["GeometryOptimizer", "Muon", "Scion", "ENGINE_DEFAULTS", "PRESETS", "preset_class"]
+__all__ = ["GeometryOptimizer", "Muon", "NorMuon", "Scion", "AuON", "HybridAuON", "Lion", "LionK", "Signum",
+           "DiffGrad", "MFAC", "ENGINE_DEFAULTS", "PRESETS", "preset_class"]

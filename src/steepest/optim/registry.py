@@ -2,13 +2,27 @@
 conformance suite runs every check over every entry."""
 from __future__ import annotations
 
+from .auon import AuON, HybridAuON
 from .engine import GeometryOptimizer
+from .diffgrad import DiffGrad
+from .lion import Lion, LionK
+from .mfac import MFAC
 from .muon import Muon
+from .normuon import NorMuon
 from .scion import Scion
+from .signum import Signum
 
 PRESETS: dict[str, type[GeometryOptimizer]] = {
     "muon": Muon,
     "scion": Scion,
+    "auon": AuON,
+    "hybrid_auon": HybridAuON,
+    "normuon": NorMuon,
+    "lion": Lion,
+    "lion_k": LionK,
+    "signum": Signum,
+    "diffgrad": DiffGrad,
+    "mfac": MFAC,
 }
 
 
