@@ -75,6 +75,23 @@ def test_peers_follow_the_documented_recipes():
         peers.build_peer("sgd", model)
 
 
+def test_every_registered_preset_is_a_default_bench_peer():
+    from steepest.optim import PRESETS
+
+    assert {preset for preset, _ in peers.STEEPEST_PEERS.values()} == set(PRESETS)
+    assert set(runner.DEFAULT_OPTIMIZERS) == set(peers.PEER_NAMES)
+    model = GPT(GPTConfig(vocab_size=84))
+    for name, (preset, kwargs) in peers.STEEPEST_PEERS.items():
+        peer = peers.build_peer(name, model)
+        (opt,) = peer.optimizers
+        assert isinstance(opt, PRESETS[preset]), name
+        assert peer.hyperparameters["lr"] == opt.defaults["lr"]
+        if "lr" in kwargs:
+            assert opt.defaults["lr"] == kwargs["lr"], name
+            assert peers.build_peer(name, model, lr=0.5 * kwargs["lr"]).optimizers[0].defaults["lr"] == 0.5 * kwargs["lr"]
+        assert "parameter" in peer.explanation  # the report shows what each parameter gets
+
+
 def _fake_run(final, curve, opt_ms, state=1.0):
     return {"status": "ok", "final_val_loss": final, "opt_step_ms": opt_ms, "step_ms": opt_ms + 100.0,
             "fwd_bwd_ms": 100.0, "peak_rss_mib": 400.0, "state_mib": state,

@@ -17,9 +17,24 @@ Peers:
                    steepest's registry, with the benchmark lrs below (presets with an AdamW
                    fallback use adamw_lr 2e-3, like the AdamW beside torch.optim.Muon).
 
-Benchmark lrs of the steepest presets (peak of the warmup + cosine schedule; swept on this
-benchmark's model at 150 steps, batch 16, seed 1234, and kept where validation loss was lowest):
-{LR_TABLE}
+Benchmark lrs of the steepest presets (peak of the warmup + cosine schedule). Muon's 0.02 comes
+from research/benchmarks.md section 3 (600 steps) and Scion's default from its docstring; the
+others were swept on this benchmark's model with 100 steps of batch 16, seed 1234, 4 validation
+batches (validation loss after 100 steps; torch.optim.AdamW at 4e-3 gave 2.737 there; the lr kept
+is marked *):
+
+    steepest-muon         0.02* 2.566   0.04 2.529 (short runs favour larger lrs; 0.02 is the
+                                                    600-step optimum)
+    steepest-normuon      0.02* 2.570   0.04 2.507 (kept equal to Muon's: same update norm)
+    steepest-auon         0.2 3.365     0.4* 3.177   0.8 3.365
+    steepest-hybrid-auon  0.2 3.217     0.4* 3.129   0.8 3.179
+    steepest-lion         6e-4* 2.725   1e-3 2.741   2e-3 3.242
+    steepest-lion-k       1e-2 2.765    3e-2* 2.568  6e-2 2.554 (nuclear; 3e-2 for the same reason
+                                                    as Muon's 0.02)
+    steepest-signum       2.5e-4 2.940  5e-4* 2.766  1e-3 2.892  2e-3 2.937
+    steepest-diffgrad     4e-3* 2.703   8e-3 2.727
+    steepest-mfac         1e-4 4.279    1e-3 3.084   3e-3 2.697  1e-2* 2.640  3e-2 2.706
+                          (ngrads 32, damp 1e-5, no momentum: the preset's defaults)
 
 A peer that cannot be built here (``torch.optim.Muon`` before torch 2.9) raises
 :class:`PeerUnavailable`; the runner skips it and records the reason in the report.
@@ -69,13 +84,13 @@ STEEPEST_PEERS: dict[str, tuple[str, dict]] = {
     "steepest-muon": ("muon", {"lr": 0.02, "adamw_lr": AUX_ADAMW_LR}),
     "steepest-scion": ("scion", {}),
     "steepest-normuon": ("normuon", {"lr": 0.02, "adamw_lr": AUX_ADAMW_LR}),
-    "steepest-auon": ("auon", {"lr": 0.2, "adamw_lr": AUX_ADAMW_LR}),
-    "steepest-hybrid-auon": ("hybrid_auon", {"lr": 0.05, "adamw_lr": AUX_ADAMW_LR}),
-    "steepest-lion": ("lion", {"lr": 4e-4}),
-    "steepest-lion-k": ("lion_k", {"lr": 1e-3}),
-    "steepest-signum": ("signum", {"lr": 4e-4}),
+    "steepest-auon": ("auon", {"lr": 0.4, "adamw_lr": AUX_ADAMW_LR}),
+    "steepest-hybrid-auon": ("hybrid_auon", {"lr": 0.4, "adamw_lr": AUX_ADAMW_LR}),
+    "steepest-lion": ("lion", {"lr": 6e-4}),
+    "steepest-lion-k": ("lion_k", {"lr": 3e-2}),
+    "steepest-signum": ("signum", {"lr": 5e-4}),
     "steepest-diffgrad": ("diffgrad", {"lr": 4e-3}),
-    "steepest-mfac": ("mfac", {"lr": 1e-3}),
+    "steepest-mfac": ("mfac", {"lr": 1e-2}),
 }
 
 #: Default learning rates, one per peer. ``None`` means "the library's own default".

@@ -44,10 +44,10 @@ from .gpt import GPT, GPTConfig, count_parameters
 from .peers import PEER_NAMES, PeerUnavailable, build_peer, state_bytes
 from .progress import Progress
 
-DEFAULT_OPTIMIZERS = ("adamw", "torch-muon", "steepest-muon", "steepest-scion")
+DEFAULT_OPTIMIZERS = PEER_NAMES  # every peer: the two torch references and every steepest preset
 REFERENCES = {"adamw": "torch.optim.AdamW", "torch-muon": "torch.optim.Muon"}
 # The quick default: half of research/benchmarks.md §3's schedule (batch 32, 300 instead of 600
-# steps), chosen so that the four default optimizers together take about 4-5 minutes on a 2-core
+# steps): about 55 s per optimizer, 11-12 minutes for the twelve default optimizers on a 2-core
 # AVX-512 CPU with native bf16 (measured: ~85 ms/step at batch 16, ~190 ms at batch 32). On a CPU
 # without native bf16, torch.optim.Muon's bfloat16 Newton-Schulz adds ~0.76 s per step (~4 min).
 QUICK_STEPS = 300
