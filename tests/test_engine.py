@@ -86,3 +86,30 @@ def test_overriding_the_geometry_brings_its_default_shape_factor():
     assert opt.param_groups[0]["shape_scale"] is None and opt.param_groups[1]["shape_scale"] == "original"
     opt2 = steepest.Scion([{"params": [emb], "role": "embedding", "geometry": "colnorm", "shape_scale": "none"}])
     assert opt2.param_groups[0]["geometry"] == "colnorm" and opt2.param_groups[0]["shape_scale"] == "none"
+
+
+def test_lion_signal_uses_beta1_for_the_update_and_beta2_for_the_buffer():
+    from steepest.optim.transforms import lion_signal
+
+    buf = torch.tensor([1.0, -2.0])
+    g = torch.tensor([3.0, 1.0])
+    d = lion_signal(buf, g, 0.9, 0.99)
+    torch.testing.assert_close(d, 0.9 * torch.tensor([1.0, -2.0]) + 0.1 * g)
+    torch.testing.assert_close(buf, 0.99 * torch.tensor([1.0, -2.0]) + 0.01 * g)
+
+
+def test_presets_are_compositions_of_flat_engine_keys():
+    """Lion and diffGrad are the engine with their transform and geometry named in the group."""
+    for preset, keys in ((steepest.Lion, dict(transform="lion", geometry="sign", betas=(0.9, 0.99), lr=1e-3)),
+                         (steepest.DiffGrad, dict(transform="diffgrad", geometry="identity", betas=(0.9, 0.999),
+                                                  eps=1e-8, lr=1e-3))):
+        a = torch.randn(4, 5, requires_grad=True)
+        b = a.detach().clone().requires_grad_()
+        opt_a = preset([a], lr=1e-3)
+        opt_b = steepest.GeometryOptimizer([{"params": [b], "role": "hidden", **keys}])
+        for seed in range(3):
+            g = torch.randn(4, 5, generator=torch.Generator().manual_seed(seed))
+            a.grad, b.grad = g.clone(), g.clone()
+            opt_a.step()
+            opt_b.step()
+        assert torch.equal(a, b), preset.__name__
