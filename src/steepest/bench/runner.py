@@ -41,7 +41,8 @@ import torch
 
 from .data import CharData, fixed_batches, load_data, random_batch
 from .gpt import GPT, GPTConfig, count_parameters
-from .peers import PEER_NAMES, PeerUnavailable, build_peer, state_bytes
+from ..optim import PRESETS
+from .peers import PEER_NAMES, STEEPEST_PEERS, PeerUnavailable, build_peer, state_bytes
 from .progress import Progress
 
 DEFAULT_OPTIMIZERS = PEER_NAMES  # every peer: the two torch references and every steepest preset
@@ -365,10 +366,10 @@ def summarize(config: BenchConfig, runs: dict[str, dict]) -> dict:
 def headlines(ok: dict[str, dict], target: float | None) -> list[str]:
     """Plain sentences with the comparisons people ask about first."""
     lines = []
-    pairs = [("steepest-muon", "torch-muon", "steepest.Muon", "torch.optim.Muon"),
-             ("steepest-muon", "adamw", "steepest.Muon", "torch.optim.AdamW"),
-             ("steepest-scion", "adamw", "steepest.Scion", "torch.optim.AdamW"),
-             ("torch-muon", "adamw", "torch.optim.Muon", "torch.optim.AdamW")]
+    pairs = [("steepest-muon", "torch-muon", "steepest.Muon", "torch.optim.Muon")]
+    pairs += [(name, "adamw", f"steepest.{PRESETS[preset].__name__}", "torch.optim.AdamW")
+              for name, (preset, _) in STEEPEST_PEERS.items()]
+    pairs += [("torch-muon", "adamw", "torch.optim.Muon", "torch.optim.AdamW")]
     for name, ref, label, ref_label in pairs:
         if name not in ok or ref not in ok:
             continue
