@@ -7,11 +7,11 @@ minimization oracle of the layer's norm ball, a step size, and decay. Start with
 from . import geometry, polar, roles
 from .explain import explain, explain_rows
 from .factory import for_model
-from .optim import (MFAC, PRESETS, AuON, DiffGrad, GeometryOptimizer, HybridAuON, Lion, LionK, Muon, NorMuon,
-                    Scion, Signum)
+from .optim import (LANTON, MFAC, PRESETS, AuON, DiffGrad, GeometryOptimizer, HybridAuON, Lion, LionK, Muon,
+                    NorMuon, Scion, Signum)
 
 __version__ = "0.2.0"
 
-__all__ = ["Muon", "NorMuon", "Scion", "AuON", "HybridAuON", "Lion", "LionK", "Signum", "DiffGrad", "MFAC",
+__all__ = ["Muon", "NorMuon", "Scion", "AuON", "HybridAuON", "Lion", "LionK", "Signum", "DiffGrad", "MFAC", "LANTON",
            "GeometryOptimizer", "PRESETS", "for_model", "explain", "explain_rows", "geometry", "polar", "roles",
            "__version__"]

@@ -158,6 +158,28 @@ KNOBS.update({
 })
 
 
+KNOBS.update({
+    # Noise-adaptive by default; lr 0.05 / sign_lr 2e-2: ratio ~0.016, bf16 relative difference 0.12.
+    "lanton": Knobs(
+        direction_kwargs={"lr": 0.05, "sign_lr": 2e-2},
+        direction_max_ratio=0.2,
+        error_cases=(
+            ErrorCase("noise_beta", {"noise_beta": 1.0}, ValueError,
+                      "Invalid noise_beta value: 1.0; expected 0 <= noise_beta < 1"),
+            ErrorCase("noise_source", {"noise_source": "twice"}, ValueError,
+                      "Unknown noise_source 'twice'; expected one of: previous, second"),
+            ErrorCase("noise_rule", {"noise_rule": "max"}, ValueError,
+                      "Unknown noise_rule 'max'; expected one of: min_ratio, gmean_ratio"),
+            ErrorCase("noise_ns", {"noise_ns": "nope"}, ValueError,
+                      "Unknown noise_ns 'nope'; expected one of: keller, you, quintic, polar_express, "
+                      "polar_express_8, svd"),
+            ErrorCase("noise_adaptive_type", {"noise_adaptive": 1}, TypeError,
+                      "Invalid type for noise_adaptive: expected bool, got int"),
+        ),
+    ),
+})
+
+
 def knobs_for(name: str) -> Knobs:
     """The knobs of preset ``name`` (generic defaults when it has no entry)."""
     return KNOBS.get(name, Knobs())

@@ -2,6 +2,7 @@
 from .auon import AuON, HybridAuON
 from .diffgrad import DiffGrad
 from .engine import ENGINE_DEFAULTS, GeometryOptimizer
+from .lanton import LANTON
 from .lion import Lion, LionK
 from .mfac import MFAC
 from .muon import Muon
@@ -11,4 +12,4 @@ from .scion import Scion
 from .signum import Signum
 
 __all__ = ["GeometryOptimizer", "Muon", "NorMuon", "Scion", "AuON", "HybridAuON", "Lion", "LionK", "Signum",
-           "DiffGrad", "MFAC", "ENGINE_DEFAULTS", "PRESETS", "preset_class"]
+           "DiffGrad", "MFAC", "LANTON", "ENGINE_DEFAULTS", "PRESETS", "preset_class"]

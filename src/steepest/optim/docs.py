@@ -18,9 +18,19 @@ COMMON_DOC = """maximize: maximize the objective instead of minimizing it.
             ``optimizer.nonfinite_skips``)."""
 
 
+NOISE_DOC = """noise_adaptive: LANTON's noise-adaptive layerwise learning rates on the groups whose
+            geometry is not ``identity`` (see :class:`steepest.LANTON` and ``steepest.optim.noise``).
+        noise_beta: EMA coefficient of the squared noise estimate.
+        noise_source: ``previous`` (difference of consecutive gradients, no extra backward) or
+            ``second`` (difference to ``step(second_grads=...)``, a second mini-batch gradient).
+        noise_rule: ``min_ratio`` (the least noisy layer of a group runs at the base lr) or
+            ``gmean_ratio``."""
+
+
 def fill_doc(doc: str) -> str:
     """Insert the shared snippets into a docstring's ``{PARAMS_DOC}``-style markers (plain string
     replacement, so LaTeX braces in the math stay untouched)."""
-    for key, text in (("{PARAMS_DOC}", PARAMS_DOC), ("{NS_DOC}", NS_DOC), ("{COMMON_DOC}", COMMON_DOC)):
+    for key, text in (("{PARAMS_DOC}", PARAMS_DOC), ("{NS_DOC}", NS_DOC), ("{NOISE_DOC}", NOISE_DOC),
+                      ("{COMMON_DOC}", COMMON_DOC)):
         doc = doc.replace(key, text)
     return doc

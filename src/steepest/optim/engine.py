@@ -28,8 +28,12 @@ Group keys: ``lr``, ``weight_decay``, ``radius``, ``transform`` (``momentum`` | 
 ``momentum``, ``nesterov``, ``betas``, ``eps``, ``geometry`` (``spectral`` | ``sign`` | ``colnorm``
 | ``rownorm`` | ``rms`` | ``identity``), ``shape_scale`` (a mode of the geometry, ``None`` for its
 default; a group that names its ``geometry`` without a ``shape_scale`` gets the geometry's default), ``ns``, ``ns_steps``, ``ns_dtype``, ``ns_eps``, ``maximize``, ``role`` (informational:
-``hidden``, ``conv``, ``embedding``, ``head``, ``vector`` or ``""``). Presets may add keys of their
-own (``PRESET_KEYS``), which are carried the same way.
+``hidden``, ``conv``, ``embedding``, ``head``, ``vector`` or ``""``), and the noise-adaptive
+layerwise rates of LANTON (``noise.py``): ``noise_adaptive`` (bool), ``noise_beta`` (EMA of the
+squared noise), ``noise_source`` (``previous`` | ``second``), ``noise_rule`` (``min_ratio`` |
+``gmean_ratio``), ``noise_ns`` (the nuclear-norm estimator's Newton-Schulz schedule, or ``svd``) and
+``noise_eps`` (relative floor). Noise adaptivity applies to groups whose geometry is not
+``identity``. Presets may add keys of their own (``PRESET_KEYS``), which are carried the same way.
 
 Numerics: optimizer state of bfloat16/float16 parameters is kept in float32 and the update is
 applied in float32. A zero gradient gives a zero step. Gradients are checked for NaN/Inf before
@@ -38,6 +42,7 @@ anything is modified: ``on_nonfinite="raise"`` raises ``FloatingPointError`` nam
 """
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any, Callable, Iterable
 
@@ -46,6 +51,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from ..geometry import Geometry, make_geometry
+from .noise import dual_norms, layer_factors, noise_stds
 from .transforms import adam_signal, diffgrad_signal, lion_signal, momentum_signal
 from .validation import ON_NONFINITE, check_choice, check_group
 
@@ -69,6 +75,12 @@ ENGINE_DEFAULTS: dict[str, Any] = {
     "ns_eps": 1e-7,
     "maximize": False,
     "role": "",
+    "noise_adaptive": False,
+    "noise_beta": 0.9,
+    "noise_source": "previous",
+    "noise_rule": "min_ratio",
+    "noise_ns": "quintic",
+    "noise_eps": 1e-6,
 }
 
 _GEOMETRY_KEYS = ("geometry", "shape_scale", "ns", "ns_steps", "ns_dtype", "ns_eps")
@@ -103,6 +115,7 @@ class GeometryOptimizer(Optimizer):
         self.on_nonfinite = on_nonfinite
         self.nonfinite_skips = 0
         self._geometries: dict[tuple, Geometry] = {}
+        self._second_grads: dict[int, Tensor] = {}
         merged = dict(ENGINE_DEFAULTS)
         merged.update(self.PRESET_KEYS)
         merged.update(defaults)
@@ -193,22 +206,48 @@ class GeometryOptimizer(Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self._geometries = {}
+        self._second_grads = {}
         for group in self.param_groups:
             for key, value in {**ENGINE_DEFAULTS, **self.PRESET_KEYS}.items():
                 group.setdefault(key, value)
 
     # -- the step ------------------------------------------------------------------------------
     @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+    def step(self, closure: Callable[[], Any] | None = None, *, second_grads: Any = None) -> Any:
         """Perform one update of every parameter that has a gradient.
 
         Args:
             closure: re-evaluates the model and returns the loss (optional).
+            second_grads: for groups with ``noise_source="second"``: a second, independent
+                mini-batch gradient at the same point, as a dict ``{param: tensor}`` or a sequence
+                in the order of ``[p for g in optimizer.param_groups for p in g["params"]]``. Used
+                only to estimate the gradient noise, never in the update.
         """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._second_grads = self._map_second_grads(second_grads)
+        try:
+            self._step_groups()
+        finally:
+            self._second_grads = {}
+        return loss
+
+    def _map_second_grads(self, second_grads: Any) -> dict:
+        if second_grads is None:
+            return {}
+        if isinstance(second_grads, dict):
+            return {id(p): g for p, g in second_grads.items()}
+        params = [p for g in self.param_groups for p in g["params"]]
+        second_grads = list(second_grads)
+        if len(second_grads) != len(params):
+            raise ValueError(f"second_grads has {len(second_grads)} tensors but the optimizer has "
+                             f"{len(params)} parameters (pass a dict {{param: grad}} or one tensor per "
+                             f"parameter in param-group order)")
+        return {id(p): g for p, g in zip(params, second_grads) if g is not None}
+
+    def _step_groups(self) -> None:
         work = []
         for gi, group in enumerate(self.param_groups):
             params, grads = [], []
@@ -235,10 +274,12 @@ class GeometryOptimizer(Optimizer):
             self.nonfinite_skips += 1
             warnings.warn(f"{type(self).__name__}: skipped a step with a non-finite gradient in "
                           f"parameter {bad!r} ({self.nonfinite_skips} skipped so far)", RuntimeWarning)
-            return loss
+            return
+        for gi, group, params, grads in work:
+            if self._noise_active(group) and group["noise_source"] == "second":
+                self._check_second_grads(gi, group, params)
         for _, group, params, grads in work:
             self._update_group(group, params, grads)
-        return loss
 
     def _param_name(self, gi: int, pi: int) -> str:
         names = self.param_groups[gi].get("param_names")
@@ -262,6 +303,8 @@ class GeometryOptimizer(Optimizer):
         return None
 
     def _update_group(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
+        if self._noise_active(group):
+            self._update_noise(group, params, grads)                            # stage 3's inputs
         signals = self._signals(group, params, grads)                           # stage 1
         directions = self.geometry(group).lmo_many(signals)                     # stage 2
         directions = self._adapt(group, params, directions)                     # stage 3
@@ -318,17 +361,113 @@ class GeometryOptimizer(Optimizer):
         return directions
 
     def _step_sizes(self, group: dict[str, Any], params: list[Tensor], directions: list[Tensor]) -> list[float]:
-        """Stage 3, scalar part: one step size per parameter (override for group-level adaptive rules)."""
-        return [self.effective_lr(group, p) for p in params]
+        """Stage 3, scalar part: one step size per parameter (override for group-level adaptive rules);
+        with ``noise_adaptive`` times the layer's noise factor."""
+        steps = [self.effective_lr(group, p) for p in params]
+        if self._noise_active(group):
+            factors = self.noise_factors(group)
+            steps = [s * factors.get(id(p), 1.0) for s, p in zip(steps, params)]
+        return steps
+
+    # -- noise-adaptive layerwise rates (LANTON; kernels and math in noise.py) -----------------
+    @staticmethod
+    def _noise_active(group: dict[str, Any]) -> bool:
+        return bool(group["noise_adaptive"]) and group["geometry"] != "identity"
+
+    def _check_second_grads(self, gi: int, group: dict[str, Any], params: list[Tensor]) -> None:
+        for p in params:
+            name = self._param_name(gi, next(i for i, q in enumerate(group["params"]) if q is p))
+            g2 = self._second_grads.get(id(p))
+            if g2 is None:
+                raise ValueError(f"Parameter {name!r} is in a group with noise_source='second' but step() got "
+                                 f"no second gradient for it (pass step(second_grads=...)); nothing was modified")
+            if g2.shape != p.shape:
+                raise ValueError(f"The second gradient of parameter {name!r} has shape {tuple(g2.shape)}, "
+                                 f"expected {tuple(p.shape)}; nothing was modified")
+
+    def _update_noise(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
+        """Update every layer's EMA of the squared dual-norm noise ``||G - G~||_*^2``."""
+        geometry = self.geometry(group)
+        measured, deltas = [], []
+        for p, grad in zip(params, grads):
+            state = self.state[p]
+            g = self._working_grad(group, p, grad)
+            if group["noise_source"] == "second":
+                other = self._working_grad(group, p, self._second_grads[id(p)])
+                deltas.append(g - other)
+                measured.append(p)
+            else:
+                prev = state.get("noise_prev_grad")
+                if prev is not None:
+                    deltas.append(g - prev)
+                    measured.append(p)
+                    prev.copy_(g)
+                else:
+                    state["noise_prev_grad"] = g.clone(memory_format=torch.preserve_format)
+        if not deltas:
+            return
+        norms = dual_norms(geometry, deltas, group["noise_ns"], group["ns_dtype"])
+        beta = group["noise_beta"]
+        for p, norm in zip(measured, norms):
+            state = self.state[p]
+            if "noise_sq" not in state:
+                state["noise_sq"] = torch.zeros((), dtype=torch.float32, device=p.device)
+                state["noise_count"] = torch.zeros((), dtype=torch.float32)
+            scale = group["radius"] * geometry.shape_scale(p.shape)
+            state["noise_sq"].mul_(beta).add_((scale * norm.float()) ** 2, alpha=1 - beta)
+            state["noise_count"] += 1
+
+    def noise_factors(self, group: dict[str, Any]) -> dict[int, float]:
+        """``{id(param): lr factor}`` for the layers of a noise-adaptive group: every factor is 1
+        until every parameter of the group with optimizer state has a noise estimate."""
+        params = [p for p in group["params"] if self.state.get(p)]
+        if not params or any("noise_sq" not in self.state[p] for p in params):
+            return {id(p): 1.0 for p in params}
+        stats = torch.stack([torch.stack([self.state[p]["noise_sq"].float().cpu(),
+                                          self.state[p]["noise_count"].float().cpu()]) for p in params]).tolist()
+        beta = group["noise_beta"]
+        corrected = [h / (1 - beta ** k) if beta > 0 else h for h, k in stats]
+        factors = layer_factors(noise_stds(corrected, group["noise_eps"]), group["noise_rule"])
+        return {id(p): f for p, f in zip(params, factors)}
+
+    def layer_stats(self) -> list[dict[str, Any]]:
+        """Per-layer noise estimates and learning rates of the noise-adaptive groups.
+
+        One dict per parameter of every group with ``noise_adaptive``: ``parameter`` (name),
+        ``group`` (index), ``role``, ``noise`` (bias-corrected noise standard deviation in the
+        layer's dual norm, ``None`` before the first estimate), ``factor`` (the lr factor the next
+        step uses) and ``lr`` (the group's current lr times radius, shape factor and ``factor``).
+        """
+        rows = []
+        for gi, group in enumerate(self.param_groups):
+            if not self._noise_active(group):
+                continue
+            factors = self.noise_factors(group)
+            beta = group["noise_beta"]
+            for pi, p in enumerate(group["params"]):
+                state = self.state.get(p) or {}
+                noise = None
+                if "noise_sq" in state:
+                    k = float(state["noise_count"])
+                    h = float(state["noise_sq"])
+                    noise = math.sqrt(h / (1 - beta ** k) if beta > 0 else h)
+                factor = factors.get(id(p), 1.0)
+                rows.append({"parameter": self._param_name(gi, pi), "group": gi, "role": group["role"],
+                             "noise": noise, "factor": factor, "lr": self.effective_lr(group, p) * factor})
+        return rows
 
     def describe_update(self, group: dict[str, Any]) -> str:
-        """The state transform of ``group`` in words, for ``explain`` tables."""
+        """The state transform of ``group`` in words (plus the noise-adaptive rates), for ``explain``."""
         transform = group["transform"]
         if transform in ("adam", "diffgrad"):
-            return f"{'adamw' if transform == 'adam' else 'diffgrad'}(betas={tuple(group['betas'])})"
-        if transform == "lion":
-            return f"lion(betas={tuple(group['betas'])})"
-        return f"momentum({group['momentum']}{', nesterov' if group['nesterov'] else ''})"
+            text = f"{'adamw' if transform == 'adam' else 'diffgrad'}(betas={tuple(group['betas'])})"
+        elif transform == "lion":
+            text = f"lion(betas={tuple(group['betas'])})"
+        else:
+            text = f"momentum({group['momentum']}{', nesterov' if group['nesterov'] else ''})"
+        if self._noise_active(group):
+            text += f" + noise({group['noise_source']}, {group['noise_rule']}, beta={group['noise_beta']})"
+        return text
 
     def _apply(self, group: dict[str, Any], params: list[Tensor], directions: list[Tensor], steps: list[float]) -> None:
         shrink = 1 - float(group["lr"]) * group["weight_decay"]

@@ -125,11 +125,12 @@ class MFAC(GeometryOptimizer):
 
     # -- the step ------------------------------------------------------------------------------
     @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+    def step(self, closure: Callable[[], Any] | None = None, *, second_grads: Any = None) -> Any:
         """Perform one update of every group whose parameters have gradients.
 
         Args:
             closure: re-evaluates the model and returns the loss (optional).
+            second_grads: as in :meth:`GeometryOptimizer.step` (noise-adaptive groups only).
 
         Raises:
             ValueError: a parameter of a group that has stepped lost (or gained) its gradient, or a
@@ -140,7 +141,7 @@ class MFAC(GeometryOptimizer):
             with torch.enable_grad():
                 loss = closure()
         self._check_windows()
-        super().step()
+        super().step(second_grads=second_grads)
         return loss
 
     def _check_windows(self) -> None:

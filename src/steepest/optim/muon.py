@@ -55,6 +55,7 @@ class Muon(GeometryOptimizer):
         adjust_lr: shape factor: ``original``, ``match_rms_adamw``, ``rms_to_rms`` or ``none``.
         {NS_DOC}
         adamw_lr, adamw_betas, adamw_eps, adamw_weight_decay: the fallback AdamW's hyperparameters.
+        {NOISE_DOC}
         {COMMON_DOC}
     """)
 
@@ -64,15 +65,17 @@ class Muon(GeometryOptimizer):
                  weight_decay: float = 0.0, adjust_lr: str = "original", ns: str = "keller",
                  ns_steps: int | None = None, ns_dtype: str = "auto", adamw_lr: float = 3e-4,
                  adamw_betas: tuple[float, float] = (0.9, 0.95), adamw_eps: float = 1e-10,
-                 adamw_weight_decay: float = 0.0, *, maximize: bool = False, on_nonfinite: str = "raise",
-                 preset_defaults: Mapping[str, Any] | None = None):
+                 adamw_weight_decay: float = 0.0, *, noise_adaptive: bool = False, noise_beta: float = 0.9,
+                 noise_source: str = "previous", noise_rule: str = "min_ratio", maximize: bool = False,
+                 on_nonfinite: str = "raise", preset_defaults: Mapping[str, Any] | None = None):
         # preset_defaults: values of a subclass's PRESET_KEYS (NorMuon's beta2 and scale).
         check_choice("adjust_lr", adjust_lr, ADJUST_LR)
         self._fallback = adamw_fallback(adamw_lr, adamw_betas, adamw_eps, adamw_weight_decay)
         super().__init__(params, on_nonfinite=on_nonfinite, lr=lr, momentum=momentum, nesterov=nesterov,
                          weight_decay=weight_decay, transform="momentum", geometry="spectral",
                          shape_scale=adjust_lr, ns=ns, ns_steps=ns_steps, ns_dtype=ns_dtype, maximize=maximize,
-                         **dict(preset_defaults or {}))
+                         noise_adaptive=noise_adaptive, noise_beta=noise_beta, noise_source=noise_source,
+                         noise_rule=noise_rule, **dict(preset_defaults or {}))
 
     def role_settings(self, role: str) -> dict[str, Any]:
         """Matrix roles (hidden, conv) use the defaults above; every other role gets AdamW."""

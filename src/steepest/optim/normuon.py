@@ -74,6 +74,7 @@ class NorMuon(Muon):
             ``scale="frobenius"`` and ``none`` for ``scale="rms"``.
         {NS_DOC}
         adamw_lr, adamw_betas, adamw_eps, adamw_weight_decay: the fallback AdamW's hyperparameters.
+        {NOISE_DOC}
         {COMMON_DOC}
     """)
 
@@ -83,15 +84,17 @@ class NorMuon(Muon):
                  scale: str = "frobenius", nesterov: bool = True, weight_decay: float = 0.0,
                  adjust_lr: str | None = None, ns: str = "keller", ns_steps: int | None = None,
                  ns_dtype: str = "auto", adamw_lr: float = 3e-4, adamw_betas: tuple[float, float] = (0.9, 0.95),
-                 adamw_eps: float = 1e-10, adamw_weight_decay: float = 0.0, *, maximize: bool = False,
-                 on_nonfinite: str = "raise"):
+                 adamw_eps: float = 1e-10, adamw_weight_decay: float = 0.0, *, noise_adaptive: bool = False,
+                 noise_beta: float = 0.9, noise_source: str = "previous", noise_rule: str = "min_ratio",
+                 maximize: bool = False, on_nonfinite: str = "raise"):
         check_choice("scale", scale, SCALES)
         if adjust_lr is None:
             adjust_lr = "original" if scale == "frobenius" else "none"
         super().__init__(params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
                          adjust_lr=adjust_lr, ns=ns, ns_steps=ns_steps, ns_dtype=ns_dtype, adamw_lr=adamw_lr,
                          adamw_betas=adamw_betas, adamw_eps=adamw_eps, adamw_weight_decay=adamw_weight_decay,
-                         maximize=maximize, on_nonfinite=on_nonfinite,
+                         noise_adaptive=noise_adaptive, noise_beta=noise_beta, noise_source=noise_source,
+                         noise_rule=noise_rule, maximize=maximize, on_nonfinite=on_nonfinite,
                          preset_defaults={"beta2": beta2, "scale": scale})
 
     def _validate_group(self, group: dict[str, Any]) -> None:

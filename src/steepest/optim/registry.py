@@ -5,6 +5,7 @@ from __future__ import annotations
 from .auon import AuON, HybridAuON
 from .engine import GeometryOptimizer
 from .diffgrad import DiffGrad
+from .lanton import LANTON
 from .lion import Lion, LionK
 from .mfac import MFAC
 from .muon import Muon
@@ -23,6 +24,7 @@ PRESETS: dict[str, type[GeometryOptimizer]] = {
     "signum": Signum,
     "diffgrad": DiffGrad,
     "mfac": MFAC,
+    "lanton": LANTON,
 }
 
 

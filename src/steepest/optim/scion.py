@@ -59,6 +59,7 @@ class Scion(GeometryOptimizer):
         constrained: SCG (``(1 - lr)`` blend) instead of uSCG.
         hidden_radius, embedding_radius, head_radius, vector_radius: per-role radii ``rho``.
         {NS_DOC}
+        {NOISE_DOC}
         {COMMON_DOC}
     """)
 
@@ -67,8 +68,9 @@ class Scion(GeometryOptimizer):
     def __init__(self, params: Iterable[Any], lr: float = 2**-6, momentum: float = 0.9, nesterov: bool = False,
                  constrained: bool = False, hidden_radius: float = 3.0, embedding_radius: float = 1.0,
                  head_radius: float = 10.0, vector_radius: float = 1.0, ns: str = "keller",
-                 ns_steps: int | None = None, ns_dtype: str = "auto", *, maximize: bool = False,
-                 on_nonfinite: str = "raise"):
+                 ns_steps: int | None = None, ns_dtype: str = "auto", *, noise_adaptive: bool = False,
+                 noise_beta: float = 0.9, noise_source: str = "previous", noise_rule: str = "min_ratio",
+                 maximize: bool = False, on_nonfinite: str = "raise"):
         radii = {"hidden": hidden_radius, "conv": hidden_radius, "embedding": embedding_radius,
                  "head": head_radius, "vector": vector_radius}
         for role in ("hidden", "embedding", "head", "vector"):
@@ -79,7 +81,8 @@ class Scion(GeometryOptimizer):
         super().__init__(params, on_nonfinite=on_nonfinite, lr=lr, momentum=momentum, nesterov=nesterov,
                          weight_decay=1.0 if constrained else 0.0, transform="momentum", geometry="spectral",
                          shape_scale="rms_to_rms", ns=ns, ns_steps=ns_steps, ns_dtype=ns_dtype,
-                         maximize=maximize)
+                         noise_adaptive=noise_adaptive, noise_beta=noise_beta, noise_source=noise_source,
+                         noise_rule=noise_rule, maximize=maximize)
 
     def role_settings(self, role: str) -> dict[str, Any]:
         """Geometry, shape factor and radius of Scion's recipe for ``role``."""

@@ -11,6 +11,7 @@ from typing import Any, Mapping
 from ..geometry import GEOMETRY_NAMES, geometry_class
 from ..polar import NS_DTYPE_NAMES, SCHEDULE_NAMES
 from ..roles import ROLES
+from .noise import NOISE_RULES, NOISE_SOURCES
 
 TRANSFORMS = ("momentum", "adam", "lion", "diffgrad")
 ON_NONFINITE = ("raise", "skip")
@@ -64,6 +65,18 @@ def check_ns_steps(steps: Any) -> None:
         raise ValueError(f"Invalid ns_steps: {steps}; expected an integer in [1, 100)")
 
 
+def check_noise_keys(group: Mapping[str, Any]) -> None:
+    """The noise-adaptive layerwise rates' keys (LANTON)."""
+    if not isinstance(group["noise_adaptive"], bool):
+        raise TypeError(f"Invalid type for noise_adaptive: expected bool, got {type(group['noise_adaptive']).__name__}")
+    if not 0.0 <= _number("noise_beta", group["noise_beta"]) < 1.0:
+        raise ValueError(f"Invalid noise_beta value: {group['noise_beta']}; expected 0 <= noise_beta < 1")
+    check_choice("noise_source", group["noise_source"], NOISE_SOURCES)
+    check_choice("noise_rule", group["noise_rule"], NOISE_RULES)
+    check_choice("noise_ns", group["noise_ns"], SCHEDULE_NAMES)
+    check_nonnegative("noise_eps", group["noise_eps"])
+
+
 def check_group(group: Mapping[str, Any]) -> None:
     """Validate every hyperparameter a parameter group of the engine carries."""
     if group["role"] and group["role"] not in ROLES:  # "" is the engine's "no role"
@@ -89,5 +102,6 @@ def check_group(group: Mapping[str, Any]) -> None:
     if group["shape_scale"] is not None and group["shape_scale"] not in cls.shape_scales:
         raise ValueError(f"Unknown shape_scale {group['shape_scale']!r} for geometry {group['geometry']!r}; "
                          f"expected one of: {', '.join(cls.shape_scales)}")
+    check_noise_keys(group)
     if not isinstance(group["maximize"], bool):
         raise TypeError(f"Invalid type for maximize: expected bool, got {type(group['maximize']).__name__}")
