@@ -239,3 +239,21 @@ def test_progress_redraws_on_a_terminal_and_prints_lines_otherwise():
     assert len(lines) == 11 and "\r" not in log.text and lines[-1] == "done"
     assert lines[0].strip().startswith("torch-muon [#---------] 10/100  loss 1.0000")
     assert format_seconds(75.3) == "1:15" and format_seconds(3725) == "1:02:05"
+
+
+def test_lanton_run_records_layer_stats_and_plots_them(tmp_path):
+    text = write_tiny_text(tmp_path / "tiny.txt")
+    config = tiny_config(text, optimizers=["steepest-lanton", "steepest-lanton-base"], isolate=False, steps=10)
+    results = runner.run_benchmark(config, show_progress=False)
+    snapshots = results["runs"]["steepest-lanton"]["layer_stats"]
+    assert [s["step"] for s in snapshots] == [5, 10]
+    hidden = [row for row in snapshots[-1]["layers"] if row["role"] == "hidden"]
+    assert hidden and all(row["noise"] > 0 and 0 < row["factor"] <= 1 for row in hidden)
+    assert max(row["factor"] for row in hidden) == 1.0 > min(row["factor"] for row in hidden)
+    assert results["runs"]["steepest-lanton-base"]["layer_stats"] == []
+    paths = report.write_report(results, tmp_path / "out")
+    markdown = paths["report"].read_text(encoding="utf-8")
+    assert "## Layerwise lr factors: steepest-lanton" in markdown
+    assert "steepest-lanton-base" not in markdown.split("## Layerwise lr factors")[1].split("##")[0]
+    pytest.importorskip("matplotlib")
+    assert paths["layer_plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -37,6 +37,8 @@ is marked *):
                           (ngrads 32, damp 1e-5, no momentum: the preset's defaults; in the
                           300-step default run 1e-2 spiked to 3.54 at step 150 and ended at 2.576,
                           3e-3 ran smoothly to 2.542)
+    steepest-lanton(-base) LANTON with and without its noise-adaptive rates (the base is the same
+                          preset with noise_adaptive=False); lrs: see the README's LANTON section
 
 A peer that cannot be built here (``torch.optim.Muon`` before torch 2.9) raises
 :class:`PeerUnavailable`; the runner skips it and records the reason in the report.
@@ -93,6 +95,8 @@ STEEPEST_PEERS: dict[str, tuple[str, dict]] = {
     "steepest-signum": ("signum", {"lr": 5e-4}),
     "steepest-diffgrad": ("diffgrad", {"lr": 4e-3}),
     "steepest-mfac": ("mfac", {"lr": 3e-3}),
+    "steepest-lanton": ("lanton", {"lr": 0.02, "sign_lr": 5e-4}),
+    "steepest-lanton-base": ("lanton", {"lr": 0.02, "sign_lr": 5e-4, "noise_adaptive": False}),
 }
 
 #: Default learning rates, one per peer. ``None`` means "the library's own default".

@@ -7,6 +7,8 @@
   notes (skipped peers, caveats).
 * ``val_loss.png`` plots validation loss against steps and against training seconds (matplotlib,
   Agg backend). Without matplotlib the PNG is skipped and the report says so.
+* ``layer_lr.png`` (when a run has noise-adaptive layerwise rates, e.g. LANTON) plots every
+  layer's lr factor and noise estimate at each evaluation.
 """
 from __future__ import annotations
 
@@ -99,6 +101,29 @@ def ratios_table(results: dict) -> str:
     return "\n".join("| " + " | ".join(row) + " |" for row in rows)
 
 
+def layer_stats_section(results: dict) -> list[str]:
+    """Markdown lines: for each run with noise-adaptive layerwise rates, the hidden layers' lr factor
+    at a quarter, half and the end of training (every layer and evaluation is in results.json and
+    layer_lr.png)."""
+    lines = []
+    for name, run in results["runs"].items():
+        snapshots = run.get("layer_stats")
+        if not snapshots:
+            continue
+        picks = sorted({snapshots[len(snapshots) // 4]["step"], snapshots[len(snapshots) // 2]["step"],
+                        snapshots[-1]["step"]})
+        by_step = {snap["step"]: snap["layers"] for snap in snapshots}
+        lines += [f"## Layerwise lr factors: {name}", "",
+                  "| layer | role | " + " | ".join(f"step {s}" for s in picks) + " |",
+                  "| --- | --- | " + " | ".join("---" for _ in picks) + " |"]
+        for i, row in enumerate(snapshots[-1]["layers"]):
+            lines.append(f"| {row['parameter']} | {row['role']} | "
+                         + " | ".join(f"{by_step[s][i]['factor']:.3f}" for s in picks) + " |")
+        lines += ["", "(1.000: the least noisy layer of its group, at the base lr; layer_lr.png plots "
+                      "every evaluation.)", ""]
+    return lines
+
+
 def render_markdown(results: dict) -> str:
     """The whole ``report.md``."""
     cfg, machine, data, model = results["config"], results["machine"], results["data"], results["model"]
@@ -114,6 +139,7 @@ def render_markdown(results: dict) -> str:
     ratios = ratios_table(results)
     if ratios:
         lines += ["## Ratios (this / reference, same run)", "", ratios, ""]
+    lines += layer_stats_section(results)
     lines += ["## Optimizers", ""]
     for name, run in results["runs"].items():
         if run.get("status") in ("ok", "diverged"):
@@ -178,8 +204,45 @@ def plot_curves(results: dict, path: Path) -> str | None:
     return None
 
 
+def plot_layer_stats(results: dict, path: Path) -> bool:
+    """Draw ``layer_lr.png`` (lr factor and noise per layer over training) for the runs that recorded
+    layer statistics; return whether anything was drawn (False also without matplotlib)."""
+    runs = {name: run["layer_stats"] for name, run in results["runs"].items() if run.get("layer_stats")}
+    if not runs:
+        return False
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, axes = plt.subplots(len(runs), 2, figsize=(11, 3.8 * len(runs)), squeeze=False)
+    for (name, snapshots), (factor_ax, noise_ax) in zip(runs.items(), axes):
+        names = [row["parameter"] for row in snapshots[0]["layers"]]
+        steps = [snap["step"] for snap in snapshots]
+        for i, layer in enumerate(names):
+            factors = [snap["layers"][i]["factor"] for snap in snapshots]
+            noise = [snap["layers"][i]["noise"] if snap["layers"][i]["noise"] is not None else float("nan")
+                     for snap in snapshots]
+            role = snapshots[0]["layers"][i]["role"]
+            style = "-" if role in ("hidden", "conv") else "--"
+            factor_ax.plot(steps, factors, style, linewidth=1, label=layer)
+            noise_ax.plot(steps, noise, style, linewidth=1)
+        factor_ax.set_title(f"{PEER_LABELS.get(name, name)}: lr factor per layer")
+        noise_ax.set_title("noise estimate (dual norm, std)")
+        noise_ax.set_yscale("log")
+        for axis in (factor_ax, noise_ax):
+            axis.set_xlabel("step")
+            axis.grid(alpha=0.3)
+        factor_ax.legend(fontsize=5, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
 def write_report(results: dict, out_dir: str | Path) -> dict[str, Path]:
-    """Write the three files into ``out_dir`` (created if needed); return their paths."""
+    """Write the files into ``out_dir`` (created if needed); return their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"results": out / "results.json", "report": out / "report.md"}
@@ -189,6 +252,8 @@ def write_report(results: dict, out_dir: str | Path) -> dict[str, Path]:
         paths["plot"] = png
     else:
         results.setdefault("notes", []).append(png_note)
+    if plot_layer_stats(results, out / "layer_lr.png"):
+        paths["layer_plot"] = out / "layer_lr.png"
     paths["results"].write_text(json.dumps(_clean(results), indent=1), encoding="utf-8")
     paths["report"].write_text(render_markdown(results), encoding="utf-8")
     return paths

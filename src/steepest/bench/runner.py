@@ -215,6 +215,7 @@ def train_one(config: BenchConfig, name: str, data: CharData | None = None,
     rss_before = peak_rss_mib()
 
     curve = [{"step": 0, "val_loss": evaluate(model, val_batches), "train_seconds": 0.0}]
+    layer_stats: list[dict] = []  # LANTON-style optimizers: per-layer noise and lr factor over training
     step_s, fwd_bwd_s, opt_s, train_losses = [], [], [], []
     train_seconds = 0.0
     diverged = False
@@ -242,6 +243,9 @@ def train_one(config: BenchConfig, name: str, data: CharData | None = None,
         if step % config.eval_every == 0 or step == config.steps or diverged:
             val = evaluate(model, val_batches)
             curve.append({"step": step, "val_loss": val, "train_seconds": train_seconds})
+            rows = _layer_stats(peer)
+            if rows:
+                layer_stats.append({"step": step, "layers": rows})
             bar.update(step, loss_value, val)
         else:
             bar.update(step, loss_value)
@@ -259,6 +263,7 @@ def train_one(config: BenchConfig, name: str, data: CharData | None = None,
         "steps_done": len(step_s),
         "curve": curve,
         "train_loss": train_losses,
+        "layer_stats": layer_stats,
         "final_val_loss": curve[-1]["val_loss"],
         "train_seconds": train_seconds,
         "step_ms": _median_ms(step_s, config.timing_skip),
@@ -273,6 +278,16 @@ def train_one(config: BenchConfig, name: str, data: CharData | None = None,
         "torch_threads": torch.get_num_threads(),
         "isolated": False,
     }
+
+
+def _layer_stats(peer) -> list[dict]:
+    """``layer_stats()`` of the peer's noise-adaptive optimizer, trimmed to name, noise and factor."""
+    rows = []
+    for opt in peer.optimizers:
+        for row in getattr(opt, "layer_stats", lambda: [])():
+            rows.append({"parameter": row["parameter"], "role": row["role"], "noise": row["noise"],
+                         "factor": row["factor"]})
+    return rows
 
 
 def _child_env() -> dict:
