@@ -163,3 +163,16 @@ def test_noise_flag_on_muon_scion_normuon():
             assert active == {"embedding": False, "head": False, "hidden": True, "vector": False}
         assert "noise(previous, min_ratio" in steepest.explain(opt)
         assert not any(g["noise_adaptive"] for g in steepest.for_model(model, preset).param_groups)
+
+
+def test_custom_rule_by_overriding_layer_rule():
+    class Halving(LANTON):
+        def layer_rule(self, group, stds):
+            return [0.5] * len(stds)
+
+    params, _ = _two_layer_setup(True)
+    opt = Halving([{"params": params[:2], "role": "hidden"}], lr=0.05)
+    for _ in range(2):
+        params[0].grad, params[1].grad = torch.randn(6, 4, dtype=F64), torch.randn(6, 4, dtype=F64)
+        opt.step()
+    assert [r["factor"] for r in opt.layer_stats()] == [0.5, 0.5]

@@ -38,7 +38,11 @@ is marked *):
                           300-step default run 1e-2 spiked to 3.54 at step 150 and ended at 2.576,
                           3e-3 ran smoothly to 2.542)
     steepest-lanton(-base) LANTON with and without its noise-adaptive rates (the base is the same
-                          preset with noise_adaptive=False); lrs: see the README's LANTON section
+                          preset with noise_adaptive=False); steepest-muon-lanton is Muon with
+                          noise_adaptive=True. The noise-adaptive ones default to twice their base's
+                          lr because the min_ratio rule slows every layer but the least noisy one
+                          (factors 0.2-0.7 measured); benchmarks/lanton_grid.sh tunes all of them
+                          on {0.5, 1, 2} x these defaults, two seeds
 
 A peer that cannot be built here (``torch.optim.Muon`` before torch 2.9) raises
 :class:`PeerUnavailable`; the runner skips it and records the reason in the report.
@@ -95,8 +99,9 @@ STEEPEST_PEERS: dict[str, tuple[str, dict]] = {
     "steepest-signum": ("signum", {"lr": 5e-4}),
     "steepest-diffgrad": ("diffgrad", {"lr": 4e-3}),
     "steepest-mfac": ("mfac", {"lr": 3e-3}),
-    "steepest-lanton": ("lanton", {"lr": 0.02, "sign_lr": 5e-4}),
+    "steepest-lanton": ("lanton", {"lr": 0.04, "sign_lr": 5e-4}),
     "steepest-lanton-base": ("lanton", {"lr": 0.02, "sign_lr": 5e-4, "noise_adaptive": False}),
+    "steepest-muon-lanton": ("muon", {"lr": 0.04, "adamw_lr": AUX_ADAMW_LR, "noise_adaptive": True}),
 }
 
 #: Default learning rates, one per peer. ``None`` means "the library's own default".

@@ -427,8 +427,13 @@ class GeometryOptimizer(Optimizer):
                                           self.state[p]["noise_count"].float().cpu()]) for p in params]).tolist()
         beta = group["noise_beta"]
         corrected = [h / (1 - beta ** k) if beta > 0 else h for h, k in stats]
-        factors = layer_factors(noise_stds(corrected, group["noise_eps"]), group["noise_rule"])
+        factors = self.layer_rule(group, noise_stds(corrected, group["noise_eps"]))
         return {id(p): f for p, f in zip(params, factors)}
+
+    def layer_rule(self, group: dict[str, Any], stds: list[float]) -> list[float]:
+        """The lr factors of a group's layers from their noise standard deviations (in group order):
+        the named ``noise_rule``. Override in a subclass for a rule of your own."""
+        return layer_factors(stds, group["noise_rule"])
 
     def layer_stats(self) -> list[dict[str, Any]]:
         """Per-layer noise estimates and learning rates of the noise-adaptive groups.
