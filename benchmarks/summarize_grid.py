@@ -1,7 +1,8 @@
 """Summarize an lr x seed grid of single-optimizer ``steepest bench`` runs (benchmarks/lanton_grid.sh).
 
 For every optimizer: the mean final validation loss per lr over seeds; the lr with the lowest mean is
-its tuned lr. The target is torch.optim.AdamW's mean final loss at its tuned lr. Steps to target:
+its tuned lr. The target is torch.optim.AdamW's worst final loss over the seeds at its tuned lr
+(so AdamW reaches it in every seed, in at most the full run). Steps to target:
 the first evaluation at or below the target, averaged over seeds (a run that never reaches it
 counts as missing). Ratios are against AdamW, torch.optim.Muon and LANTON's base, all at their
 tuned lrs. Also the median optimizer-step time of LANTON over its base at the same lr.
@@ -36,12 +37,13 @@ def main(root: str) -> None:
     mean_final = {name: {lr: statistics.mean(r["final_val_loss"] for r in seeds.values())
                          for lr, seeds in by_lr.items()} for name, by_lr in runs.items()}
     tuned = {name: min(finals, key=finals.get) for name, finals in mean_final.items()}
-    print("mean final val loss per lr (seeds: %s)" % sorted({s for b in runs.values() for d in b.values() for s in d}))
+    seeds = sorted({s for b in runs.values() for d in b.values() for s in d})
+    print(f"mean final val loss per lr (seeds: {seeds}; * = tuned lr)")
     for name, finals in mean_final.items():
         cells = "  ".join(f"{lr:g}: {v:.3f}{'*' if lr == tuned[name] else ''}" for lr, v in sorted(finals.items()))
         print(f"  {name:22s} {cells}")
-    target = mean_final["adamw"][tuned["adamw"]]
-    print(f"target: {target:.3f} (AdamW's mean final val at its tuned lr {tuned['adamw']:g})")
+    target = max(r["final_val_loss"] for r in runs["adamw"][tuned["adamw"]].values())
+    print(f"target: {target:.3f} (AdamW's worst final val over seeds at its tuned lr {tuned['adamw']:g})")
     summary = {}
     for name, lr in tuned.items():
         seeds = runs[name][lr]
