@@ -257,3 +257,10 @@ def test_lanton_run_records_layer_stats_and_plots_them(tmp_path):
     assert "steepest-lanton-base" not in markdown.split("## Layerwise lr factors")[1].split("##")[0]
     pytest.importorskip("matplotlib")
     assert paths["layer_plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_headline_labels_are_unique_per_peer():
+    labels = [runner.steepest_label(name) for name in peers.STEEPEST_PEERS]
+    assert len(set(labels)) == len(labels), labels
+    assert runner.steepest_label("steepest-lanton-base") == "steepest.LANTON(noise_adaptive=False)"
+    assert runner.steepest_label("steepest-muon-lanton") == "steepest.Muon(noise_adaptive=True)"

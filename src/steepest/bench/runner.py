@@ -378,12 +378,21 @@ def summarize(config: BenchConfig, runs: dict[str, dict]) -> dict:
             "headlines": headlines(ok, target)}
 
 
+def steepest_label(name: str) -> str:
+    """``steepest.<Class>`` of a steepest peer, saying when it switches the noise-adaptive rates."""
+    preset, kwargs = STEEPEST_PEERS[name]
+    label = f"steepest.{PRESETS[preset].__name__}"
+    default = PRESETS[preset].__init__.__kwdefaults__ or {}
+    if "noise_adaptive" in kwargs and kwargs["noise_adaptive"] != default.get("noise_adaptive"):
+        label += f"(noise_adaptive={kwargs['noise_adaptive']})"
+    return label
+
+
 def headlines(ok: dict[str, dict], target: float | None) -> list[str]:
     """Plain sentences with the comparisons people ask about first."""
     lines = []
     pairs = [("steepest-muon", "torch-muon", "steepest.Muon", "torch.optim.Muon")]
-    pairs += [(name, "adamw", f"steepest.{PRESETS[preset].__name__}", "torch.optim.AdamW")
-              for name, (preset, _) in STEEPEST_PEERS.items()]
+    pairs += [(name, "adamw", steepest_label(name), "torch.optim.AdamW") for name in STEEPEST_PEERS]
     pairs += [("torch-muon", "adamw", "torch.optim.Muon", "torch.optim.AdamW")]
     for name, ref, label, ref_label in pairs:
         if name not in ok or ref not in ok:
