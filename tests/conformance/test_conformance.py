@@ -228,27 +228,25 @@ def test_state_dict_is_deterministic(name):
             assert torch.equal(v, b["state"][k][key])
 
 
-@parametrize_presets
-def test_save_load_with_weights_only(name):
-    model = make_model()
-    opt = build(model, name)
-    train(model, opt, 3)
+def _via_torch_save_weights_only(model, opt):
     buf = io.BytesIO()
     torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buf)
     buf.seek(0)
     loaded = torch.load(buf, weights_only=True)
-    model2, opt2 = _reloaded(name, loaded["model"], loaded["opt"])
-    _continue_both(model, opt, model2, opt2)
-    assert_params_equal(model, model2)
+    return loaded["model"], loaded["opt"]
+
+
+def _via_pickle(model, opt):
+    return copy.deepcopy(model.state_dict()), pickle.loads(pickle.dumps(opt.state_dict()))
 
 
 @parametrize_presets
-def test_pickled_state_dict_round_trip(name):
+@pytest.mark.parametrize("transport", [_via_torch_save_weights_only, _via_pickle], ids=["weights_only", "pickle"])
+def test_saved_state_dict_continues_bit_identically(name, transport):
     model = make_model()
     opt = build(model, name)
     train(model, opt, 3)
-    sd = pickle.loads(pickle.dumps(opt.state_dict()))
-    model2, opt2 = _reloaded(name, copy.deepcopy(model.state_dict()), sd)
+    model2, opt2 = _reloaded(name, *transport(model, opt))
     _continue_both(model, opt, model2, opt2)
     assert_params_equal(model, model2)
 

@@ -382,8 +382,7 @@ def steepest_label(name: str) -> str:
     """``steepest.<Class>`` of a steepest peer, saying when it switches the noise-adaptive rates."""
     preset, kwargs = STEEPEST_PEERS[name]
     label = f"steepest.{PRESETS[preset].__name__}"
-    default = PRESETS[preset].__init__.__kwdefaults__ or {}
-    if "noise_adaptive" in kwargs and kwargs["noise_adaptive"] != default.get("noise_adaptive"):
+    if "noise_adaptive" in kwargs:
         label += f"(noise_adaptive={kwargs['noise_adaptive']})"
     return label
 

@@ -57,6 +57,15 @@ def cosh_brakes(directions: list[Tensor]) -> list[float]:
     return brakes
 
 
+#: The constructor arguments AuON and HybridAuON share, for their docstrings.
+_AUON_ARGS = fill_doc("""{PARAMS_DOC}
+        lr: learning rate ``eta`` of the matrix groups.
+        momentum: EMA coefficient ``mu`` in [0, 1).
+        nesterov: use the Nesterov signal.
+        weight_decay: decoupled weight decay ``lambda`` of the matrix groups.
+        adamw_lr, adamw_betas, adamw_eps, adamw_weight_decay: the fallback AdamW's hyperparameters.""")
+
+
 class AuON(GeometryOptimizer):
     __doc__ = fill_doc(r"""AuON (Dipan Maity, arXiv 2509.24320, paper form v1).
 
@@ -102,14 +111,9 @@ class AuON(GeometryOptimizer):
     shape factor and uses lr 0.24; it is not implemented here.
 
     Args:
-        {PARAMS_DOC}
-        lr: learning rate ``eta`` of the matrix groups.
-        momentum: EMA coefficient ``mu`` in [0, 1).
-        nesterov: use the Nesterov signal.
-        weight_decay: decoupled weight decay ``lambda`` of the matrix groups.
-        adamw_lr, adamw_betas, adamw_eps, adamw_weight_decay: the fallback AdamW's hyperparameters.
+        {AUON_ARGS}
         {COMMON_DOC}
-    """)
+    """).replace("{AUON_ARGS}", _AUON_ARGS)
 
     PRESET_KEYS = {"cosh_brake": True}
     _persistent_attrs = GeometryOptimizer._persistent_attrs + ("_fallback",)
@@ -184,15 +188,10 @@ class HybridAuON(AuON):
     the paper's form instead (``ns_steps=5`` gets the 5-step direction, with this class's scaling).
 
     Args:
-        {PARAMS_DOC}
-        lr: learning rate ``eta`` of the matrix groups.
-        momentum: EMA coefficient ``mu`` in [0, 1).
-        nesterov: use the Nesterov signal.
-        weight_decay: decoupled weight decay ``lambda`` of the matrix groups.
+        {AUON_ARGS}
         {NS_DOC}
-        adamw_lr, adamw_betas, adamw_eps, adamw_weight_decay: the fallback AdamW's hyperparameters.
         {COMMON_DOC}
-    """)
+    """).replace("{AUON_ARGS}", _AUON_ARGS)
 
     def __init__(self, params: Iterable[Any], lr: float = 0.055, momentum: float = 0.95, nesterov: bool = True,
                  weight_decay: float = 0.0, ns: str = "keller", ns_steps: int | None = 1, ns_dtype: str = "auto",

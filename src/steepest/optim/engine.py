@@ -375,14 +375,16 @@ class GeometryOptimizer(Optimizer):
         return bool(group["noise_adaptive"]) and group["geometry"] != "identity"
 
     def _check_second_grads(self, gi: int, group: dict[str, Any], params: list[Tensor]) -> None:
+        def name(p: Tensor) -> str:  # only built for an error message
+            return self._param_name(gi, next(i for i, q in enumerate(group["params"]) if q is p))
+
         for p in params:
-            name = self._param_name(gi, next(i for i, q in enumerate(group["params"]) if q is p))
             g2 = self._second_grads.get(id(p))
             if g2 is None:
-                raise ValueError(f"Parameter {name!r} is in a group with noise_source='second' but step() got "
+                raise ValueError(f"Parameter {name(p)!r} is in a group with noise_source='second' but step() got "
                                  f"no second gradient for it (pass step(second_grads=...)); nothing was modified")
             if g2.shape != p.shape:
-                raise ValueError(f"The second gradient of parameter {name!r} has shape {tuple(g2.shape)}, "
+                raise ValueError(f"The second gradient of parameter {name(p)!r} has shape {tuple(g2.shape)}, "
                                  f"expected {tuple(p.shape)}; nothing was modified")
 
     def _update_noise(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
@@ -417,17 +419,30 @@ class GeometryOptimizer(Optimizer):
             state["noise_sq"].mul_(beta).add_((scale * norm.float()) ** 2, alpha=1 - beta)
             state["noise_count"] += 1
 
+    def _noise_sq(self, group: dict[str, Any], params: list[Tensor]) -> list[float | None]:
+        """Bias-corrected ``H`` of each parameter (``None`` before its first estimate), read with
+        one device-to-host transfer (the counts live on the CPU)."""
+        measured = [p for p in params if "noise_sq" in self.state.get(p, {})]
+        if not measured:
+            return [None] * len(params)
+        values = dict(zip(map(id, measured), torch.stack([self.state[p]["noise_sq"] for p in measured]).tolist()))
+        beta = group["noise_beta"]
+        out: list[float | None] = []
+        for p in params:
+            h = values.get(id(p))
+            if h is not None and beta > 0:
+                h /= 1 - beta ** float(self.state[p]["noise_count"])
+            out.append(h)
+        return out
+
     def noise_factors(self, group: dict[str, Any]) -> dict[int, float]:
         """``{id(param): lr factor}`` for the layers of a noise-adaptive group: every factor is 1
         until every parameter of the group with optimizer state has a noise estimate."""
         params = [p for p in group["params"] if self.state.get(p)]
-        if not params or any("noise_sq" not in self.state[p] for p in params):
+        noise_sq = self._noise_sq(group, params)
+        if not params or None in noise_sq:
             return {id(p): 1.0 for p in params}
-        stats = torch.stack([torch.stack([self.state[p]["noise_sq"].float().cpu(),
-                                          self.state[p]["noise_count"].float().cpu()]) for p in params]).tolist()
-        beta = group["noise_beta"]
-        corrected = [h / (1 - beta ** k) if beta > 0 else h for h, k in stats]
-        factors = self.layer_rule(group, noise_stds(corrected, group["noise_eps"]))
+        factors = self.layer_rule(group, noise_stds(noise_sq, group["noise_eps"]))  # type: ignore[arg-type]
         return {id(p): f for p, f in zip(params, factors)}
 
     def layer_rule(self, group: dict[str, Any], stds: list[float]) -> list[float]:
@@ -448,14 +463,9 @@ class GeometryOptimizer(Optimizer):
             if not self._noise_active(group):
                 continue
             factors = self.noise_factors(group)
-            beta = group["noise_beta"]
-            for pi, p in enumerate(group["params"]):
-                state = self.state.get(p) or {}
-                noise = None
-                if "noise_sq" in state:
-                    k = float(state["noise_count"])
-                    h = float(state["noise_sq"])
-                    noise = math.sqrt(h / (1 - beta ** k) if beta > 0 else h)
+            noise_sq = self._noise_sq(group, group["params"])
+            for pi, (p, h) in enumerate(zip(group["params"], noise_sq)):
+                noise = None if h is None else math.sqrt(h)
                 factor = factors.get(id(p), 1.0)
                 rows.append({"parameter": self._param_name(gi, pi), "group": gi, "role": group["role"],
                              "noise": noise, "factor": factor, "lr": self.effective_lr(group, p) * factor})
