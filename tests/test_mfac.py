@@ -242,3 +242,19 @@ def test_solve_falls_back_to_lu_when_rounding_makes_the_system_indefinite():
     rhs = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
     y = solve_window_system(gram, rhs, damp=0.01)
     torch.testing.assert_close(y, rhs / torch.tensor([2.03, 1.03, -0.47], dtype=torch.float64))
+
+
+def test_solve_survives_a_numerically_singular_window_of_repeated_large_gradients():
+    """Full-batch training repeats nearly the same large gradient: ``K + m damp I`` is then singular
+    in float64 (LU raises); the raised diagonal shift keeps the step finite and damped."""
+    g = torch.randn(1000, generator=torch.Generator().manual_seed(0)) * 1e6
+    window = g.repeat(4, 1)  # float32, four identical rows
+    gram = window @ window.T
+    m, damp = 4, 1e-5
+    shifted = gram.double() + torch.eye(m, dtype=torch.float64) * (m * damp)
+    assert int(torch.linalg.cholesky_ex(shifted)[1]) != 0  # the plain system is numerically singular
+    rhs = torch.mv(window, g).double()
+    y = solve_window_system(gram, rhs, damp=damp)
+    assert torch.isfinite(y).all()
+    # the solution of the minimally regularized system: each row takes a quarter, damped slightly
+    torch.testing.assert_close(y, torch.full((4,), 0.25, dtype=torch.float64), rtol=1e-3, atol=0)

@@ -76,17 +76,23 @@ def solve_window_system(gram: Tensor, rhs: Tensor, damp: float) -> Tensor:
     """``y = (m * damp * I + K)^{-1} rhs`` in float64, with ``m = gram.shape[0]``.
 
     The matrix is symmetric positive definite in exact arithmetic (``K`` is a Gram matrix), so it is
-    solved by Cholesky. A ``K`` accumulated in float32 can be indefinite by rounding when
-    ``||K||`` is about ``1/eps_32`` times ``m * damp``; then the factorization fails and the system
-    is solved by pivoted LU instead.
+    solved by Cholesky. A ``K`` accumulated in float32 can be indefinite by rounding when ``||K||``
+    is about ``1/eps_32`` times ``m * damp`` (large gradients, or nearly repeated ones, as full-batch
+    training gives); its rounding error is at most about ``m * eps_32 * max|K|``, so the diagonal
+    shift is then raised to that size, which makes the matrix positive definite again. This changes
+    the result only where the damped system was numerically singular.
     """
     m = gram.shape[0]
-    a = gram.double() + torch.eye(m, dtype=torch.float64, device=gram.device) * (m * float(damp))
-    b = rhs.double().reshape(m, 1).to(a.device)
-    factor, info = torch.linalg.cholesky_ex(a)
-    if int(info) == 0:
-        return torch.cholesky_solve(b, factor).reshape(m)
-    return torch.linalg.solve(a, b).reshape(m)
+    k = gram.double()
+    eye = torch.eye(m, dtype=torch.float64, device=gram.device)
+    b = rhs.double().reshape(m, 1).to(k.device)
+    factor, info = torch.linalg.cholesky_ex(k + eye * (m * float(damp)))
+    if int(info) != 0:
+        floor = 4.0 * m * torch.finfo(torch.float32).eps * float(k.abs().max())
+        factor, info = torch.linalg.cholesky_ex(k + eye * max(m * float(damp), floor))
+    if int(info) != 0:  # a non-finite Gram: let the solve raise or propagate it
+        return torch.linalg.solve(k + eye * (m * float(damp)), b).reshape(m)
+    return torch.cholesky_solve(b, factor).reshape(m)
 
 
 def inverse_fisher_apply(windows: list[Tensor], xs: list[Tensor], coefficients: Tensor, damp: float) -> list[Tensor]:
