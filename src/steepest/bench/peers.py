@@ -49,48 +49,23 @@ A peer that cannot be built here (``torch.optim.Muon`` before torch 2.9) raises
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 from torch import nn
 
-from .. import roles
 from ..explain import explain
 from ..factory import for_model
+from .external_peers import EXTERNAL_BUILDERS, EXTERNAL_LRS
+from .peer_base import (AUX_ADAMW_LR, BETAS, Peer, PeerUnavailable, hidden_matrix_names,  # noqa: F401
+                        split_hidden, state_bytes)
 
-
-class PeerUnavailable(RuntimeError):
-    """The peer cannot be built here (its library is missing or lacks the needed API)."""
-
-
-@dataclass
-class Peer:
-    """A named optimizer setup; ``step()`` and ``zero_grad()`` act on every underlying optimizer."""
-
-    name: str
-    optimizers: list[torch.optim.Optimizer]
-    step_covers: str
-    hyperparameters: dict = field(default_factory=dict)
-    explanation: str | None = None
-
-    def step(self) -> None:
-        for opt in self.optimizers:
-            opt.step()
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for opt in self.optimizers:
-            opt.zero_grad(set_to_none=set_to_none)
-
-
-AUX_ADAMW_LR = 2e-3  # the AdamW that handles non-matrix parameters beside Muon
-BETAS = (0.9, 0.95)
 
 #: peer name -> (steepest preset, constructor keywords). ``lr`` is the benchmark's default peak lr
 #: (absent: the preset's own default); ``build_peer(..., lr=x)`` replaces it.
 STEEPEST_PEERS: dict[str, tuple[str, dict]] = {
     "steepest-muon": ("muon", {"lr": 0.02, "adamw_lr": AUX_ADAMW_LR}),
-    "steepest-scion": ("scion", {}),
+    "steepest-scion": ("scion", {"lr": 2.0 ** -6}),
     "steepest-normuon": ("normuon", {"lr": 0.02, "adamw_lr": AUX_ADAMW_LR}),
     "steepest-auon": ("auon", {"lr": 0.4, "adamw_lr": AUX_ADAMW_LR}),
     "steepest-hybrid-auon": ("hybrid_auon", {"lr": 0.4, "adamw_lr": AUX_ADAMW_LR}),
@@ -112,38 +87,37 @@ DEFAULT_LRS: dict[str, float | None] = {
 }
 
 
-def hidden_matrix_names(model: nn.Module) -> set[str]:
-    """Names of the parameters ``steepest.roles.classify`` labels ``hidden`` (torch.optim.Muon's share)."""
-    return {name for name, role in roles.classify(model).items() if role == "hidden"}
-
-
 def _decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """AdamW groups: decay on parameters with 2 or more dims, none on vectors."""
     matrices = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
     vectors = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    return [{"params": matrices, "weight_decay": weight_decay},
-            {"params": vectors, "weight_decay": 0.0}]
+    groups = [{"params": matrices, "weight_decay": weight_decay}, {"params": vectors, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
 
 
-def build_adamw(model: nn.Module, lr: float | None = None) -> Peer:
+def build_adamw(model: nn.Module, lr: float | None = None, roles_override=None,
+                adamw_weight_decay: float = 0.1) -> Peer:
     lr = DEFAULT_LRS["adamw"] if lr is None else lr
-    opt = torch.optim.AdamW(_decay_groups(model, 0.1), lr=lr, betas=BETAS)
+    wd = adamw_weight_decay
+    opt = torch.optim.AdamW(_decay_groups(model, wd), lr=lr, betas=BETAS)
     return Peer("adamw", [opt], step_covers="torch.optim.AdamW on every parameter",
-                hyperparameters={"lr": lr, "betas": BETAS, "weight_decay": "0.1 on 2-D, 0 on 1-D"})
+                hyperparameters={"lr": lr, "betas": BETAS, "weight_decay": f"{wd:g} on >= 2-D, 0 on 1-D"})
 
 
-def build_torch_muon(model: nn.Module, lr: float | None = None) -> Peer:
+def build_torch_muon(model: nn.Module, lr: float | None = None, roles_override=None,
+                     adamw_weight_decay: float = 0.1) -> Peer:
     if not hasattr(torch.optim, "Muon"):
         raise PeerUnavailable(f"torch {torch.__version__} has no torch.optim.Muon (added in 2.9)")
     lr = DEFAULT_LRS["torch-muon"] if lr is None else lr
-    hidden = hidden_matrix_names(model)
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    muon_params = [p for n, p in named if n in hidden]
-    other_params = [p for n, p in named if n not in hidden]
+    muon_params, other_params = split_hidden(model, roles_override)
+    if not muon_params:
+        raise PeerUnavailable("the model has no hidden 2-D matrix for torch.optim.Muon")
     muon = torch.optim.Muon(muon_params, lr=lr, momentum=0.95, nesterov=True, weight_decay=0.0)
-    aux = torch.optim.AdamW(other_params, lr=AUX_ADAMW_LR, betas=BETAS, weight_decay=0.0)
+    optimizers = [muon]
+    if other_params:
+        optimizers.append(torch.optim.AdamW(other_params, lr=AUX_ADAMW_LR, betas=BETAS, weight_decay=0.0))
     return Peer(
-        "torch-muon", [muon, aux],
+        "torch-muon", optimizers,
         step_covers=(f"torch.optim.Muon ({len(muon_params)} hidden matrices, bfloat16 Newton-Schulz) "
                      f"+ torch.optim.AdamW ({len(other_params)} other tensors)"),
         hyperparameters={"lr": lr, "momentum": 0.95, "nesterov": True, "weight_decay": 0.0,
@@ -152,8 +126,8 @@ def build_torch_muon(model: nn.Module, lr: float | None = None) -> Peer:
     )
 
 
-def _steepest_peer(name: str, model: nn.Module, preset: str, **kwargs) -> Peer:
-    opt = for_model(model, preset, **kwargs)
+def _steepest_peer(name: str, model: nn.Module, preset: str, roles_override=None, **kwargs) -> Peer:
+    opt = for_model(model, preset, roles=roles_override, **kwargs)
     return Peer(name, [opt], step_covers=f"steepest.for_model(model, {preset!r}): one optimizer",
                 hyperparameters={**kwargs, "lr": opt.defaults["lr"]}, explanation=explain(opt))
 
@@ -162,52 +136,40 @@ def steepest_builder(name: str) -> Callable[..., Peer]:
     """The builder of the steepest peer ``name`` (see ``STEEPEST_PEERS``)."""
     preset, defaults = STEEPEST_PEERS[name]
 
-    def build(model: nn.Module, lr: float | None = None) -> Peer:
+    def build(model: nn.Module, lr: float | None = None, roles_override=None,
+              adamw_weight_decay: float = 0.1) -> Peer:
         kwargs = dict(defaults)
         if lr is not None:
             kwargs["lr"] = lr
-        return _steepest_peer(name, model, preset, **kwargs)
+        return _steepest_peer(name, model, preset, roles_override=roles_override, **kwargs)
 
     build.__name__ = f"build_{name.replace('-', '_')}"
     return build
 
 
+
+#: torch's references and every steepest preset
+CORE_PEERS: tuple[str, ...] = ("adamw", "torch-muon", *STEEPEST_PEERS)
 BUILDERS: dict[str, Callable[..., Peer]] = {
     "adamw": build_adamw,
     "torch-muon": build_torch_muon,
     **{name: steepest_builder(name) for name in STEEPEST_PEERS},
+    **EXTERNAL_BUILDERS,
 }
+DEFAULT_LRS.update(EXTERNAL_LRS)
 PEER_NAMES = tuple(BUILDERS)
 
 
-def build_peer(name: str, model: nn.Module, lr: float | None = None) -> Peer:
-    """Build the peer ``name`` for ``model``; ``lr`` overrides its default learning rate."""
+def build_peer(name: str, model: nn.Module, lr: float | None = None,
+               roles_override: Mapping[str, str] | None = None, adamw_weight_decay: float = 0.1) -> Peer:
+    """Build the peer ``name`` for ``model``.
+
+    ``lr`` overrides its default learning rate; ``roles_override`` is passed to
+    :func:`steepest.roles.classify` (so every peer agrees on the hidden matrices);
+    ``adamw_weight_decay`` is the AdamW baseline's decay on >= 2-D tensors (a task may set 0).
+    """
     try:
         builder = BUILDERS[name]
     except KeyError:
         raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(PEER_NAMES)}") from None
-    return builder(model, lr=lr)
-
-
-def state_bytes(optimizers: list[torch.optim.Optimizer]) -> int:
-    """Exact bytes of every tensor held in the optimizers' ``.state`` (each storage counted once)."""
-    seen: set[int] = set()
-    total = 0
-
-    def visit(value) -> None:
-        nonlocal total
-        if isinstance(value, torch.Tensor):
-            key = value.untyped_storage().data_ptr() if value.numel() else id(value)
-            if key not in seen:
-                seen.add(key)
-                total += value.untyped_storage().nbytes()
-        elif isinstance(value, dict):
-            for item in value.values():
-                visit(item)
-        elif isinstance(value, (list, tuple)):
-            for item in value:
-                visit(item)
-
-    for opt in optimizers:
-        visit(dict(opt.state))
-    return total
+    return builder(model, lr=lr, roles_override=roles_override, adamw_weight_decay=adamw_weight_decay)

@@ -1,119 +1,109 @@
-"""Write benchmark results: ``report.md``, ``val_loss.png`` and ``results.json`` in one directory.
+"""Write a suite's results: ``report.md``, ``results.json`` and PNG plots in one directory.
 
-* ``results.json`` holds every number (configuration, machine, per-evaluation curves, per-step
-  training losses, timings, memory, targets and ratios). Non-finite floats are written as ``null``.
-* ``report.md`` is the human summary: the metrics table, the ratios against ``torch.optim.AdamW`` and
-  ``torch.optim.Muon`` measured in the same run, the headline sentences, configuration, machine and
-  notes (skipped peers, caveats).
-* ``val_loss.png`` plots validation loss against steps and against training seconds (matplotlib,
-  Agg backend). Without matplotlib the PNG is skipped and the report says so.
-* ``layer_lr.png`` (when a run has noise-adaptive layerwise rates, e.g. LANTON) plots every
-  layer's lr factor and noise estimate at each evaluation.
+* ``results.json``: every number (configuration, machine, each task's data and model, each
+  optimizer's lr grid, best lr, curves, targets, ratios, and every cell's record without its
+  per-step timings, which stay in ``cells/``). Non-finite floats are written as ``null``.
+* ``report.md``: headline sentences, then per task the results table at each optimizer's best lr
+  (mean ± sample std over seeds), the ratios against torch.optim.AdamW and torch.optim.Muon, and
+  the lr grid; then the optimizers' settings, configuration, machine and notes.
+* ``curves-<task>.png``: the task's metric against steps and against training seconds (best lr,
+  mean over seeds, a band for the spread). ``lr-sensitivity.png``: final metric against the lr
+  multiplier, one panel per task. ``layer_lr.png``: the layerwise lr factors of noise-adaptive
+  optimizers (LANTON) over training.
+
+Without matplotlib the PNGs are skipped and the report says so.
 """
 from __future__ import annotations
 
 import json
 import math
-from datetime import datetime
 from pathlib import Path
 
-from .runner import REFERENCES, ratio_key
+from .cells import clean_json
+from .summary import REFERENCES, label, ratio_key
 
-PEER_LABELS = {
-    "adamw": "torch.optim.AdamW",
-    "torch-muon": "torch.optim.Muon (+AdamW)",
-    "steepest-muon": "steepest muon",
-    "steepest-scion": "steepest scion",
-}
+NO_MATPLOTLIB = "plots skipped: matplotlib is not installed (pip install 'steepest[bench]')"
 
 
-def default_out_dir(task: str, now: datetime | None = None) -> Path:
-    """``./bench-out/<task>-<YYYYmmdd-HHMMSS>``."""
-    stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
-    return Path("bench-out") / f"{task}-{stamp}"
-
-
-def _clean(value):
-    """Make ``value`` strict-JSON safe: non-finite floats become ``None``."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
-
-
-def _fmt(value, digits: int = 3, suffix: str = "") -> str:
+def _fmt(value, digits: int = 4, suffix: str = "") -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "–"
     if isinstance(value, int):
         return f"{value}{suffix}"
-    return f"{value:.{digits}f}{suffix}"
+    return f"{value:.{digits}g}{suffix}"
 
 
-def _eval_columns(results: dict) -> list[int]:
-    """Up to four evaluation steps to show as columns: the first evaluation at or after each
-    quarter of the run (so 300 steps evaluated every 25 give 75, 150, 225 and 300)."""
-    steps = sorted({p["step"] for r in results["runs"].values() for p in r.get("curve", [])} - {0})
-    if len(steps) <= 4:
-        return steps
-    total = results["config"]["steps"]
-    picks = {next((s for s in steps if s >= total * k / 4), steps[-1]) for k in range(1, 5)}
-    return sorted(picks)
+def _table(rows: list[list[str]]) -> str:
+    return "\n".join("| " + " | ".join(row) + " |" for row in [rows[0], ["---"] * len(rows[0]), *rows[1:]])
 
 
-def metrics_table(results: dict) -> str:
-    """The main markdown table: one row per optimizer that ran."""
-    evals = _eval_columns(results)
-    target = results.get("target_loss")
-    header = (["optimizer"] + [f"val@{s}" for s in evals] +
-              ["final val", f"steps to {_fmt(target)}", "train s to target", "ms/step",
-               "ms fwd+bwd", "ms opt.step", "state MiB", "peak RSS MiB"])
-    rows = [header, ["---"] * len(header)]
-    for name, run in results["runs"].items():
-        if run.get("status") not in ("ok", "diverged"):
-            rows.append([name] + [run.get("status", "?")] + [""] * (len(header) - 2))
+def task_table(task: dict) -> str:
+    """One row per optimizer at its best lr (the main table of a task)."""
+    extras = task["extra_metrics"]
+    header = (["optimizer", "best lr", f"final {task['metric']}", "@25%", "@50%", *extras,
+               "steps to target", "s to target", "ms/step", "ms opt.step", "state MiB", "peak RSS MiB"])
+    rows = [header]
+    for name, s in task["optimizers"].items():
+        if s["status"] != "ok":
+            reason = "; ".join(s.get("reasons", []))[:120]
+            rows.append([name, s["status"] + (f": {reason}" if reason else "")] + [""] * (len(header) - 2))
             continue
-        by_step = {p["step"]: p["val_loss"] for p in run["curve"]}
-        rows.append(
-            [name] + [_fmt(by_step.get(s)) for s in evals] +
-            [_fmt(run["final_val_loss"]), _fmt(run.get("steps_to_target")),
-             _fmt(run.get("seconds_to_target"), 1), _fmt(run["step_ms"], 1), _fmt(run["fwd_bwd_ms"], 1),
-             _fmt(run["opt_step_ms"], 1), _fmt(run["state_mib"], 2), _fmt(run["peak_rss_mib"], 0)])
-    return "\n".join("| " + " | ".join(row) + " |" for row in rows)
+        final = _fmt(s["final"]) + (f" ± {_fmt(s['final_std'], 2)}" if s.get("final_std") is not None else "")
+        steps = _fmt(s.get("steps_to_target"), 4)
+        if s.get("reached") and not s.get("all_reached"):
+            steps += f" ({s['reached']})"
+        rows.append([name, f"{s['best_lr']:.3g} (x{s['best_lr_multiplier']:g})", final,
+                     _fmt(s["at_budget"].get("0.25")), _fmt(s["at_budget"].get("0.5")),
+                     *[_fmt(s["extras"].get(m)) for m in extras],
+                     steps, _fmt(s.get("seconds_to_target"), 3), _fmt(s["step_ms"], 3),
+                     _fmt(s["opt_step_ms"], 3), _fmt(s["state_mib"], 3), _fmt(s["peak_rss_mib"], 4)])
+    return _table(rows)
 
 
-def ratios_table(results: dict) -> str:
-    """Markdown table of ratios (this optimizer / reference); below 1 means less time or steps."""
-    labels = {"step_ms": "ms/step", "opt_step_ms": "opt.step", "steps_to_target": "steps to target",
-              "seconds_to_target": "s to target", "state_mib": "state"}
-    header = ["optimizer", "reference"] + list(labels.values())
-    rows = [header, ["---"] * len(header)]
-    for name, per_ref in results.get("ratios", {}).items():
+def ratio_table(task: dict) -> str:
+    """This optimizer over each reference, same run (below 1: fewer steps, less time or memory)."""
+    columns = {"final": "final metric", "steps_to_target": "steps to target",
+               "seconds_to_target": "s to target", "step_ms": "ms/step", "opt_step_ms": "opt.step",
+               "peak_rss_mib": "peak RSS"}
+    rows = [["optimizer", "vs", *columns.values()]]
+    for name, s in task["optimizers"].items():
         for ref in REFERENCES:
-            values = per_ref.get(ratio_key(ref))
-            if values is not None:
-                rows.append([name, PEER_LABELS.get(ref, ref)] +
-                            [_fmt(values.get(k), 2, "x") for k in labels])
-    if len(rows) == 2:
-        return ""
-    return "\n".join("| " + " | ".join(row) + " |" for row in rows)
+            values = s.get("ratios", {}).get(ratio_key(ref))
+            if values:
+                rows.append([name, label(ref), *[_fmt(values.get(k), 3, "x") for k in columns]])
+    return _table(rows) if len(rows) > 1 else ""
 
 
-def layer_stats_section(results: dict) -> list[str]:
-    """Markdown lines: for each run with noise-adaptive layerwise rates, the hidden layers' lr factor
-    at a quarter, half and the end of training (every layer and evaluation is in results.json and
-    layer_lr.png)."""
+def grid_table(task: dict) -> str:
+    """Mean ± std of the final metric at every lr multiplier (the lr sensitivity)."""
+    mults = sorted({row["lr_multiplier"] for s in task["optimizers"].values() for row in s["grid"]})
+    rows = [["optimizer", *[f"lr x{m:g}" for m in mults]]]
+    for name, s in task["optimizers"].items():
+        by_mult = {row["lr_multiplier"]: row for row in s["grid"]}
+        cells = []
+        for m in mults:
+            row = by_mult.get(m)
+            if row is None:
+                cells.append("")
+            elif row["mean"] is None or not math.isfinite(row["mean"]):
+                cells.append("/".join(row["status"]))
+            else:
+                cells.append(_fmt(row["mean"]) + (f" ± {_fmt(row['std'], 2)}" if row["std"] is not None else ""))
+        rows.append([name, *cells])
+    return _table(rows)
+
+
+def layer_stats_lines(results: dict) -> list[str]:
+    """For noise-adaptive runs (seed of the best lr, first seed), hidden layers' lr factors over time."""
     lines = []
-    for name, run in results["runs"].items():
-        snapshots = run.get("layer_stats")
-        if not snapshots:
-            continue
+    for record in _layer_stat_records(results):
+        snapshots = record["layer_stats"]
+        cell = record["cell"]
         picks = sorted({snapshots[len(snapshots) // 4]["step"], snapshots[len(snapshots) // 2]["step"],
                         snapshots[-1]["step"]})
         by_step = {snap["step"]: snap["layers"] for snap in snapshots}
-        lines += [f"## Layerwise lr factors: {name}", "",
+        lines += [f"### Layerwise lr factors: {cell['optimizer']} on {cell['task_key']} "
+                  f"(lr x{cell['lr_multiplier']:g}, seed {cell['seed']})", "",
                   "| layer | role | " + " | ".join(f"step {s}" for s in picks) + " |",
                   "| --- | --- | " + " | ".join("---" for _ in picks) + " |"]
         for i, row in enumerate(snapshots[-1]["layers"]):
@@ -124,111 +114,175 @@ def layer_stats_section(results: dict) -> list[str]:
     return lines
 
 
+def _layer_stat_records(results: dict) -> list[dict]:
+    picked = []
+    for key, task in results["tasks"].items():
+        for name, s in task["optimizers"].items():
+            if s["status"] != "ok":
+                continue
+            for record in results["cells"]:
+                cell = record["cell"]
+                if (cell["task_key"], cell["optimizer"], cell["lr_multiplier"]) == \
+                        (key, name, s["best_lr_multiplier"]) and record.get("layer_stats"):
+                    picked.append(record)
+                    break
+    return picked
+
+
 def render_markdown(results: dict) -> str:
     """The whole ``report.md``."""
-    cfg, machine, data, model = results["config"], results["machine"], results["data"], results["model"]
-    lines = [f"# steepest bench: {data['name']}", ""]
+    cfg = results["config"]
+    lines = [f"# steepest bench ({cfg['budget']})", ""]
     if results.get("headlines"):
         lines += [f"- {h}" for h in results["headlines"]] + [""]
-    lines += ["## Results", "", metrics_table(results), ""]
-    target = results.get("target_loss")
-    lines += [f"Target val loss {_fmt(target)} ({results.get('target_source')}). Steps to target are "
-              f"quantised to the evaluation interval ({cfg['eval_every']} steps); seconds count "
-              f"training steps only (no evaluation). Timings are medians over steps after the first "
-              f"{cfg['timing_skip']}; \"opt.step\" covers every optimizer object of the peer.", ""]
-    ratios = ratios_table(results)
-    if ratios:
-        lines += ["## Ratios (this / reference, same run)", "", ratios, ""]
-    lines += layer_stats_section(results)
+    lines += [f"Each optimizer ran at lr multipliers {', '.join(f'x{m:g}' for m in cfg['lr_multipliers'])} "
+              f"of its base lr with seeds {', '.join(map(str, cfg['seeds']))}; tables show its best lr "
+              f"(lowest mean final metric), mean ± sample std over seeds. Every metric is lower-is-better. "
+              f"Steps to target are quantised to the evaluation interval and averaged over the seeds that "
+              f"reached it (k/n when not all did); seconds count training steps only. Timings are medians "
+              f"over each cell's steps after the first three, averaged over seeds; \"opt.step\" covers every "
+              f"optimizer object of the peer.", ""]
+    for key, task in results["tasks"].items():
+        budget = task["budget"]
+        lines += [f"## {key}", "",
+                  f"{task['model']}. Data: {_data_line(task['data'])}. Budget: {budget['steps']} steps, "
+                  f"batch {budget['batch_size']}, warm-up {budget['warmup_fraction']:g} of the steps then "
+                  f"cosine to {budget['final_lr_fraction']:g} of the peak, evaluated every "
+                  f"{budget['eval_every']} steps. Metric: {task['metric_label']}. Target "
+                  f"{_fmt(task['target'])} ({task['target_source']}).", "",
+                  task_table(task), ""]
+        ratios = ratio_table(task)
+        if ratios:
+            lines += ["Ratios (this / reference, same run):", "", ratios, ""]
+        lines += ["Final metric at every lr multiplier:", "", grid_table(task), ""]
+        if task.get("plot"):
+            lines += [f"![{key}]({task['plot']})", ""]
+    if results.get("lr_plot"):
+        lines += ["## Learning-rate sensitivity", "", f"![lr sensitivity]({results['lr_plot']})", ""]
+    layer_lines = layer_stats_lines(results)
+    if layer_lines:
+        lines += ["## Noise-adaptive layerwise rates", ""] + layer_lines
     lines += ["## Optimizers", ""]
-    for name, run in results["runs"].items():
-        if run.get("status") in ("ok", "diverged"):
-            settings = json.dumps(_clean(run["hyperparameters"]))
-            lines.append(f"- **{name}**: {run['step_covers']}; hyper-parameters `{settings}`")
-        else:
-            lines.append(f"- **{name}**: {run.get('status')}: {run.get('reason', '')}")
-    lines += ["", "## Configuration", ""]
-    lines.append(f"- data: {data['name']} ({data['n_chars']:,} chars, vocab {data['vocab_size']}, "
-                 f"sha256 {data['sha256_prefix']}, {data['train_tokens']:,} train / "
-                 f"{data['val_tokens']:,} val tokens, split 90/10 by position)")
-    lines.append(f"- model: GPT {model['n_layer']} layers, d_model {model['d_model']}, {model['n_head']} "
-                 f"heads, ctx {model['ctx']}, {model['params']:,} parameters")
-    lines.append(f"- training: {cfg['steps']} steps, batch {cfg['batch_size']} "
-                 f"({data['tokens_per_step']:,} tokens/step), seed {cfg['seed']}, warm-up "
-                 f"{results['warmup_steps']} steps then cosine to {cfg['final_lr_fraction']:g} of peak; "
-                 f"eval every {cfg['eval_every']} steps on {cfg['eval_batches']} fixed batches")
-    lines.append(f"- isolation: {'one process per optimizer' if cfg['isolate'] else 'single process'}; "
-                 f"torch threads {cfg['threads'] if cfg['threads'] else 'default'}")
-    lines += ["", "## Machine", ""]
-    lines.append(f"- {machine['processor']}, {machine['cpu_count']} CPUs, {machine['platform']}")
-    lines.append(f"- Python {machine['python']}, torch {machine['torch']}, {machine['torch_threads']} "
-                 f"torch threads, CPU capability {machine['cpu_capability']}, oneDNN bf16 "
-                 f"{'supported' if machine['mkldnn_bf16_supported'] else 'not supported'}")
-    lines.append(f"- total wall time {results['total_wall_seconds']:.1f} s")
-    notes = results.get("notes", [])
-    if notes:
-        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+    seen = set()
+    for record in results["cells"]:
+        name = record["cell"]["optimizer"]
+        if name in seen or record.get("status") not in ("ok", "diverged"):
+            continue
+        seen.add(name)
+        settings = {k: v for k, v in record["hyperparameters"].items() if k != "lr"}
+        lines.append(f"- **{name}** (base lr {record['cell']['lr'] / record['cell']['lr_multiplier']:.3g}): "
+                     f"{record['step_covers']}; `{json.dumps(clean_json(settings))}`")
+    machine = results["machine"]
+    lines += ["", "## Configuration and machine", "",
+              f"- suite: `{json.dumps(clean_json(cfg))}`",
+              f"- run directory {results['run_dir']} ({results['cells_total']} cells, "
+              f"{results['cells_resumed']} resumed from an earlier run)",
+              f"- {machine['processor']}, {machine['cpu_count']} CPUs, {machine['platform']}",
+              f"- Python {machine['python']}, torch {machine['torch']}, {machine['torch_threads']} torch threads, "
+              f"CPU capability {machine['cpu_capability']}, oneDNN bf16 "
+              f"{'supported' if machine['mkldnn_bf16_supported'] else 'not supported'}",
+              f"- total wall time {results['total_wall_seconds']:.1f} s"]
+    if results.get("notes"):
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in results["notes"]]
     return "\n".join(lines) + "\n"
 
 
-def plot_curves(results: dict, path: Path) -> str | None:
-    """Draw ``val_loss.png``; return a note instead when matplotlib is not installed."""
+def _data_line(data: dict) -> str:
+    return ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}" for k, v in data.items())
+
+
+def _pyplot():
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return "val_loss.png skipped: matplotlib is not installed (pip install 'steepest[bench]')"
-    fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for name, run in results["runs"].items():
-        curve = [p for p in run.get("curve", []) if p["val_loss"] is not None
-                 and math.isfinite(p["val_loss"])]
+        return None
+    return plt
+
+
+def plot_task_curves(task_key: str, task: dict, path: Path, plt) -> bool:
+    """Metric against steps and against training seconds at each optimizer's best lr."""
+    fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(12, 4.4))
+    drawn = False
+    for name, s in task["optimizers"].items():
+        curve = [p for p in s.get("curve", []) if p["mean"] is not None and math.isfinite(p["mean"])]
         if not curve:
             continue
-        label = PEER_LABELS.get(name, name)
-        by_step.plot([p["step"] for p in curve], [p["val_loss"] for p in curve], marker=".", label=label)
-        by_time.plot([p["train_seconds"] for p in curve], [p["val_loss"] for p in curve], marker=".",
-                     label=label)
-    target = results.get("target_loss")
+        drawn = True
+        style = "-" if name.startswith("steepest") else "--"
+        steps = [p["step"] for p in curve]
+        means = [p["mean"] for p in curve]
+        line, = by_step.plot(steps, means, style, linewidth=1.2, label=f"{name} (x{s['best_lr_multiplier']:g})")
+        spreads = [p["std"] for p in curve]
+        if all(v is not None for v in spreads):
+            low = [max(m - v, 1e-12) if task["metric_log_scale"] else m - v for m, v in zip(means, spreads)]
+            by_step.fill_between(steps, low, [m + v for m, v in zip(means, spreads)], color=line.get_color(),
+                                 alpha=0.15, linewidth=0)
+        by_time.plot([p["train_seconds"] for p in curve], means, style, linewidth=1.2, color=line.get_color())
+    if not drawn:
+        plt.close(fig)
+        return False
     for axis, xlabel in ((by_step, "step"), (by_time, "training seconds")):
-        if target is not None:
-            axis.axhline(target, color="grey", linestyle=":", linewidth=1)
+        if task.get("target") is not None:
+            axis.axhline(task["target"], color="grey", linestyle=":", linewidth=1)
         axis.set_xlabel(xlabel)
-        axis.set_ylabel("validation loss (nats/char)")
+        axis.set_ylabel(task["metric_label"])
+        if task["metric_log_scale"]:
+            axis.set_yscale("log")
         axis.grid(alpha=0.3)
-    by_step.legend()
-    fig.suptitle(f"{results['data']['name']}: validation loss")
+    by_step.legend(fontsize=6, ncol=2)
+    fig.suptitle(f"{task_key}: best lr per optimizer, mean over seeds (dotted: target)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
-    return None
+    return True
 
 
-def plot_layer_stats(results: dict, path: Path) -> bool:
-    """Draw ``layer_lr.png`` (lr factor and noise per layer over training) for the runs that recorded
-    layer statistics; return whether anything was drawn (False also without matplotlib)."""
-    runs = {name: run["layer_stats"] for name, run in results["runs"].items() if run.get("layer_stats")}
-    if not runs:
+def plot_lr_sensitivity(results: dict, path: Path, plt) -> bool:
+    """Final metric (mean over seeds) against the lr multiplier, one panel per task."""
+    tasks = results["tasks"]
+    if not tasks or max(len(s["grid"]) for t in tasks.values() for s in t["optimizers"].values()) < 2:
         return False
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.8), squeeze=False)
+    for axis, (key, task) in zip(axes[0], tasks.items()):
+        for name, s in task["optimizers"].items():
+            points = [(row["lr_multiplier"], row["mean"]) for row in s["grid"]
+                      if row["mean"] is not None and math.isfinite(row["mean"])]
+            if points:
+                style = "-o" if name.startswith("steepest") else "--s"
+                axis.plot(*zip(*points), style, markersize=3, linewidth=1, label=name)
+        axis.set_xscale("log", base=2)
+        if task["metric_log_scale"]:
+            axis.set_yscale("log")
+        axis.set_title(key)
+        axis.set_xlabel("lr multiplier")
+        axis.set_ylabel(f"final {task['metric']}")
+        axis.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=5, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_layer_stats(results: dict, path: Path, plt) -> bool:
+    """lr factor and noise per layer over training for the noise-adaptive runs."""
+    records = _layer_stat_records(results)
+    if not records:
         return False
-    fig, axes = plt.subplots(len(runs), 2, figsize=(11, 3.8 * len(runs)), squeeze=False)
-    for (name, snapshots), (factor_ax, noise_ax) in zip(runs.items(), axes):
-        names = [row["parameter"] for row in snapshots[0]["layers"]]
+    fig, axes = plt.subplots(len(records), 2, figsize=(11, 3.8 * len(records)), squeeze=False)
+    for record, (factor_ax, noise_ax) in zip(records, axes):
+        snapshots = record["layer_stats"]
         steps = [snap["step"] for snap in snapshots]
-        for i, layer in enumerate(names):
-            factors = [snap["layers"][i]["factor"] for snap in snapshots]
-            noise = [snap["layers"][i]["noise"] if snap["layers"][i]["noise"] is not None else float("nan")
-                     for snap in snapshots]
-            role = snapshots[0]["layers"][i]["role"]
-            style = "-" if role in ("hidden", "conv") else "--"
-            factor_ax.plot(steps, factors, style, linewidth=1, label=layer)
-            noise_ax.plot(steps, noise, style, linewidth=1)
-        factor_ax.set_title(f"{PEER_LABELS.get(name, name)}: lr factor per layer")
+        for i, row in enumerate(snapshots[0]["layers"]):
+            style = "-" if row["role"] in ("hidden", "conv") else "--"
+            factor_ax.plot(steps, [snap["layers"][i]["factor"] for snap in snapshots], style, linewidth=1,
+                           label=row["parameter"])
+            noise_ax.plot(steps, [snap["layers"][i]["noise"] if snap["layers"][i]["noise"] is not None
+                                  else float("nan") for snap in snapshots], style, linewidth=1)
+        cell = record["cell"]
+        factor_ax.set_title(f"{cell['optimizer']} on {cell['task_key']}: lr factor per layer")
         noise_ax.set_title("noise estimate (dual norm, std)")
         noise_ax.set_yscale("log")
         for axis in (factor_ax, noise_ax):
@@ -236,24 +290,39 @@ def plot_layer_stats(results: dict, path: Path) -> bool:
             axis.grid(alpha=0.3)
         factor_ax.legend(fontsize=5, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
 
 
 def write_report(results: dict, out_dir: str | Path) -> dict[str, Path]:
-    """Write the files into ``out_dir`` (created if needed); return their paths."""
+    """Write the report files into ``out_dir`` (created if needed); return their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"results": out / "results.json", "report": out / "report.md"}
-    png = out / "val_loss.png"
-    png_note = plot_curves(results, png)
-    if png_note is None:
-        paths["plot"] = png
+    plt = _pyplot()
+    if plt is None:
+        results.setdefault("notes", []).append(NO_MATPLOTLIB)
     else:
-        results.setdefault("notes", []).append(png_note)
-    if plot_layer_stats(results, out / "layer_lr.png"):
-        paths["layer_plot"] = out / "layer_lr.png"
-    paths["results"].write_text(json.dumps(_clean(results), indent=1), encoding="utf-8")
+        for key, task in results["tasks"].items():
+            name = f"curves-{key}.png"
+            if plot_task_curves(key, task, out / name, plt):
+                task["plot"] = name
+                paths[f"curves-{key}"] = out / name
+        if plot_lr_sensitivity(results, out / "lr-sensitivity.png", plt):
+            results["lr_plot"] = "lr-sensitivity.png"
+            paths["lr_plot"] = out / "lr-sensitivity.png"
+        if plot_layer_stats(results, out / "layer_lr.png", plt):
+            paths["layer_plot"] = out / "layer_lr.png"
+    paths["results"].write_text(json.dumps(clean_json(results), indent=1), encoding="utf-8")
     paths["report"].write_text(render_markdown(results), encoding="utf-8")
     return paths
+
+
+def summary_text(results: dict) -> str:
+    """What the command line prints: each task's main table and the headlines."""
+    parts = []
+    for key, task in results["tasks"].items():
+        parts += [f"{key} ({task['metric_label']}, target {_fmt(task['target'])}):", task_table(task), ""]
+    parts += results.get("headlines", [])
+    return "\n".join(parts)

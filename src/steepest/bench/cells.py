@@ -1,0 +1,83 @@
+"""The unit of a benchmark run: one (task, optimizer, learning rate, seed) "cell", saved as it ends.
+
+A run directory holds ``cells/<task>/<optimizer>/lrx<multiplier>-seed<seed>.json``, one file per
+finished cell, written atomically (a temporary file renamed into place), so a run killed at any
+moment loses at most the cell in progress. Each file stores the cell's full specification; a cell
+counts as finished only when its stored specification equals the planned one, so changing a budget
+or a learning rate re-runs the affected cells instead of mixing old numbers into new tables.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Cell:
+    """What one cell trains: ``optimizer`` at ``lr`` (= ``lr_multiplier`` x its base lr) on ``task``."""
+
+    task_key: str
+    task: dict          # Task.spec()
+    optimizer: str
+    lr_multiplier: float
+    lr: float
+    seed: int
+    budget: dict        # Budget.to_dict()
+
+    @property
+    def name(self) -> str:
+        return f"{self.task_key}/{self.optimizer}/lrx{self.lr_multiplier:g}-seed{self.seed}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def clean_json(value):
+    """``value`` made strict-JSON safe: non-finite floats become ``None``, tuples lists."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): clean_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean_json(v) for v in value]
+    return value
+
+
+def write_json_atomic(path: Path, value) -> None:
+    """Write ``value`` as strict JSON to ``path`` through a temporary file and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.part")
+    partial.write_text(json.dumps(clean_json(value), indent=1), encoding="utf-8")
+    os.replace(partial, path)
+
+
+class CellStore:
+    """The finished cells of one run directory."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.root = Path(run_dir) / "cells"
+
+    def path(self, cell: Cell) -> Path:
+        return self.root / cell.task_key / cell.optimizer / f"lrx{cell.lr_multiplier:g}-seed{cell.seed}.json"
+
+    def load(self, cell: Cell) -> dict | None:
+        """The saved record of ``cell``, or ``None`` when it has not finished (or was planned differently)."""
+        path = self.path(cell)
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return record if record.get("cell") == clean_json(cell.to_dict()) else None
+
+    def save(self, cell: Cell, record: dict) -> Path:
+        """Save ``record`` (a dict with the measurements) as ``cell``'s result."""
+        path = self.path(cell)
+        write_json_atomic(path, {**record, "cell": cell.to_dict()})
+        return path
+
+    def pending(self, cells: list[Cell]) -> list[Cell]:
+        """The cells of ``cells`` without a finished record."""
+        return [c for c in cells if self.load(c) is None]

@@ -1,0 +1,322 @@
+"""The report of ``steepest bench kernels``: ``kernels.md``, ``kernels.png`` and ``kernels.json``.
+
+* ``kernels.md``: the environment, the matmul roofline, the main table (time, GFLOP/s, % of the
+  matmul peak and of the same-size matmul, speed relative to ``torch.optim.Muon``'s Newton-Schulz),
+  a milliseconds-at-a-glance table, the accuracy table and the notes that explain the numbers.
+* ``kernels.png``: GFLOP/s of the FLOP-counted backends against the square size (log2 axis), with
+  the float32 matmul curve and the peak as a horizontal line; next to it, milliseconds of every
+  backend (log-log). Drawn with matplotlib's Agg backend; without matplotlib the PNG is skipped and
+  the markdown says so.
+* ``kernels.json``: the results of :func:`steepest.bench.kernels.run_kernels`, strict JSON
+  (non-finite floats written as ``null``).
+
+This module reads the results dict only (it does not import :mod:`steepest.bench.kernels`).
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+PNG_SKIPPED = "kernels.png skipped: matplotlib is not installed (pip install 'steepest[bench]')"
+
+
+def _json_safe(value):
+    """Strict-JSON copy of ``value``: non-finite floats become ``None``, tuples lists."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _num(value, digits: int = 3) -> str:
+    """Significant-digit formatting; ``–`` for a missing or non-finite value."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    if value == 0:
+        return "0"
+    if abs(value) >= 10 ** (digits - 1):
+        return f"{value:.0f}"
+    return f"{value:.{digits}g}"
+
+
+def _ms(value) -> str:
+    if value is None:
+        return "–"
+    return f"{value / 1e3:.3g} s" if value >= 1000 else f"{value:.3g}"
+
+
+def _sci(value) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    return f"{value:.2e}" if 0 < abs(value) < 1e-3 else f"{value:.4f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _backend_labels(results: dict) -> dict[str, dict]:
+    return {b["name"]: b for b in results.get("backends", [])}
+
+
+def _shape_order(results: dict) -> list[str]:
+    return [s["label"] for s in results.get("shapes", [])]
+
+
+def _status_cell(entry: dict) -> str:
+    status = entry.get("status")
+    if status == "skipped":
+        return "skipped"
+    if status == "unavailable":
+        return "unavailable"
+    if status == "error":
+        return "error"
+    return "–"
+
+
+def kernel_table(results: dict) -> str:
+    """The main markdown table: one row per shape and backend.
+
+    Columns: milliseconds (median; ``*`` marks a single over-budget call), the fastest call (less
+    disturbed by other processes than the median on a busy machine), GFLOP/s (Newton-Schulz
+    matmul FLOPs over the time; ``–`` for SVD and AuON), % of the machine's float32 matmul peak,
+    % of the float32 GFLOP/s of the same shape's three NS products, and how many times faster than
+    ``torch.optim.Muon``'s Newton-Schulz on the same shape.
+    """
+    rows = []
+    by_shape: dict[str, list[dict]] = {}
+    for entry in results.get("measurements", []):
+        by_shape.setdefault(entry["shape"], []).append(entry)
+    for label in _shape_order(results):
+        for e in by_shape.get(label, []):
+            if e.get("status") == "ok":
+                ms = _ms(e["ms"]) + ("*" if e.get("single_call") else "")
+                vs = e.get("vs_torch_muon")
+                rows.append([label, e["backend"], ms, _ms(e.get("min_ms")), _num(e.get("gflops")),
+                             _num(e.get("pct_peak"), 2) if e.get("pct_peak") is not None else "–",
+                             _num(e.get("pct_matmul"), 2) if e.get("pct_matmul") is not None else "–",
+                             f"{_num(vs)}x" if vs else "–"])
+            else:
+                cell = _status_cell(e)
+                rows.append([label, e["backend"], cell, "–", "–", "–", "–", "–"])
+    header = ["shape", "backend", "ms", "best ms", "GFLOP/s", "% of peak", "% of same-size matmul", "vs torch.optim.Muon NS"]
+    return _table(header, rows)
+
+
+def glance_table(results: dict) -> str:
+    """Milliseconds per shape (rows) and backend (columns)."""
+    names = [b["name"] for b in results.get("backends", [])]
+    cells: dict[tuple[str, str], str] = {}
+    for e in results.get("measurements", []):
+        cells[(e["shape"], e["backend"])] = (_ms(e["ms"]) + ("*" if e.get("single_call") else "")
+                                             if e.get("status") == "ok" else _status_cell(e))
+    rows = [[label] + [cells.get((label, n), "–") for n in names] for label in _shape_order(results)]
+    return _table(["shape"] + names, rows)
+
+
+def roofline_tables(results: dict) -> str:
+    """Square matmul throughput per size, then each shape's NS products, then the peak."""
+    roof = results.get("roofline", {})
+    parts = []
+    square = roof.get("square", [])
+    if square:
+        rows = []
+        for pt in square:
+            bf = pt.get("bf16")
+            if bf:
+                bf_cell = f"{_num(bf['gflops'])} ({_ms(bf['ms'])} ms{'*' if bf.get('over_budget') else ''})"
+            else:
+                bf_cell = pt.get("bf16_note") or "–"
+            rows.append([str(pt["n"]), _ms(pt["ms"]), _num(pt["gflops"]), bf_cell])
+        parts.append("Square `n x n @ n x n` (GFLOP/s = 2 n^3 / t):\n\n"
+                     + _table(["n", "float32 ms", "float32 GFLOP/s", "bfloat16 GFLOP/s (ms)"], rows))
+    products = roof.get("shape_products", {})
+    if products:
+        rows = []
+        for label in _shape_order(results):
+            entry = products.get(label)
+            if not entry:
+                continue
+            detail = ", ".join(f"{p['shape']}: {_num(p['gflops'])}" for p in entry["products"])
+            rows.append([label, _ms(entry["ms"]), _num(entry["gflops"]), detail])
+        parts.append("The three float32 products of one Newton-Schulz step on each shape (wide orientation "
+                     "`X` is `m x n`, `m <= n`: `X X^T`, `A A`, `A X`; GFLOP/s of the three together, then "
+                     "each):\n\n" + _table(["shape", "ms (3 products)", "GFLOP/s", "per product GFLOP/s"], rows))
+    if roof.get("peak_gflops") is not None:
+        parts.append(f"**Peak float32 matmul: {_num(roof['peak_gflops'])} GFLOP/s** (at {roof.get('peak_at')}); "
+                     "the `% of peak` column is relative to it.")
+    return "\n\n".join(parts)
+
+
+def accuracy_table(results: dict) -> str:
+    """Singular-value errors and distance from the exact polar factor, per shape and backend."""
+    by_shape: dict[str, list[dict]] = {}
+    for entry in results.get("measurements", []):
+        if entry.get("accuracy"):
+            by_shape.setdefault(entry["shape"], []).append(entry)
+    inputs = results.get("input_accuracy", {})
+    rows = []
+    for label in _shape_order(results):
+        acc = inputs.get(label)
+        if acc:
+            rows.append([label, "input G/‖G‖_F", _sci(acc["max_abs_sigma_minus_1"]),
+                         _sci(acc["mean_abs_sigma_minus_1"]), _sci(acc["sigma_min"]), _sci(acc["sigma_max"]),
+                         _sci(acc["rel_dist_polar"])])
+        for e in by_shape.get(label, []):
+            a = e["accuracy"]
+            rows.append([label, e["backend"], _sci(a["max_abs_sigma_minus_1"]), _sci(a["mean_abs_sigma_minus_1"]),
+                         _sci(a["sigma_min"]), _sci(a["sigma_max"]), _sci(a["rel_dist_polar"])])
+    if not rows:
+        return "(accuracy not computed)"
+    return _table(["shape", "backend", "max \\|σ−1\\|", "mean \\|σ−1\\|", "σ_min", "σ_max", "‖O − UVᵀ‖_F / ‖UVᵀ‖_F"], rows)
+
+
+EXPLANATIONS = [
+    "Times are medians of the repeated calls after one warm-up call, on a seeded Gaussian input "
+    "(the same input for every backend). `*` marks a single call that exceeded the per-measurement "
+    "budget (its time includes first-call overhead); costlier shapes are then skipped for that backend.",
+    "FLOPs of a Newton-Schulz (NS) backend: steps × (4 m² n + 2 m³) for an m × n input with m ≤ n "
+    "(tall inputs are transposed): `X Xᵀ` (2 m² n), `A A` (2 m³) and `B X` (2 m² n) per step. The "
+    "symmetric Gram product is counted in full (BLAS computes it in full); the normalization, the "
+    "`addmm` scalings and AuON's brake are not counted. `hybrid_auon` counts its single step.",
+    "`svd` and `auon` do no matmul work to count: they are reported in milliseconds only. AuON is "
+    "elementwise (linear time in m n): beyond the smallest shapes, where every backend costs mostly "
+    "call overhead, it is far cheaper than any NS backend.",
+    "`% of same-size matmul` divides by the float32 throughput of the three products an NS step does "
+    "on the same shape, so it isolates the overhead of the iteration (dispatch, `addmm` scaling, "
+    "normalization) from the BLAS efficiency at that size. Small matrices are dispatch-bound.",
+    "`torch_muon` is `torch.optim._muon._zeropower_via_newtonschulz` with `torch.optim.Muon`'s defaults; "
+    "it casts to bfloat16, and its GFLOP/s is still compared with float32 matmul. On a CPU without "
+    "native bf16 (oneDNN reports no bf16 support) it is 20-600x slower than float32; even with AVX512-BF16 "
+    "(and no AMX) bfloat16 GEMM may reach only about half the float32 rate (see the roofline's bfloat16 "
+    "column), so float32 NS can still be faster.",
+    "`vs torch.optim.Muon NS` is torch's time divided by the backend's time on the same shape "
+    "(above 1: faster than torch's).",
+    "Accuracy: the singular values σ of each output, and its relative Frobenius distance from the exact "
+    "polar factor U Vᵀ of the input (computed by SVD in float64). A square Gaussian matrix has singular "
+    "values down to about 1/n of its largest, below the ~1e-3 relative floor the NS schedules are tuned "
+    "for, so NS leaves them well short of 1: a max |σ−1| near 1 on squares is expected, and the mean "
+    "and the polar distance tell more. Wide or tall Gaussian matrices are well conditioned.",
+    "`keller` (and torch's NS, which uses the same coefficients) is designed to land in about "
+    "[0.68, 1.13], not at 1, for singular values ≥ 1e-2 ‖G‖_F; those near 4e-3 ‖G‖_F, common in square "
+    "matrices, overshoot to 1.20 (the 5-fold composition of its polynomial peaks there). `you`, `quintic` "
+    "and `polar_express` converge further; `polar_express_8` reaches the polar factor for σ ≥ 1e-3 ‖G‖_F.",
+    "AuON's output is the unit-Frobenius input times the cosh brake (≈ 1), not an orthogonal matrix: its "
+    "singular values are about 1/√min(m, n) and its numbers only say how far it is from the polar factor "
+    "(nearly the same as the input row). HybridAuON's one Keller step partly whitens the spectrum before "
+    "the renormalization, so it lies in between.",
+]
+
+
+def render_markdown(results: dict) -> str:
+    """The whole ``kernels.md``."""
+    env = results.get("environment", {})
+    config = results.get("config", {})
+    lines = ["# Orthogonalization kernels: speed and accuracy", ""]
+    lines.append(f"Run started {results.get('started', '?')}, took {results.get('seconds', 0):.1f} s "
+                 f"({'quick' if config.get('quick') else 'full'} configuration: squares "
+                 f"{config.get('sizes')}, {config.get('repeats')} repeats, "
+                 f"{config.get('budget_s')} s budget per measurement, seed {config.get('seed')}).")
+    lines += ["", "## Environment", ""]
+    for key in ("processor", "cpu_count", "threads", "torch", "cpu_capability", "mkldnn_bf16_supported",
+                "python", "platform"):
+        if key in env:
+            lines.append(f"- {key}: {env[key]}")
+    lines += ["", "## Backends", ""]
+    for b in results.get("backends", []):
+        extra = "" if b.get("available", True) else f" — {b.get('reason')}"
+        lines.append(f"- `{b['name']}`: {b['label']}{extra}")
+    lines += ["", "## Shapes", ""]
+    for s in results.get("shapes", []):
+        src = "; ".join(s.get("sources") or []) or "square"
+        lines.append(f"- {s['label']} ({s.get('kind')}): {src}")
+    lines += ["", "## Matmul roofline", "", roofline_tables(results)]
+    lines += ["", "## Time and throughput", "", kernel_table(results)]
+    lines += ["", "### Milliseconds at a glance", "", glance_table(results)]
+    lines += ["", "## Accuracy", "", accuracy_table(results)]
+    lines += ["", "## Notes", ""]
+    lines += [f"- {n}" for n in results.get("notes", [])]
+    lines += [f"- {n}" for n in EXPLANATIONS]
+    return "\n".join(lines) + "\n"
+
+
+def plot_kernels(results: dict, path: Path) -> str | None:
+    """Draw ``kernels.png``; return a note instead when it cannot be drawn."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return PNG_SKIPPED
+    square = {s["label"]: s["m"] for s in results.get("shapes", []) if s.get("square")}
+    if not square:
+        return "kernels.png skipped: no square sizes were measured"
+    series: dict[str, list[tuple[int, float, float | None]]] = {}
+    for e in results.get("measurements", []):
+        if e.get("status") == "ok" and e["shape"] in square:
+            series.setdefault(e["backend"], []).append((square[e["shape"]], e["ms"], e.get("gflops")))
+    roof = results.get("roofline", {})
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+    pts = sorted((p["n"], p["gflops"]) for p in roof.get("square", []))
+    if pts:
+        left.plot([p[0] for p in pts], [p[1] for p in pts], "k-", lw=2.5, label="float32 matmul n×n")
+    if roof.get("peak_gflops"):
+        left.axhline(roof["peak_gflops"], color="k", ls="--", lw=1, label=f"peak {roof['peak_gflops']:.0f}")
+    names = [b["name"] for b in results.get("backends", [])]
+    palette = plt.get_cmap("tab10")
+    for name, values in series.items():
+        values.sort()
+        color = palette(names.index(name) % 10 if name in names else 9)
+        style = "s--" if name == "torch_muon" else "o-"
+        gf = [(n, g) for n, _, g in values if g]
+        if gf:
+            left.plot([p[0] for p in gf], [p[1] for p in gf], style, ms=4, color=color, label=name)
+        right.plot([v[0] for v in values], [v[1] for v in values], style, ms=4, color=color, label=name)
+    for ax in (left, right):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("n (n × n input)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    left.set_ylabel("GFLOP/s (NS matmul FLOPs / time)")
+    left.set_title("Throughput against the float32 matmul roofline")
+    left.set_ylim(bottom=0)
+    right.set_yscale("log")
+    right.set_ylabel("ms per call (median)")
+    right.set_title("Time per call")
+    env = results.get("environment", {})
+    fig.suptitle(f"{env.get('processor', '')}, {env.get('threads', '?')} threads, torch {env.get('torch', '')}",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return None
+
+
+def write_kernel_report(results: dict, out_dir) -> dict[str, Path]:
+    """Write ``kernels.md``, ``kernels.json`` and (with matplotlib) ``kernels.png`` into ``out_dir``.
+
+    Returns the written paths under the keys ``report``, ``results`` and ``plot`` (the last only when
+    the PNG was drawn; otherwise a note is added to the results and the markdown).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"report": out / "kernels.md", "results": out / "kernels.json"}
+    png = out / "kernels.png"
+    note = plot_kernels(results, png)
+    if note is None:
+        paths["plot"] = png
+    elif note not in results.setdefault("notes", []):
+        results["notes"].append(note)
+    paths["results"].write_text(json.dumps(_json_safe(results), indent=1, allow_nan=False), encoding="utf-8")
+    paths["report"].write_text(render_markdown(results), encoding="utf-8")
+    return paths
+
+
+__all__ = ["accuracy_table", "glance_table", "kernel_table", "plot_kernels", "render_markdown", "roofline_tables",
+           "write_kernel_report"]
