@@ -223,6 +223,9 @@ class _ConvTask:
     def __init__(self, **options):
         pass
 
+    def prepare(self):
+        return {}
+
     def trial(self, seed, batch_size):
         return _ConvTrial()
 
