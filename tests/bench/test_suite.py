@@ -228,13 +228,15 @@ def test_summary_best_lr_spread_target_and_ratios():
     assert adamw["final_std"] == pytest.approx(math.sqrt(0.02)) and adamw["grid"][1]["mean"] == math.inf
     assert adamw["extras"]["accuracy"] == pytest.approx(0.79) and adamw["at_budget"]["0.5"] == pytest.approx(3.1)
     assert out["target"] == pytest.approx(2.1) and "AdamW" in out["target_source"]
-    assert adamw["steps_to_target"] == 100 and adamw["reached"] == "1/2" and not adamw["all_reached"]
+    # steps to target come from the seed-mean curve: AdamW's mean reaches its own mean final value at
+    # the end even though only one seed does on its own
+    assert adamw["steps_to_target"] == 100 and adamw["reached"] == "1/2"
     muon = out["optimizers"]["torch-muon"]
-    assert muon["steps_to_target"] == 50 and muon["all_reached"] and muon["seconds_to_target"] == pytest.approx(5.0)
+    assert muon["steps_to_target"] == 50 and muon["reached"] == "2/2" and muon["seconds_to_target"] == pytest.approx(5.0)
     steepest = out["optimizers"]["steepest-muon"]
     assert steepest["seeds"] == 1 and steepest["final_std"] is None  # one seed is missing
     assert steepest["ratios"]["vs_torch_muon"]["opt_step_ms"] == pytest.approx(0.5)
-    assert steepest["ratios"]["vs_adamw"]["steps_to_target"] is None  # AdamW did not reach it on every seed
+    assert steepest["ratios"]["vs_adamw"]["steps_to_target"] == pytest.approx(0.5)
     assert muon["ratios"]["vs_adamw"]["final"] == pytest.approx(1.55 / 2.1)
     assert out["headlines"][0].startswith("fake: steepest.Muon wins with loss 1.4 (lr x1); next torch.optim.Muon 1.55")
     explicit = summary.summarize_task(task, SuiteConfig(budget="smoke", targets={"fake": 1.0}), records, {})

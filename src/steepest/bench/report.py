@@ -49,9 +49,7 @@ def task_table(task: dict) -> str:
             rows.append([name, s["status"] + (f": {reason}" if reason else "")] + [""] * (len(header) - 2))
             continue
         final = _fmt(s["final"]) + (f" ± {_fmt(s['final_std'], 2)}" if s.get("final_std") is not None else "")
-        steps = _fmt(s.get("steps_to_target"), 4)
-        if s.get("reached") and not s.get("all_reached"):
-            steps += f" ({s['reached']})"
+        steps = _fmt(s.get("steps_to_target"), 4) + (f" ({s['reached']} seeds)" if s.get("reached") else "")
         rows.append([name, f"{s['best_lr']:.3g} (x{s['best_lr_multiplier']:g})", final,
                      _fmt(s["at_budget"].get("0.25")), _fmt(s["at_budget"].get("0.5")),
                      *[_fmt(s["extras"].get(m)) for m in extras],
@@ -138,8 +136,8 @@ def render_markdown(results: dict) -> str:
     lines += [f"Each optimizer ran at lr multipliers {', '.join(f'x{m:g}' for m in cfg['lr_multipliers'])} "
               f"of its base lr with seeds {', '.join(map(str, cfg['seeds']))}; tables show its best lr "
               f"(lowest mean final metric), mean ± sample std over seeds. Every metric is lower-is-better. "
-              f"Steps to target are quantised to the evaluation interval and averaged over the seeds that "
-              f"reached it (k/n when not all did); seconds count training steps only. Timings are medians "
+              f"Steps to target are those of the seed-mean curve, quantised to the evaluation interval "
+              f"(k/n seeds: how many reached it on their own); seconds count training steps only. Timings are medians "
               f"over each cell's steps after the first three, averaged over seeds; \"opt.step\" covers every "
               f"optimizer object of the peer.", ""]
     for key, task in results["tasks"].items():
