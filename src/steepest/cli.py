@@ -202,7 +202,9 @@ def _cmd_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     print(summary_text(results))
     for note in results.get("notes", []):
         print(f"note: {note}")
-    print(f"\ntotal wall time {results['total_wall_seconds']:.1f} s")
+    print(f"\nwall time {results['total_wall_seconds']:.1f} s ({results['cells_total']} cells, "
+          f"{results['cells_resumed']} of them finished by an earlier run; {results['cell_seconds']:.1f} s "
+          f"in the cells)")
     print(f"report written to {paths['report']}")
     return 0
 

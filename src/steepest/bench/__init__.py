@@ -1,13 +1,20 @@
-"""Benchmarks for steepest: real-data training runs compared side by side with torch optimizers.
+"""Benchmarks for steepest: real tasks trained side by side with torch's optimizers, and kernels.
 
-Modules (imported on demand, so ``python -m steepest.bench.runner`` stays clean):
+Modules (imported on demand, so ``python -m steepest.bench.worker`` stays clean):
 
-* :mod:`steepest.bench.data`     the ``shakespeare-char`` corpus (and ``--text FILE``), char tokenizer
-* :mod:`steepest.bench.gpt`      the small nanoGPT-style model
-* :mod:`steepest.bench.peers`    the optimizers compared: adamw, torch-muon, steepest-muon, steepest-scion
-* :mod:`steepest.bench.runner`   training, timing and memory measurement, one process per optimizer
-* :mod:`steepest.bench.report`   ``report.md``, ``val_loss.png`` and ``results.json``
-* :mod:`steepest.bench.progress` the stderr progress display
+* :mod:`steepest.bench.tasks`         the tasks: ``shakespeare-char``, ``text:PATH``, ``digits-cnn``,
+                                      ``matrix-sensing(-asym)`` (data, model, metric, budgets)
+* :mod:`steepest.bench.peers`         the optimizers compared (torch references, every preset);
+  :mod:`steepest.bench.external_peers` the same-name optimizers of other libraries
+* :mod:`steepest.bench.train`         the training loop of one cell, with timing and memory
+* :mod:`steepest.bench.cells`         one (task, optimizer, lr, seed) result per file, for resuming
+* :mod:`steepest.bench.runner`        the suite: plan, workers (one process per task and optimizer)
+* :mod:`steepest.bench.summary`       best lr, mean and spread, targets, ratios, headlines
+* :mod:`steepest.bench.report`        ``report.md``, PNG plots and ``results.json``
+* :mod:`steepest.bench.kernels`       the orthogonalization kernel micro-benchmark (and
+                                      :mod:`steepest.bench.kernel_report`)
+* :mod:`steepest.bench.data`, :mod:`steepest.bench.gpt`  the text corpus and the small GPT
+* :mod:`steepest.bench.environment`, :mod:`steepest.bench.progress`  machine facts, progress lines
 
-Command line: ``steepest bench`` (see ``steepest bench --help``).
+Command line: ``steepest bench [--quick | --full]`` and ``steepest bench kernels [--full]``.
 """

@@ -9,10 +9,11 @@ or a learning rate re-runs the affected cells instead of mixing old numbers into
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from .formatting import clean_json
 
 
 @dataclass(frozen=True)
@@ -33,17 +34,6 @@ class Cell:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def clean_json(value):
-    """``value`` made strict-JSON safe: non-finite floats become ``None``, tuples lists."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): clean_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [clean_json(v) for v in value]
-    return value
 
 
 def write_json_atomic(path: Path, value) -> None:

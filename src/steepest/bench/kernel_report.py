@@ -18,18 +18,9 @@ import json
 import math
 from pathlib import Path
 
+from .formatting import clean_json, markdown_table
+
 PNG_SKIPPED = "kernels.png skipped: matplotlib is not installed (pip install 'steepest[bench]')"
-
-
-def _json_safe(value):
-    """Strict-JSON copy of ``value``: non-finite floats become ``None``, tuples lists."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 def _num(value, digits: int = 3) -> str:
@@ -53,12 +44,6 @@ def _sci(value) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "–"
     return f"{value:.2e}" if 0 < abs(value) < 1e-3 else f"{value:.4f}"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def _backend_labels(results: dict) -> dict[str, dict]:
@@ -106,7 +91,7 @@ def kernel_table(results: dict) -> str:
                 cell = _status_cell(e)
                 rows.append([label, e["backend"], cell, "–", "–", "–", "–", "–"])
     header = ["shape", "backend", "ms", "best ms", "GFLOP/s", "% of peak", "% of same-size matmul", "vs torch.optim.Muon NS"]
-    return _table(header, rows)
+    return markdown_table(header, rows)
 
 
 def glance_table(results: dict) -> str:
@@ -117,7 +102,7 @@ def glance_table(results: dict) -> str:
         cells[(e["shape"], e["backend"])] = (_ms(e["ms"]) + ("*" if e.get("single_call") else "")
                                              if e.get("status") == "ok" else _status_cell(e))
     rows = [[label] + [cells.get((label, n), "–") for n in names] for label in _shape_order(results)]
-    return _table(["shape"] + names, rows)
+    return markdown_table(["shape"] + names, rows)
 
 
 def roofline_tables(results: dict) -> str:
@@ -135,7 +120,7 @@ def roofline_tables(results: dict) -> str:
                 bf_cell = pt.get("bf16_note") or "–"
             rows.append([str(pt["n"]), _ms(pt["ms"]), _num(pt["gflops"]), bf_cell])
         parts.append("Square `n x n @ n x n` (GFLOP/s = 2 n^3 / t):\n\n"
-                     + _table(["n", "float32 ms", "float32 GFLOP/s", "bfloat16 GFLOP/s (ms)"], rows))
+                     + markdown_table(["n", "float32 ms", "float32 GFLOP/s", "bfloat16 GFLOP/s (ms)"], rows))
     products = roof.get("shape_products", {})
     if products:
         rows = []
@@ -147,7 +132,7 @@ def roofline_tables(results: dict) -> str:
             rows.append([label, _ms(entry["ms"]), _num(entry["gflops"]), detail])
         parts.append("The three float32 products of one Newton-Schulz step on each shape (wide orientation "
                      "`X` is `m x n`, `m <= n`: `X X^T`, `A A`, `A X`; GFLOP/s of the three together, then "
-                     "each):\n\n" + _table(["shape", "ms (3 products)", "GFLOP/s", "per product GFLOP/s"], rows))
+                     "each):\n\n" + markdown_table(["shape", "ms (3 products)", "GFLOP/s", "per product GFLOP/s"], rows))
     if roof.get("peak_gflops") is not None:
         parts.append(f"**Peak float32 matmul: {_num(roof['peak_gflops'])} GFLOP/s** (at {roof.get('peak_at')}); "
                      "the `% of peak` column is relative to it.")
@@ -174,7 +159,7 @@ def accuracy_table(results: dict) -> str:
                          _sci(a["sigma_min"]), _sci(a["sigma_max"]), _sci(a["rel_dist_polar"])])
     if not rows:
         return "(accuracy not computed)"
-    return _table(["shape", "backend", "max \\|σ−1\\|", "mean \\|σ−1\\|", "σ_min", "σ_max", "‖O − UVᵀ‖_F / ‖UVᵀ‖_F"], rows)
+    return markdown_table(["shape", "backend", "max \\|σ−1\\|", "mean \\|σ−1\\|", "σ_min", "σ_max", "‖O − UVᵀ‖_F / ‖UVᵀ‖_F"], rows)
 
 
 EXPLANATIONS = [
@@ -313,7 +298,7 @@ def write_kernel_report(results: dict, out_dir) -> dict[str, Path]:
         paths["plot"] = png
     elif note not in results.setdefault("notes", []):
         results["notes"].append(note)
-    paths["results"].write_text(json.dumps(_json_safe(results), indent=1, allow_nan=False), encoding="utf-8")
+    paths["results"].write_text(json.dumps(clean_json(results), indent=1, allow_nan=False), encoding="utf-8")
     paths["report"].write_text(render_markdown(results), encoding="utf-8")
     return paths
 

@@ -7,18 +7,26 @@ matrices, so it needs an AdamW beside it). The runner attaches one ``LambdaLR`` 
 ``peer.step()`` as "the optimizer step": that covers *all* underlying optimizers (``step_covers``
 says what that is for the report).
 
+Every builder takes ``roles_override`` (the task's ``roles=`` for :func:`steepest.roles.classify`,
+so every peer agrees on which tensors are hidden matrices) and ``adamw_weight_decay`` (the AdamW
+baseline's decay on >= 2-D tensors; a task such as matrix sensing sets 0).
+
 Peers:
     adamw          torch.optim.AdamW, lr 4e-3 (the best AdamW lr in research/benchmarks.md §3),
-                   betas (0.9, 0.95), weight decay 0.1 on 2-D weights and 0 elsewhere.
+                   betas (0.9, 0.95), weight decay 0.1 (the task's ``adamw_weight_decay``) on
+                   >= 2-D weights and 0 elsewhere.
     torch-muon     torch.optim.Muon on the hidden matrices (lr 0.02, momentum 0.95, Nesterov, no
                    weight decay, default lr adjustment and default Newton-Schulz, i.e. bfloat16),
                    plus torch.optim.AdamW (lr 2e-3, betas (0.9, 0.95), no weight decay) on the rest.
     steepest-*     steepest.for_model(model, <preset>, **STEEPEST_PEERS[name][1]): every preset of
                    steepest's registry, with the benchmark lrs below (presets with an AdamW
                    fallback use adamw_lr 2e-3, like the AdamW beside torch.optim.Muon).
+    po-*, hb-*     the same-name optimizers of pytorch-optimizer and heavyball, when installed
+                   (:mod:`.external_peers`).
 
-Benchmark lrs of the steepest presets (peak of the warmup + cosine schedule). Muon's 0.02 comes
-from research/benchmarks.md section 3 (600 steps) and Scion's default from its docstring; the
+Base lrs of the steepest presets (peak of the warmup + cosine schedule; the suite multiplies them
+by its lr grid, the same grid for every peer). Muon's 0.02 comes from research/benchmarks.md
+section 3 (600 steps) and Scion's 2^-6 from its docstring; the
 others were swept on this benchmark's model with 100 steps of batch 16, seed 1234, 4 validation
 batches (validation loss after 100 steps; torch.optim.AdamW at 4e-3 gave 2.737 there; the lr kept
 is marked *):

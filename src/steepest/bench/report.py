@@ -2,7 +2,7 @@
 
 * ``results.json``: every number (configuration, machine, each task's data and model, each
   optimizer's lr grid, best lr, curves, targets, ratios, and every cell's record without its
-  per-step timings, which stay in ``cells/``). Non-finite floats are written as ``null``.
+  per-step losses and timings, which stay in ``cells/``). Non-finite floats are written as ``null``.
 * ``report.md``: headline sentences, then per task the results table at each optimizer's best lr
   (mean ± sample std over seeds), the ratios against torch.optim.AdamW and torch.optim.Muon, and
   the lr grid; then the optimizers' settings, configuration, machine and notes.
@@ -19,7 +19,7 @@ import json
 import math
 from pathlib import Path
 
-from .cells import clean_json
+from .formatting import clean_json, markdown_table
 from .summary import REFERENCES, label, ratio_key
 
 NO_MATPLOTLIB = "plots skipped: matplotlib is not installed (pip install 'steepest[bench]')"
@@ -31,10 +31,6 @@ def _fmt(value, digits: int = 4, suffix: str = "") -> str:
     if isinstance(value, int):
         return f"{value}{suffix}"
     return f"{value:.{digits}g}{suffix}"
-
-
-def _table(rows: list[list[str]]) -> str:
-    return "\n".join("| " + " | ".join(row) + " |" for row in [rows[0], ["---"] * len(rows[0]), *rows[1:]])
 
 
 def task_table(task: dict) -> str:
@@ -55,7 +51,7 @@ def task_table(task: dict) -> str:
                      *[_fmt(s["extras"].get(m)) for m in extras],
                      steps, _fmt(s.get("seconds_to_target"), 3), _fmt(s["step_ms"], 3),
                      _fmt(s["opt_step_ms"], 3), _fmt(s["state_mib"], 3), _fmt(s["peak_rss_mib"], 4)])
-    return _table(rows)
+    return markdown_table(rows[0], rows[1:])
 
 
 def ratio_table(task: dict) -> str:
@@ -69,7 +65,7 @@ def ratio_table(task: dict) -> str:
             values = s.get("ratios", {}).get(ratio_key(ref))
             if values:
                 rows.append([name, label(ref), *[_fmt(values.get(k), 3, "x") for k in columns]])
-    return _table(rows) if len(rows) > 1 else ""
+    return markdown_table(rows[0], rows[1:]) if len(rows) > 1 else ""
 
 
 def grid_table(task: dict) -> str:
@@ -88,7 +84,31 @@ def grid_table(task: dict) -> str:
             else:
                 cells.append(_fmt(row["mean"]) + (f" ± {_fmt(row['std'], 2)}" if row["std"] is not None else ""))
         rows.append([name, *cells])
-    return _table(rows)
+    return markdown_table(rows[0], rows[1:])
+
+
+def overview_table(results: dict) -> str:
+    """Every optimizer's mean final metric at its best lr on every task, with its rank there."""
+    tasks = results["tasks"]
+    names = list(dict.fromkeys(n for t in tasks.values() for n in t["optimizers"]))
+    ranks = {}
+    for key, task in tasks.items():
+        ok = sorted((s["final"], n) for n, s in task["optimizers"].items() if s["status"] == "ok")
+        ranks[key] = {n: i + 1 for i, (_, n) in enumerate(ok)}
+    rows = []
+    for name in names:
+        row = [name]
+        for key, task in tasks.items():
+            s = task["optimizers"].get(name)
+            if s is None:
+                row.append("")
+            elif s["status"] != "ok":
+                row.append(s["status"])
+            else:
+                row.append(f"{_fmt(s['final'])} ({ranks[key][name]})")
+        rows.append(row)
+    header = ["optimizer", *[f"{key}: final {task['metric']} (rank)" for key, task in tasks.items()]]
+    return markdown_table(header, rows)
 
 
 def layer_stats_lines(results: dict) -> list[str]:
@@ -140,6 +160,9 @@ def render_markdown(results: dict) -> str:
               f"(k/n seeds: how many reached it on their own); seconds count training steps only. Timings are medians "
               f"over each cell's steps after the first three, averaged over seeds; \"opt.step\" covers every "
               f"optimizer object of the peer.", ""]
+    if len(results["tasks"]) > 1:
+        lines += ["## Overview", "", "Mean final metric at each optimizer's best lr (rank on the task; 1 is best):",
+                  "", overview_table(results), ""]
     for key, task in results["tasks"].items():
         budget = task["budget"]
         lines += [f"## {key}", "",
@@ -179,7 +202,8 @@ def render_markdown(results: dict) -> str:
               f"- Python {machine['python']}, torch {machine['torch']}, {machine['torch_threads']} torch threads, "
               f"CPU capability {machine['cpu_capability']}, oneDNN bf16 "
               f"{'supported' if machine['mkldnn_bf16_supported'] else 'not supported'}",
-              f"- total wall time {results['total_wall_seconds']:.1f} s"]
+              f"- wall time of this invocation {results['total_wall_seconds']:.1f} s; the cells took "
+              f"{results['cell_seconds']:.1f} s of training, evaluation and setup in all"]
     if results.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in results["notes"]]
     return "\n".join(lines) + "\n"

@@ -267,7 +267,8 @@ def run_suite(config: SuiteConfig, run_dir: str | Path, show_progress: bool = Tr
                      "fallback (~0.76 s per step for the GPT, research/benchmarks.md section 1)")
     results = summarize(config, tasks, data, records, notes)
     results.update(machine=machine, run_dir=str(run_dir), total_wall_seconds=time.perf_counter() - started,
-                   cells_total=len(cells), cells_resumed=resumed)
+                   cells_total=len(cells), cells_resumed=resumed,
+                   cell_seconds=sum(r.get("cell_seconds", 0.0) for _, r in records if r))
     return results
 
 

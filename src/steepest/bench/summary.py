@@ -245,7 +245,7 @@ def summarize(config: SuiteConfig, tasks: dict[str, Task], data: dict[str, dict]
     cells_out = []
     for cell, record in records:
         if record is not None:
-            slim = {k: v for k, v in record.items() if k not in ("per_step_ms", "traceback")}
+            slim = {k: v for k, v in record.items() if k not in ("per_step_ms", "train_loss", "traceback")}
             cells_out.append(slim)
     return {"schema": 2, "config": config.to_dict(), "tasks": per_task,
             "headlines": [line for t in per_task.values() for line in t["headlines"]],

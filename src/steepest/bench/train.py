@@ -11,8 +11,9 @@ forward, backward, optimizer step, schedule), forward+backward, and ``peer.step(
 keep every per-step time; summaries use medians over the steps after the first ``timing_skip``
 (warm-up). Evaluation time is excluded from the training clock ``train_seconds``.
 
-A non-finite training loss ends the cell early with status ``diverged``; its metric is then
-treated as infinitely bad when learning rates are compared.
+A non-finite training loss, or a non-finite gradient that a steepest optimizer refuses
+(``FloatingPointError``), ends the cell early with status ``diverged``; its metric is then treated
+as infinitely bad when learning rates are compared.
 """
 from __future__ import annotations
 
@@ -80,7 +81,11 @@ def train_trial(task: Task, trial: Trial, peer: Peer, budget: Budget, label: str
         loss = trial.train_loss()
         loss.backward()
         t1 = time.perf_counter()
-        peer.step()
+        try:
+            peer.step()
+            refused = False
+        except FloatingPointError:  # steepest refuses a non-finite gradient: the run has diverged
+            refused = True
         t2 = time.perf_counter()
         for scheduler in schedulers:
             scheduler.step()
@@ -91,7 +96,7 @@ def train_trial(task: Task, trial: Trial, peer: Peer, budget: Budget, label: str
         train_seconds += t3 - t0
         value = loss.item()
         losses.append(value)
-        diverged = not math.isfinite(value)
+        diverged = refused or not math.isfinite(value)
         if step in evals or diverged:
             metrics = trial.evaluate()
             curve.append({"step": step, "train_seconds": train_seconds, **metrics})
