@@ -134,10 +134,9 @@ EXTERNAL_LRS = {"po-muon": 0.02, "po-lion": 6e-4, "po-diffgrad": 4e-3, "po-scion
 
 def installed(name: str) -> tuple[bool, str]:
     """Whether the library behind external peer ``name`` can be imported, and why not."""
-    module, package = ("heavyball", "heavyball") if name.startswith("hb-") else \
-        ("pytorch_optimizer", "pytorch-optimizer")
+    module, package = ("heavyball", "heavyball") if name.startswith("hb-") else ("pytorch_optimizer", "pytorch-optimizer")
     try:
-        importlib.import_module(module)
-    except ImportError as exc:
-        return False, f"{package} is not installed (pip install {package}): {exc}"
+        _library(module, package)
+    except PeerUnavailable as exc:
+        return False, str(exc)
     return True, ""

@@ -69,8 +69,8 @@ from .peer_base import (AUX_ADAMW_LR, BETAS, Peer, PeerUnavailable, hidden_matri
                         split_hidden, state_bytes)
 
 
-#: peer name -> (steepest preset, constructor keywords). ``lr`` is the benchmark's default peak lr
-#: (absent: the preset's own default); ``build_peer(..., lr=x)`` replaces it.
+#: peer name -> (steepest preset, constructor keywords). ``lr`` is the benchmark's base peak lr;
+#: ``build_peer(..., lr=x)`` replaces it.
 STEEPEST_PEERS: dict[str, tuple[str, dict]] = {
     "steepest-muon": ("muon", {"lr": 0.02, "adamw_lr": AUX_ADAMW_LR}),
     "steepest-scion": ("scion", {"lr": 2.0 ** -6}),
@@ -87,11 +87,11 @@ STEEPEST_PEERS: dict[str, tuple[str, dict]] = {
     "steepest-muon-lanton": ("muon", {"lr": 0.04, "adamw_lr": AUX_ADAMW_LR, "noise_adaptive": True}),
 }
 
-#: Default learning rates, one per peer. ``None`` means "the library's own default".
-DEFAULT_LRS: dict[str, float | None] = {
+#: The base learning rate of every peer (the suite's lr grid multiplies it).
+DEFAULT_LRS: dict[str, float] = {
     "adamw": 4e-3,
     "torch-muon": 0.02,
-    **{name: kwargs.get("lr") for name, (_, kwargs) in STEEPEST_PEERS.items()},
+    **{name: kwargs["lr"] for name, (_, kwargs) in STEEPEST_PEERS.items()},
 }
 
 

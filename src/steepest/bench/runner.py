@@ -120,10 +120,7 @@ def default_run_dir(config: SuiteConfig) -> Path:
 
 def base_lr(config: SuiteConfig, optimizer: str) -> float:
     """The lr that the multipliers scale: ``config.lrs`` or the peer's benchmark default."""
-    lr = config.lrs.get(optimizer, DEFAULT_LRS[optimizer])
-    if lr is None:  # pragma: no cover - every peer has a numeric default
-        raise ValueError(f"{optimizer} has no default learning rate; give one with --lr {optimizer}=LR")
-    return float(lr)
+    return float(config.lrs.get(optimizer, DEFAULT_LRS[optimizer]))
 
 
 def unavailable_reason(optimizer: str) -> str | None:

@@ -34,7 +34,6 @@ from .tasks import Task
 BUDGET_FRACTIONS = (0.25, 0.5, 1.0)
 RATIO_METRICS = ("final", "steps_to_target", "seconds_to_target", "step_ms", "opt_step_ms",
                  "state_mib", "peak_rss_mib")
-LABELS = {"adamw": "torch.optim.AdamW", "torch-muon": "torch.optim.Muon"}
 
 
 def ratio_key(reference: str) -> str:
@@ -44,8 +43,8 @@ def ratio_key(reference: str) -> str:
 
 def label(name: str) -> str:
     """How an optimizer is named in sentences."""
-    if name in LABELS:
-        return LABELS[name]
+    if name in REFERENCES:
+        return REFERENCES[name]
     if name.startswith("steepest-"):
         from .peers import STEEPEST_PEERS
         from ..optim import PRESETS
@@ -208,7 +207,7 @@ def headlines(task: Task, ok: dict[str, dict], target: float | None) -> list[str
         text += f"; next {label(second)} {ok[second]['final']:.4g}"
     for ref in REFERENCES:
         if ref in ok and ref not in ranked[:2]:
-            text += f"; {LABELS[ref]} {ok[ref]['final']:.4g}"
+            text += f"; {REFERENCES[ref]} {ok[ref]['final']:.4g}"
     lines.append(text)
     for name in ("steepest-muon", "steepest-lanton"):
         if name not in ok:
@@ -219,7 +218,7 @@ def headlines(task: Task, ok: dict[str, dict], target: float | None) -> list[str
                 continue
             if ratios.get("steps_to_target") is not None:
                 lines.append(f"{task.key}: {label(name)} reaches {metric} {target:.4g} in "
-                             f"{ratios['steps_to_target']:.2f}x {LABELS[ref]}'s steps and "
+                             f"{ratios['steps_to_target']:.2f}x {REFERENCES[ref]}'s steps and "
                              f"{ratios['seconds_to_target']:.2f}x its training seconds")
             if ref == "torch-muon" and ratios.get("opt_step_ms") is not None and name == "steepest-muon":
                 lines.append(f"{task.key}: {label(name)} optimizer step {ratios['opt_step_ms']:.2f}x "
