@@ -97,6 +97,8 @@ def test_end_to_end_smoke_suite_writes_report(tmp_path):
     saved = json.loads(paths["results"].read_text(encoding="utf-8"), parse_constant=_no_nan)
     assert saved["config"]["lr_multipliers"] == [0.5, 1.0] and len(saved["cells"]) == 8
     assert "per_step_ms" not in saved["cells"][0] and "train_loss" not in saved["cells"][0] and saved["machine"]["torch"]
+    muon_cell = next(c for c in saved["cells"] if c["cell"]["optimizer"] == "steepest-muon")
+    assert "parameter" in muon_cell["explanation"]  # what steepest gives each parameter (explain)
     cell_file = next((tmp_path / "run" / "cells").rglob("*.json"))  # every per-step number stays there
     assert len(json.loads(cell_file.read_text(encoding="utf-8"))["per_step_ms"]["opt_step"]) == 6
     markdown = paths["report"].read_text(encoding="utf-8")

@@ -64,7 +64,7 @@ from torch import nn
 
 from ..explain import explain
 from ..factory import for_model
-from .external_peers import EXTERNAL_BUILDERS, EXTERNAL_LRS
+from .external_peers import EXTERNAL_BUILDERS, EXTERNAL_LRS, installed
 from .peer_base import (AUX_ADAMW_LR, BETAS, Peer, PeerUnavailable, hidden_matrix_names,  # noqa: F401
                         split_hidden, state_bytes)
 
@@ -114,8 +114,9 @@ def build_adamw(model: nn.Module, lr: float | None = None, roles_override=None,
 
 def build_torch_muon(model: nn.Module, lr: float | None = None, roles_override=None,
                      adamw_weight_decay: float = 0.1) -> Peer:
-    if not hasattr(torch.optim, "Muon"):
-        raise PeerUnavailable(f"torch {torch.__version__} has no torch.optim.Muon (added in 2.9)")
+    reason = unavailable_reason("torch-muon")
+    if reason:
+        raise PeerUnavailable(reason)
     lr = DEFAULT_LRS["torch-muon"] if lr is None else lr
     muon_params, other_params = split_hidden(model, roles_override)
     if not muon_params:
@@ -166,6 +167,16 @@ BUILDERS: dict[str, Callable[..., Peer]] = {
 }
 DEFAULT_LRS.update(EXTERNAL_LRS)
 PEER_NAMES = tuple(BUILDERS)
+
+
+def unavailable_reason(name: str) -> str | None:
+    """Why peer ``name`` cannot be built here (a missing library or torch API), or ``None``."""
+    if name in EXTERNAL_BUILDERS:
+        ok, reason = installed(name)
+        return None if ok else reason
+    if name == "torch-muon" and not hasattr(torch.optim, "Muon"):
+        return f"torch {torch.__version__} has no torch.optim.Muon (added in 2.9)"
+    return None
 
 
 def build_peer(name: str, model: nn.Module, lr: float | None = None,

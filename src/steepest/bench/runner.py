@@ -30,8 +30,8 @@ import torch
 
 from .cells import Cell, CellStore, write_json_atomic
 from .environment import machine_info
-from .external_peers import EXTERNAL_BUILDERS, installed
-from .peers import CORE_PEERS, DEFAULT_LRS, PEER_NAMES, PeerUnavailable, build_peer
+from .external_peers import EXTERNAL_BUILDERS
+from .peers import CORE_PEERS, DEFAULT_LRS, PEER_NAMES, PeerUnavailable, build_peer, unavailable_reason
 from .tasks import BUDGETS, BUILTIN_TASKS, Budget, Task, make_task, task_from_spec
 from .train import train_trial
 
@@ -123,16 +123,6 @@ def base_lr(config: SuiteConfig, optimizer: str) -> float:
     return float(config.lrs.get(optimizer, DEFAULT_LRS[optimizer]))
 
 
-def unavailable_reason(optimizer: str) -> str | None:
-    """Why ``optimizer`` cannot run here (a missing library or torch API), or ``None``."""
-    if optimizer in EXTERNAL_BUILDERS:
-        ok, reason = installed(optimizer)
-        return None if ok else reason
-    if optimizer == "torch-muon" and not hasattr(torch.optim, "Muon"):
-        return f"torch {torch.__version__} has no torch.optim.Muon (added in 2.9)"
-    return None
-
-
 def plan_cells(config: SuiteConfig, tasks: dict[str, Task], optimizers: list[str]) -> list[Cell]:
     """Every cell of the suite, ordered task, optimizer, lr multiplier, seed."""
     cells = []
@@ -157,7 +147,8 @@ def run_cell(cell: Cell, task: Task, show_progress: bool = False) -> dict:
                           adamw_weight_decay=task.adamw_weight_decay)
         label = f"{cell.optimizer} x{cell.lr_multiplier:g} s{cell.seed}"
         record = train_trial(task, trial, peer, budget, label=label, show_progress=show_progress)
-        record.update(step_covers=peer.step_covers, hyperparameters=peer.hyperparameters)
+        record.update(step_covers=peer.step_covers, hyperparameters=peer.hyperparameters,
+                      explanation=peer.explanation)
         return record
     except PeerUnavailable as exc:
         return {"status": "skipped", "reason": str(exc)}

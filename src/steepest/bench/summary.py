@@ -63,13 +63,11 @@ def _mean(values):
 
 
 def _spread(values: list[float]) -> dict:
-    finite = [v for v in values if math.isfinite(v)]
-    out = {"mean": sum(values) / len(values) if values else None,
-           "std": statistics.stdev(values) if len(finite) == len(values) and len(values) > 1 else None,
-           "min": min(values) if values else None, "max": max(values) if values else None}
-    if len(finite) != len(values):
-        out["mean"] = math.inf
-    return out
+    """Mean, sample std, min and max of a non-empty list; a non-finite value makes the mean ``inf``."""
+    finite = all(math.isfinite(v) for v in values)
+    return {"mean": sum(values) / len(values) if finite else math.inf,
+            "std": statistics.stdev(values) if finite and len(values) > 1 else None,
+            "min": min(values), "max": max(values)}
 
 
 def _final(record: dict | None, metric: str) -> float:
@@ -124,7 +122,7 @@ def summarize_optimizer(task: Task, cells: list[tuple[Cell, dict | None]], budge
         grid.append({"lr_multiplier": mult, "lr": items[0][0].lr,
                      "seeds": [c.seed for c, _ in items],
                      "status": [r.get("status") if r else "missing" for _, r in items],
-                     "final": finals, **{k: v for k, v in _spread(finals).items()}})
+                     "final": finals, **_spread(finals)})
     statuses = {s for row in grid for s in row["status"]}
     reasons = sorted({r.get("reason") for _, r in cells if r and r.get("reason")})
     out = {"base_lr": cells[0][0].lr / cells[0][0].lr_multiplier, "grid": grid,
