@@ -102,6 +102,17 @@ def build(model: nn.Module, name: str, **options):
     return steepest.for_model(model, name, overrides=overrides, **ctor)
 
 
+def state_of(opt, p) -> dict:
+    """A deep copy of ``p``'s optimizer state (tensors cloned)."""
+    return copy.deepcopy(dict(opt.state.get(p, {})))
+
+
+def same_state(a: dict, b: dict) -> bool:
+    """Bitwise equality of two per-parameter state dicts."""
+    return a.keys() == b.keys() and all(
+        torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k] for k in a)
+
+
 def snapshot_params(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
@@ -469,11 +480,12 @@ def test_param_groups_equal_separate_optimizers(name):
 
 # -- None and zero gradients -------------------------------------------------------------------
 @parametrize_presets
-def test_none_grad_is_untouched_and_gets_no_state(name):
+def test_none_grad_is_untouched_and_its_state_unchanged(name):
     model = make_model()
     opt = build(model, name)
     skipped = {"fc2.weight", "norm.bias", "embed.weight"}
     before = snapshot_params(model)
+    initial = {n: state_of(opt, p) for n, p in model.named_parameters()}
     for i in range(2):
         backward(model, batch(800 + i))
         for n, p in model.named_parameters():
@@ -483,7 +495,7 @@ def test_none_grad_is_untouched_and_gets_no_state(name):
     for n, p in model.named_parameters():
         if n in skipped:
             assert torch.equal(p, before[n]), n
-            assert not opt.state.get(p), f"{n} got state without a gradient"
+            assert same_state(state_of(opt, p), initial[n]), f"{n}'s state changed without a gradient"
         else:
             assert not torch.equal(p, before[n]), n
             assert opt.state.get(p), n
@@ -670,12 +682,13 @@ def test_sparse_gradient_raises_type_error_at_step(name):
     p = nn.Parameter(torch.randn(4, 3))
     before = p.detach().clone()
     opt = _one_param_opt(name, p)
+    initial = state_of(opt, p)
     p.grad = torch.randn(4, 3).to_sparse()
     msg = f"{PRESETS[name].__name__} does not support sparse gradients (parameter 'layer.weight')"
     with pytest.raises(TypeError, match=exact(msg)):
         opt.step()
     assert torch.equal(p, before)
-    assert not opt.state.get(p)
+    assert same_state(state_of(opt, p), initial)
 
 
 @parametrize_presets
@@ -683,12 +696,13 @@ def test_complex_parameter_raises_type_error_at_step(name):
     p = nn.Parameter(torch.randn(4, 3, dtype=torch.complex64))
     before = p.detach().clone()
     opt = _one_param_opt(name, p)
+    initial = state_of(opt, p)
     p.grad = torch.randn_like(p)
     msg = f"{PRESETS[name].__name__} does not support complex parameters (parameter 'layer.weight')"
     with pytest.raises(TypeError, match=exact(msg)):
         opt.step()
     assert torch.equal(p, before)
-    assert not opt.state.get(p)
+    assert same_state(state_of(opt, p), initial)
 
 
 # -- non-finite gradients ----------------------------------------------------------------------

@@ -28,6 +28,11 @@ class Geometry(ABC):
     shape_scales: ClassVar[tuple[str, ...]] = ("none",)
     #: smallest parameter ndim the geometry accepts.
     min_ndim: ClassVar[int] = 0
+    #: ``lmo`` acts on every row (dim-0 slice) on its own, so the LMO of a dim-0 shard is that
+    #: shard of the LMO (distributed: it runs on local shards, no gathering).
+    rowwise_lmo: ClassVar[bool] = False
+    #: ``dual_norm`` is a sum over rows, so the shards' dual norms add up to the whole one.
+    rowwise_dual_norm: ClassVar[bool] = False
 
     def __init__(self, shape_scale: str | None = None):
         mode = self.shape_scales[0] if shape_scale is None else shape_scale

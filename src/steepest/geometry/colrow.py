@@ -76,6 +76,8 @@ class ColNorm(_AxisNorm):
 
 class RowNorm(_AxisNorm):
     name = "rownorm"
+    rowwise_lmo = True
+    rowwise_dual_norm = True
     shape_scales = ("rms", "rms_to_linf", "none")
     axis = 1
 

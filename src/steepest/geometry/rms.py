@@ -50,6 +50,7 @@ class RMS(Geometry):
 
 class Identity(Geometry):
     name = "identity"
+    rowwise_lmo = True
 
     def lmo(self, x: Tensor) -> Tensor:
         return x

@@ -17,6 +17,8 @@ from .base import Geometry, matrix_dims
 
 class Sign(Geometry):
     name = "sign"
+    rowwise_lmo = True
+    rowwise_dual_norm = True
     shape_scales = ("none", "fan_in")
 
     def lmo(self, x: Tensor) -> Tensor:

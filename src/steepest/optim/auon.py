@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import Tensor
@@ -55,6 +55,22 @@ def cosh_brakes(directions: list[Tensor]) -> list[float]:
     for norm, excess in host:
         brakes.append(0.0 if norm == 0.0 else 1.0 / (norm * (math.sqrt(1.0 + excess) + BRAKE_EPS)))
     return brakes
+
+
+def cosh_brakes_from_sums(directions: list[Tensor], numels: list[int],
+                           whole_sums: Callable[[Tensor], Tensor]) -> list[float]:
+    """:func:`cosh_brakes` of tensors held as parts (the shards of a distributed run).
+
+    ``whole_sums`` turns a ``(len(directions),)`` float64 vector of sums over each local part into
+    the sums over the whole tensors; ``numels`` are the whole tensors' sizes. Two reductions: the
+    Frobenius norms, then ``sum_i sinh(X_i)^2`` of the unit tensors.
+    """
+    work = [d if d.dtype in (torch.float32, torch.float64) else d.float() for d in directions]
+    norms = whole_sums(torch.stack([w.square().sum().double() for w in work])).sqrt().tolist()
+    sinh_sq = whole_sums(torch.stack([torch.sinh(w / max(n, _TINY)).square().sum().double()
+                                      for w, n in zip(work, norms)])).tolist()
+    return [0.0 if n == 0.0 else 1.0 / (n * (math.sqrt(1.0 + s / k) + BRAKE_EPS))
+            for n, s, k in zip(norms, sinh_sq, numels)]
 
 
 #: The constructor arguments AuON and HybridAuON share, for their docstrings.
@@ -121,16 +137,18 @@ class AuON(GeometryOptimizer):
     def __init__(self, params: Iterable[Any], lr: float = 0.055, momentum: float = 0.95, nesterov: bool = True,
                  weight_decay: float = 0.0, adamw_lr: float = 3e-4, adamw_betas: tuple[float, float] = (0.9, 0.95),
                  adamw_eps: float = 1e-10, adamw_weight_decay: float = 0.0, *, maximize: bool = False,
-                 on_nonfinite: str = "raise"):
+                 on_nonfinite: str = "raise", distributed_mesh: Any = None):
         self._setup(params, {"geometry": "frobenius", "shape_scale": "original"}, lr, momentum, nesterov,
-                    weight_decay, adamw_lr, adamw_betas, adamw_eps, adamw_weight_decay, maximize, on_nonfinite)
+                    weight_decay, adamw_lr, adamw_betas, adamw_eps, adamw_weight_decay, maximize, on_nonfinite,
+                    distributed_mesh)
 
     def _setup(self, params, geometry: dict[str, Any], lr, momentum, nesterov, weight_decay, adamw_lr, adamw_betas,
-               adamw_eps, adamw_weight_decay, maximize, on_nonfinite) -> None:
+               adamw_eps, adamw_weight_decay, maximize, on_nonfinite,
+                    distributed_mesh) -> None:
         """Shared constructor body of AuON and HybridAuON (they differ only in stage 2)."""
         self._fallback = {**adamw_fallback(adamw_lr, adamw_betas, adamw_eps, adamw_weight_decay),
                           "cosh_brake": False}
-        GeometryOptimizer.__init__(self, params, on_nonfinite=on_nonfinite, lr=lr, momentum=momentum,
+        GeometryOptimizer.__init__(self, params, on_nonfinite=on_nonfinite, distributed_mesh=distributed_mesh, lr=lr, momentum=momentum,
                                    nesterov=nesterov, weight_decay=weight_decay, transform="momentum",
                                    maximize=maximize, cosh_brake=True, **geometry)
 
@@ -148,7 +166,12 @@ class AuON(GeometryOptimizer):
         steps = super()._step_sizes(group, params, directions)
         if not group["cosh_brake"]:
             return steps
-        return [s * b for s, b in zip(steps, cosh_brakes(directions))]
+        if self._topology is None:
+            brakes = cosh_brakes(directions)
+        else:
+            brakes = cosh_brakes_from_sums(directions, [p.numel() for p in params],
+                                           lambda partial: self._whole_sums(params, partial))
+        return [s * b for s, b in zip(steps, brakes)]
 
     def describe_update(self, group: dict[str, Any]) -> str:
         base = super().describe_update(group)
@@ -196,8 +219,9 @@ class HybridAuON(AuON):
     def __init__(self, params: Iterable[Any], lr: float = 0.055, momentum: float = 0.95, nesterov: bool = True,
                  weight_decay: float = 0.0, ns: str = "keller", ns_steps: int | None = 1, ns_dtype: str = "auto",
                  adamw_lr: float = 3e-4, adamw_betas: tuple[float, float] = (0.9, 0.95), adamw_eps: float = 1e-10,
-                 adamw_weight_decay: float = 0.0, *, maximize: bool = False, on_nonfinite: str = "raise"):
+                 adamw_weight_decay: float = 0.0, *, maximize: bool = False, on_nonfinite: str = "raise", distributed_mesh: Any = None):
         geometry = {"geometry": "spectral", "shape_scale": "original", "ns": ns, "ns_steps": ns_steps,
                     "ns_dtype": ns_dtype}
         self._setup(params, geometry, lr, momentum, nesterov, weight_decay, adamw_lr, adamw_betas, adamw_eps,
-                    adamw_weight_decay, maximize, on_nonfinite)
+                    adamw_weight_decay, maximize, on_nonfinite,
+                    distributed_mesh)

@@ -15,7 +15,10 @@ NS_DOC = """ns: Newton-Schulz schedule (``keller``, ``you``, ``quintic``, ``pola
 COMMON_DOC = """maximize: maximize the objective instead of minimizing it.
         on_nonfinite: ``raise`` (default: ``FloatingPointError`` naming the parameter, nothing
             modified) or ``skip`` (the whole step is skipped, warned about and counted in
-            ``optimizer.nonfinite_skips``)."""
+            ``optimizer.nonfinite_skips``).
+        distributed_mesh: ``None`` (one process), the ``ProcessGroup`` of a DDP model, or the 1-D
+            ``DeviceMesh`` of an FSDP2 (``fully_shard``) model; whole-matrix LMOs are then computed
+            once per matrix, on an owner rank (see ``steepest.distributed``)."""
 
 
 NOISE_DOC = """noise_adaptive: LANTON's noise-adaptive layerwise learning rates on the groups whose

@@ -39,6 +39,17 @@ Numerics: optimizer state of bfloat16/float16 parameters is kept in float32 and 
 applied in float32. A zero gradient gives a zero step. Gradients are checked for NaN/Inf before
 anything is modified: ``on_nonfinite="raise"`` raises ``FloatingPointError`` naming the parameter;
 ``"skip"`` skips the whole step, warns and counts it in ``nonfinite_skips``.
+
+State is created when a group is added (for every parameter that requires a gradient), so the
+state keys are the same on every rank before the first step and ``torch.distributed.checkpoint``
+can save and load an optimizer that has not stepped yet.
+
+Distributed (``distributed_mesh``, see ``steepest.distributed.topology``): the stages run on local
+tensors (the shards of DTensor parameters); stage 2 of a geometry whose LMO needs the whole matrix
+runs once per matrix on its owner rank (``Topology.map_whole``), and every whole-tensor reduction
+of the later stages (NorMuon's Frobenius norms, AuON's brake, the noise dual norms) is summed over
+the shards. The non-finite check and the set of parameters with gradients are agreed on by all
+ranks before anything is modified.
 """
 from __future__ import annotations
 
@@ -50,6 +61,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from ..distributed import is_dtensor, local, resolve_topology
 from ..geometry import Geometry, make_geometry
 from .noise import dual_norms, layer_factors, noise_stds
 from .transforms import adam_signal, diffgrad_signal, lion_signal, momentum_signal
@@ -97,6 +109,8 @@ class GeometryOptimizer(Optimizer):
     Args:
         params: tensors, ``(name, tensor)`` pairs, or dicts of param groups (torch.optim style).
         on_nonfinite: ``"raise"`` (default) or ``"skip"`` when a gradient holds NaN or Inf.
+        distributed_mesh: ``None`` (one process), a ``ProcessGroup`` (DDP) or a 1-D ``DeviceMesh``
+            (FSDP2); see ``steepest.distributed``.
         **defaults: values for any group key listed in the module docstring.
 
     Presets subclass this and implement :meth:`role_settings` to give each role its recipe; a
@@ -107,8 +121,10 @@ class GeometryOptimizer(Optimizer):
     #: Group keys a preset adds to the engine's, with their defaults.
     PRESET_KEYS: dict[str, Any] = {}
 
-    def __init__(self, params: Iterable[Any], *, on_nonfinite: str = "raise", **defaults: Any):
+    def __init__(self, params: Iterable[Any], *, on_nonfinite: str = "raise", distributed_mesh: Any = None,
+                 **defaults: Any):
         check_choice("on_nonfinite", on_nonfinite, ON_NONFINITE)
+        self._topology = resolve_topology(distributed_mesh)
         unknown = sorted(set(defaults) - set(ENGINE_DEFAULTS) - set(self.PRESET_KEYS))
         if unknown:
             raise TypeError(f"Unknown optimizer option(s): {', '.join(unknown)}")
@@ -154,16 +170,26 @@ class GeometryOptimizer(Optimizer):
                     sub.setdefault(key, value)
                 super().add_param_group(sub)
                 self._validate_group(self.param_groups[-1])
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, NotImplementedError):
             del self.param_groups[start:]  # all or nothing: no split part of a rejected group stays
             raise
+        for group in self.param_groups[start:]:
+            for p in group["params"]:
+                if p.requires_grad:
+                    self._ensure_state(group, p)
 
     def _validate_group(self, group: dict[str, Any]) -> None:
         check_group(group)
         geometry = self.geometry(group)
         names = group.get("param_names")
         for i, p in enumerate(group["params"]):
-            geometry.check_shape(p.shape, names[i] if names else f"param {i} of group {len(self.param_groups) - 1}")
+            name = names[i] if names else f"param {i} of group {len(self.param_groups) - 1}"
+            geometry.check_shape(p.shape, name)
+            if self._topology is not None:
+                self._topology.check_param(p, name)
+            elif is_dtensor(p):
+                raise TypeError(f"Parameter {name!r} is a DTensor; pass distributed_mesh=<its DeviceMesh> "
+                                f"to the optimizer")
 
     def geometry(self, group: dict[str, Any]) -> Geometry:
         """The (cached) geometry object a group's flat keys describe."""
@@ -205,6 +231,7 @@ class GeometryOptimizer(Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        self._topology = None  # a process group does not pickle; a copy steps one process
         self._geometries = {}
         self._second_grads = {}
         for group in self.param_groups:
@@ -254,6 +281,9 @@ class GeometryOptimizer(Optimizer):
             for pi, p in enumerate(group["params"]):
                 if p.grad is None:
                     continue
+                if self._topology is None and is_dtensor(p):
+                    raise TypeError(f"Parameter {self._param_name(gi, pi)!r} is a DTensor but the optimizer has "
+                                    f"no distributed_mesh (copies and unpickled optimizers step one process)")
                 if p.grad.is_sparse:
                     raise TypeError(f"{type(self).__name__} does not support sparse gradients "
                                     f"(parameter {self._param_name(gi, pi)!r})")
@@ -261,10 +291,12 @@ class GeometryOptimizer(Optimizer):
                     raise TypeError(f"{type(self).__name__} does not support complex parameters "
                                     f"(parameter {self._param_name(gi, pi)!r})")
                 params.append(p)
-                grads.append(p.grad)
+                grads.append(p.grad if self._topology is None else local(p.grad))
             if params:
                 work.append((gi, group, params, grads))
         bad = self._first_nonfinite(work)
+        if self._topology is not None:
+            bad = self._agree_on_step(work, bad)
         if bad is not None:
             if self.on_nonfinite == "raise":
                 raise FloatingPointError(
@@ -280,6 +312,19 @@ class GeometryOptimizer(Optimizer):
                 self._check_second_grads(gi, group, params)
         for _, group, params, grads in work:
             self._update_group(group, params, grads)
+
+    def _agree_on_step(self, work, bad: str | None) -> str | None:
+        """One all-reduce: every rank must step the same parameters, and a non-finite gradient on any
+        rank's shard stops (or skips) the step on every rank."""
+        count = sum(len(params) for _, _, params, _ in work)
+        flag, high, neg_low = self._topology.max_over_ranks([float(bad is not None), count, -count])
+        if high != -neg_low:
+            raise RuntimeError(f"Ranks disagree on how many parameters have gradients at this step (from "
+                               f"{int(-neg_low)} to {int(high)}); every rank must step the same parameters "
+                               f"(give unused parameters zero gradients or set them to None on every rank)")
+        if flag and bad is None:
+            return "<a shard on another rank>"
+        return bad
 
     def _param_name(self, gi: int, pi: int) -> str:
         names = self.param_groups[gi].get("param_names")
@@ -306,10 +351,58 @@ class GeometryOptimizer(Optimizer):
         if self._noise_active(group):
             self._update_noise(group, params, grads)                            # stage 3's inputs
         signals = self._signals(group, params, grads)                           # stage 1
-        directions = self.geometry(group).lmo_many(signals)                     # stage 2
+        directions = self._lmo(group, params, signals)                          # stage 2
         directions = self._adapt(group, params, directions)                     # stage 3
         steps = self._step_sizes(group, params, directions)
         self._apply(group, params, directions, steps)                           # stage 4
+
+    def _lmo(self, group: dict[str, Any], params: list[Tensor], signals: list[Tensor]) -> list[Tensor]:
+        """Stage 2: the geometry's LMO of every signal; distributed, a whole-matrix LMO runs once per
+        matrix on its owner rank, a row-wise one on the local shards."""
+        geometry = self.geometry(group)
+        if self._topology is None or geometry.rowwise_lmo:
+            return geometry.lmo_many(signals)
+        return self._topology.map_whole(params, signals, geometry.lmo_many)
+
+    def _whole_sums(self, params: list[Tensor], partial: Tensor) -> Tensor:
+        """Sums over whole tensors from ``partial[i]``, sums over ``params[i]``'s local entries
+        (the identity on one process)."""
+        return partial if self._topology is None else self._topology.shard_sums(params, partial)
+
+    def _state_view(self, p: Tensor) -> dict[str, Any]:
+        """``p``'s state with the local tensors of DTensor entries (they share storage, so in-place
+        updates reach the state); the state itself on one process."""
+        state = self.state[p]
+        if self._topology is None:
+            return state
+        return {key: local(value) for key, value in state.items()}
+
+    def _ensure_state(self, group: dict[str, Any], p: Tensor) -> None:
+        """Create the state ``p`` needs under ``group``'s settings (its missing keys only); called
+        when the group is added and before each use, so settings changed later get their state."""
+        state = self.state[p]
+        transform = group["transform"]
+        if transform in ("adam", "diffgrad"):
+            if "step" not in state:
+                state["step"] = torch.tensor(0.0, dtype=torch.float32)
+                state["exp_avg"] = self._zeros_state(p)
+                state["exp_avg_sq"] = self._zeros_state(p)
+            if transform == "diffgrad" and "prev_grad" not in state:
+                state["prev_grad"] = self._zeros_state(p)
+        elif transform == "lion":
+            if "exp_avg" not in state:
+                state["exp_avg"] = self._zeros_state(p)
+        elif group["momentum"] > 0 and "momentum_buffer" not in state:
+            state["momentum_buffer"] = self._zeros_state(p)
+        if self._noise_active(group):
+            if "noise_sq" not in state:
+                state["noise_sq"] = torch.zeros((), dtype=torch.float32, device=local(p).device)
+                state["noise_count"] = torch.zeros((), dtype=torch.float32)
+            if group["noise_source"] == "previous" and "noise_grads" not in state:
+                # gradients seen; a state saved before this key existed holds a previous gradient
+                state["noise_grads"] = torch.tensor(float("noise_prev_grad" in state), dtype=torch.float32)
+                if "noise_prev_grad" not in state:
+                    state["noise_prev_grad"] = self._zeros_state(p)
 
     def _signals(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> list[Tensor]:
         """Stage 1 for a whole group: one signal per parameter (override for group-level transforms)."""
@@ -331,28 +424,19 @@ class GeometryOptimizer(Optimizer):
 
     def _signal(self, group: dict[str, Any], p: Tensor, g: Tensor) -> Tensor:
         """Stage 1 for one parameter: update its state with ``g`` and return the signal ``D``."""
-        state = self.state[p]
+        self._ensure_state(group, p)
+        state = self._state_view(p)
         transform = group["transform"]
         if transform in ("adam", "diffgrad"):
-            if not state:
-                state["step"] = torch.tensor(0.0, dtype=torch.float32)
-                state["exp_avg"] = self._zeros_state(p)
-                state["exp_avg_sq"] = self._zeros_state(p)
-                if transform == "diffgrad":
-                    state["prev_grad"] = self._zeros_state(p)
             beta1, beta2 = group["betas"]
             if transform == "diffgrad":
                 return diffgrad_signal(state["exp_avg"], state["exp_avg_sq"], state["prev_grad"], state["step"],
                                        g, beta1, beta2, group["eps"])
             return adam_signal(state["exp_avg"], state["exp_avg_sq"], state["step"], g, beta1, beta2, group["eps"])
         if transform == "lion":
-            if "exp_avg" not in state:
-                state["exp_avg"] = self._zeros_state(p)
             beta1, beta2 = group["betas"]
             return lion_signal(state["exp_avg"], g, beta1, beta2)
         beta = group["momentum"]
-        if beta > 0 and "momentum_buffer" not in state:
-            state["momentum_buffer"] = self._zeros_state(p)
         return momentum_signal(state.get("momentum_buffer") if beta > 0 else None, g, beta, group["nesterov"])
 
     def _adapt(self, group: dict[str, Any], params: list[Tensor], directions: list[Tensor]) -> list[Tensor]:
@@ -392,37 +476,46 @@ class GeometryOptimizer(Optimizer):
         geometry = self.geometry(group)
         measured, deltas = [], []
         for p, grad in zip(params, grads):
-            state = self.state[p]
+            self._ensure_state(group, p)
+            state = self._state_view(p)
             g = self._working_grad(group, p, grad)
             if group["noise_source"] == "second":
-                other = self._working_grad(group, p, self._second_grads[id(p)])
+                other = self._working_grad(group, p, local(self._second_grads[id(p)]))
                 deltas.append(g - other)
                 measured.append(p)
             else:
-                prev = state.get("noise_prev_grad")
-                if prev is not None:
-                    deltas.append(g - prev)
+                if float(state["noise_grads"]) > 0:
+                    deltas.append(g - state["noise_prev_grad"])
                     measured.append(p)
-                    prev.copy_(g)
-                else:
-                    state["noise_prev_grad"] = g.clone(memory_format=torch.preserve_format)
+                state["noise_prev_grad"].copy_(g)
+                state["noise_grads"] += 1
         if not deltas:
             return
-        norms = dual_norms(geometry, deltas, group["noise_ns"], group["ns_dtype"])
+        norms = self._dual_norms(group, measured, deltas)
         beta = group["noise_beta"]
         for p, norm in zip(measured, norms):
             state = self.state[p]
-            if "noise_sq" not in state:
-                state["noise_sq"] = torch.zeros((), dtype=torch.float32, device=p.device)
-                state["noise_count"] = torch.zeros((), dtype=torch.float32)
             scale = group["radius"] * geometry.shape_scale(p.shape)
             state["noise_sq"].mul_(beta).add_((scale * norm.float()) ** 2, alpha=1 - beta)
             state["noise_count"] += 1
 
+    def _dual_norms(self, group: dict[str, Any], params: list[Tensor], deltas: list[Tensor]) -> list[Tensor]:
+        """The unscaled dual norms of the (local parts of the) noise samples ``deltas``."""
+        geometry = self.geometry(group)
+
+        def norms(xs: list[Tensor]) -> list[Tensor]:
+            return dual_norms(geometry, xs, group["noise_ns"], group["ns_dtype"])
+
+        if self._topology is None:
+            return norms(deltas)
+        if geometry.rowwise_dual_norm:  # a sum over rows: add the shards' sums
+            return list(self._whole_sums(params, torch.stack([n.double() for n in norms(deltas)])).unbind())
+        return self._topology.map_whole(params, deltas, norms, scalar=True)
+
     def _noise_sq(self, group: dict[str, Any], params: list[Tensor]) -> list[float | None]:
         """Bias-corrected ``H`` of each parameter (``None`` before its first estimate), read with
         one device-to-host transfer (the counts live on the CPU)."""
-        measured = [p for p in params if "noise_sq" in self.state.get(p, {})]
+        measured = [p for p in params if float(self.state.get(p, {}).get("noise_count", 0.0)) > 0]
         if not measured:
             return [None] * len(params)
         values = dict(zip(map(id, measured), torch.stack([self.state[p]["noise_sq"] for p in measured]).tolist()))
@@ -438,12 +531,18 @@ class GeometryOptimizer(Optimizer):
     def noise_factors(self, group: dict[str, Any]) -> dict[int, float]:
         """``{id(param): lr factor}`` for the layers of a noise-adaptive group: every factor is 1
         until every parameter of the group with optimizer state has a noise estimate."""
-        params = [p for p in group["params"] if self.state.get(p)]
+        params = [p for p in group["params"] if self._noise_seen(self.state.get(p, {}))]
         noise_sq = self._noise_sq(group, params)
         if not params or None in noise_sq:
             return {id(p): 1.0 for p in params}
         factors = self.layer_rule(group, noise_stds(noise_sq, group["noise_eps"]))  # type: ignore[arg-type]
         return {id(p): f for p, f in zip(params, factors)}
+
+    @staticmethod
+    def _noise_seen(state: dict[str, Any]) -> bool:
+        """Whether a parameter has had a gradient in a noise-adaptive group."""
+        seen = state.get("noise_grads", state.get("noise_count"))
+        return seen is not None and float(seen) > 0
 
     def layer_rule(self, group: dict[str, Any], stds: list[float]) -> list[float]:
         """The lr factors of a group's layers from their noise standard deviations (in group order):
@@ -486,6 +585,8 @@ class GeometryOptimizer(Optimizer):
 
     def _apply(self, group: dict[str, Any], params: list[Tensor], directions: list[Tensor], steps: list[float]) -> None:
         shrink = 1 - float(group["lr"]) * group["weight_decay"]
+        if self._topology is not None:
+            params = [local(p) for p in params]
         for p, d, s in zip(params, directions, steps):
             if p.dtype in _LOW_PRECISION:
                 w = p.float()

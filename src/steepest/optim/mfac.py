@@ -6,6 +6,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import Tensor
 
+from ..distributed import is_sharded
 from .docs import fill_doc
 from .engine import GeometryOptimizer
 from .fisher_window import insert_gradient, inverse_fisher_apply, solve_window_system
@@ -93,8 +94,8 @@ class MFAC(GeometryOptimizer):
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, momentum: float = 0.0, weight_decay: float = 0.0,
                  ngrads: int = DEFAULT_NGRADS, damp: float = 1e-5, *, maximize: bool = False,
-                 on_nonfinite: str = "raise"):
-        super().__init__(params, on_nonfinite=on_nonfinite, lr=lr, momentum=momentum, nesterov=False,
+                 on_nonfinite: str = "raise", distributed_mesh: Any = None):
+        super().__init__(params, on_nonfinite=on_nonfinite, distributed_mesh=distributed_mesh, lr=lr, momentum=momentum, nesterov=False,
                          weight_decay=weight_decay, transform="momentum", geometry="identity",
                          shape_scale=None, ngrads=ngrads, damp=damp, maximize=maximize)
 
@@ -111,6 +112,9 @@ class MFAC(GeometryOptimizer):
 
     def _validate_group(self, group: dict[str, Any]) -> None:
         super()._validate_group(group)
+        if self._topology is not None and any(is_sharded(p) for p in group["params"]):
+            raise NotImplementedError("MFAC does not support sharded (FSDP2) parameters: its gradient window "
+                                      "spans whole parameters; use DDP (a ProcessGroup) or one process")
         if group["transform"] != "momentum":
             raise ValueError(f"MFAC supports only transform 'momentum' (an EMA of the preconditioned "
                              f"direction); got {group['transform']!r}")

@@ -7,6 +7,7 @@ from typing import Any, Iterable
 import torch
 from torch import Tensor
 
+from ..distributed import rows_like
 from ..geometry import as_matrix
 from .docs import fill_doc
 from .muon import Muon
@@ -24,13 +25,19 @@ def neuron_normalize(o: Tensor, row_sq: Tensor, beta2: float, scale: str, eps: f
     ``o_hat`` is rescaled to Frobenius norm ``||o||_F`` (``scale="frobenius"``) or ``0.2 sqrt(m n)``
     (``scale="rms"``: update RMS 0.2).
     """
-    row_sq.mul_(beta2).add_(o.square().mean(dim=1).to(row_sq.dtype), alpha=1 - beta2)
-    normed = o / (row_sq.sqrt() + eps).to(o.dtype).unsqueeze(1)
+    normed = normalize_rows(o, row_sq, beta2, eps)
     if scale == "frobenius":
         target = torch.linalg.vector_norm(o)
     else:
         target = 0.2 * math.sqrt(o.numel())
     return normed.mul_(target / (torch.linalg.vector_norm(normed) + eps))
+
+
+def normalize_rows(o: Tensor, row_sq: Tensor, beta2: float, eps: float = NEURON_EPS) -> Tensor:
+    """The row-wise half of :func:`neuron_normalize` (``o / (sqrt(v) + eps)`` after updating ``v``
+    in place); it needs only whole rows, so it runs on dim-0 shards as it is."""
+    row_sq.mul_(beta2).add_(o.square().mean(dim=1).to(row_sq.dtype), alpha=1 - beta2)
+    return o / (row_sq.sqrt() + eps).to(o.dtype).unsqueeze(1)
 
 
 class NorMuon(Muon):
@@ -86,7 +93,7 @@ class NorMuon(Muon):
                  ns_dtype: str = "auto", adamw_lr: float = 3e-4, adamw_betas: tuple[float, float] = (0.9, 0.95),
                  adamw_eps: float = 1e-10, adamw_weight_decay: float = 0.0, *, noise_adaptive: bool = False,
                  noise_beta: float = 0.9, noise_source: str = "previous", noise_rule: str = "min_ratio",
-                 maximize: bool = False, on_nonfinite: str = "raise"):
+                 maximize: bool = False, on_nonfinite: str = "raise", distributed_mesh: Any = None):
         check_choice("scale", scale, SCALES)
         if adjust_lr is None:
             adjust_lr = "original" if scale == "frobenius" else "none"
@@ -94,7 +101,7 @@ class NorMuon(Muon):
                          adjust_lr=adjust_lr, ns=ns, ns_steps=ns_steps, ns_dtype=ns_dtype, adamw_lr=adamw_lr,
                          adamw_betas=adamw_betas, adamw_eps=adamw_eps, adamw_weight_decay=adamw_weight_decay,
                          noise_adaptive=noise_adaptive, noise_beta=noise_beta, noise_source=noise_source,
-                         noise_rule=noise_rule, maximize=maximize, on_nonfinite=on_nonfinite,
+                         noise_rule=noise_rule, maximize=maximize, on_nonfinite=on_nonfinite, distributed_mesh=distributed_mesh,
                          preset_defaults={"beta2": beta2, "scale": scale})
 
     def _validate_group(self, group: dict[str, Any]) -> None:
@@ -110,14 +117,26 @@ class NorMuon(Muon):
         """Stage 3's per-entry factor: the neuron normalization of every spectral group."""
         if group["geometry"] != "spectral":
             return directions
-        out = []
-        for p, d in zip(params, directions):
-            state = self.state[p]
-            if "row_sq" not in state:
-                state["row_sq"] = torch.zeros(p.shape[0], dtype=self.state_dtype(p), device=p.device)
-            o = as_matrix(d)
-            out.append(neuron_normalize(o, state["row_sq"], group["beta2"], group["scale"]).view_as(d))
-        return out
+        for p in params:
+            self._ensure_state(group, p)
+        if self._topology is None:
+            return [neuron_normalize(as_matrix(d), self.state[p]["row_sq"], group["beta2"], group["scale"]).view_as(d)
+                    for p, d in zip(params, directions)]
+        # distributed: rows are whole on every shard; the two Frobenius norms are summed over shards
+        outs = [as_matrix(d) for d in directions]
+        normed = [normalize_rows(o, self._state_view(p)["row_sq"], group["beta2"]) for p, o in zip(params, outs)]
+        partial = torch.stack([torch.stack([o.float().square().sum(), n.float().square().sum()])
+                               for o, n in zip(outs, normed)]).double()
+        totals = self._whole_sums(params, partial).tolist()
+        for p, n, (o_sq, n_sq) in zip(params, normed, totals):
+            target = math.sqrt(o_sq) if group["scale"] == "frobenius" else 0.2 * math.sqrt(p.numel())
+            n.mul_(target / (math.sqrt(n_sq) + NEURON_EPS))
+        return [n.view_as(d) for n, d in zip(normed, directions)]
+
+    def _ensure_state(self, group: dict[str, Any], p: Tensor) -> None:
+        super()._ensure_state(group, p)
+        if group["geometry"] == "spectral" and "row_sq" not in self.state[p]:
+            self.state[p]["row_sq"] = rows_like(p, self.state_dtype(p))
 
     def describe_update(self, group: dict[str, Any]) -> str:
         base = super().describe_update(group)
