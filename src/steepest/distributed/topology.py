@@ -117,7 +117,7 @@ class Topology:
                              f"distributed_mesh is {self.mesh}")
         placement = p.placements[0]
         if not (isinstance(placement, Replicate) or (isinstance(placement, Shard) and placement.dim == 0)):
-            raise ValueError(f"Parameter {name!r} has placement {placement}; steepest supports Shard(dim=0) "
+            raise ValueError(f"Parameter {name!r} has placement {placement!r}; steepest supports Shard(dim=0) "
                              f"(FSDP2's default) and Replicate() on a 1-D mesh")
         if isinstance(placement, Shard):
             start, stop = row_range(p.shape[0], self.rank, self.world)
@@ -214,7 +214,7 @@ class Topology:
         for i in idx:
             start, stop = self._held(params[i], owners[i], self.rank)
             if stop > start:
-                send_parts[owners[i]].append(tensors[i].reshape(stop - start, -1).reshape(-1))
+                send_parts[owners[i]].append(tensors[i].reshape(-1))
         send_sizes = [sum(t.numel() for t in parts) for parts in send_parts]
         recv_sizes = [sum(self._numel(params[i], self._held(params[i], self.rank, src)) for i in owned)
                       for src in range(self.world)]
@@ -236,7 +236,8 @@ class Topology:
         ref = tensors[idx[0]]
         send_parts: list[list[Tensor]] = [[] for _ in range(self.world)]
         for i, out in zip(owned, outs):
-            rows = out.to(ref.dtype).reshape(params[i].shape[0] if params[i].ndim else 1, -1)
+            rows = out.to(ref.dtype).reshape(params[i].shape[0] if params[i].ndim else 1,
+                                             int(torch.Size(params[i].shape[1:]).numel()))
             for dst in range(self.world):
                 start, stop = self._wanted(params[i], dst)
                 if stop > start:

@@ -88,7 +88,7 @@ class Geometry(ABC):
 
 def as_matrix(x: Tensor) -> Tensor:
     """View a >= 2-D tensor as the matrix ``(shape[0], prod(shape[1:]))`` (conv filters: out x in*k*k)."""
-    return x if x.ndim == 2 else x.reshape(x.shape[0], -1)
+    return x if x.ndim == 2 else x.reshape(x.shape[0], math.prod(x.shape[1:]))  # explicit: shards may be empty
 
 
 def matrix_dims(shape: torch.Size | tuple[int, ...]) -> tuple[int, int]:

@@ -231,7 +231,9 @@ class GeometryOptimizer(Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        self._topology = None  # a process group does not pickle; a copy steps one process
+        # load_state_dict calls this too (and keeps the topology); a process group does not pickle,
+        # so an unpickled or deep-copied optimizer steps one process
+        self._topology = getattr(self, "_topology", None)
         self._geometries = {}
         self._second_grads = {}
         for group in self.param_groups:
@@ -316,12 +318,15 @@ class GeometryOptimizer(Optimizer):
     def _agree_on_step(self, work, bad: str | None) -> str | None:
         """One all-reduce: every rank must step the same parameters, and a non-finite gradient on any
         rank's shard stops (or skips) the step on every rank."""
-        count = sum(len(params) for _, _, params, _ in work)
-        flag, high, neg_low = self._topology.max_over_ranks([float(bad is not None), count, -count])
-        if high != -neg_low:
-            raise RuntimeError(f"Ranks disagree on how many parameters have gradients at this step (from "
-                               f"{int(-neg_low)} to {int(high)}); every rank must step the same parameters "
-                               f"(give unused parameters zero gradients or set them to None on every rank)")
+        index = {id(p): i for i, p in enumerate(p for g in self.param_groups for p in g["params"])}
+        stepped = [index[id(p)] + 1 for _, _, params, _ in work for p in params]
+        count, total = len(stepped), sum(stepped)  # the same on every rank iff (in practice) the same set
+        flag, high, neg_low, high_sum, neg_low_sum = self._topology.max_over_ranks(
+            [float(bad is not None), count, -count, total, -total])
+        if high != -neg_low or high_sum != -neg_low_sum:
+            raise RuntimeError(f"Ranks disagree on which parameters have gradients at this step ({int(-neg_low)} "
+                               f"to {int(high)} parameters); every rank must step the same parameters (give "
+                               f"unused parameters zero gradients, or set their gradients to None on every rank)")
         if flag and bad is None:
             return "<a shard on another rank>"
         return bad
