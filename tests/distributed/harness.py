@@ -30,8 +30,9 @@ def launch(scenario: str, nprocs: int, out: Path, *args: str) -> dict:
                str(SCENARIOS), scenario, str(out), *args]
     proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
     if proc.returncode != 0:
+        lines = [line for line in (proc.stdout + proc.stderr).splitlines() if not line[:1] == "W"]  # launcher noise
         raise AssertionError(f"scenario {scenario!r} on {nprocs} ranks failed (exit {proc.returncode}):\n"
-                             f"{(proc.stdout + proc.stderr)[-6000:]}")
+                             + "\n".join(lines)[-8000:])
     return torch.load(out / "result.pt", weights_only=False)
 
 

@@ -295,6 +295,7 @@ def main() -> None:
         result = SCENARIOS[name](out, *args)
         if dist.get_rank() == 0:
             torch.save(result, os.path.join(out, "result.pt"))
+        dist.barrier()  # no rank tears gloo down while another still runs
     finally:
         dist.destroy_process_group()
 
