@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from pathlib import Path
 
@@ -103,8 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "seeds, and writes report.md, PNG plots and results.json. The run resumes: rerunning "
                     "the same command skips finished cells. `steepest bench kernels` times the "
                     "orthogonalization backends against this machine's matmul roofline.")
-    bench.add_argument("what", nargs="?", choices=("suite", "kernels"), default="suite",
-                       help="suite (default): train and compare; kernels: the kernel micro-benchmark")
+    bench.add_argument("what", nargs="?", choices=("suite", "kernels", "distributed"), default="suite",
+                       help="suite (default): train and compare; kernels: the kernel micro-benchmark; "
+                            "distributed: optimizer step time per rank under DDP and FSDP2 (torchrun, gloo)")
     size = bench.add_mutually_exclusive_group()
     size.add_argument("--quick", dest="budget", action="store_const", const="quick",
                       help="the quick suite, about 5 minutes on 2 cores (the default): optimizers "
@@ -138,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", metavar="DIR",
                        help="run directory (default ./bench-out/<budget>-<hash of the suite>; an existing "
                             "one is resumed)")
+    bench.add_argument("--ranks", type=_int_list, default=None, metavar="N,N,...",
+                       help="distributed: world sizes to time (default 1,2)")
+    bench.add_argument("--d-model", type=_positive_int, default=None,
+                       help="distributed: width of the benchmark GPT (default 128)")
+    bench.add_argument("--layers", type=_positive_int, default=None,
+                       help="distributed: blocks of the benchmark GPT (default 4)")
     bench.add_argument("--no-progress", action="store_true", help="no progress display on stderr")
     bench.set_defaults(handler=_cmd_bench, subparser=bench)
 
@@ -178,6 +186,8 @@ def suite_config(args: argparse.Namespace):
 def _cmd_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.what == "kernels":
         return _cmd_kernels(args, parser)
+    if args.what == "distributed":
+        return _cmd_distributed(args, parser)
     from .bench.report import summary_text, write_report
     from .bench.runner import default_run_dir, load_tasks, run_suite
 
@@ -224,6 +234,27 @@ def _cmd_kernels(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     paths = write_kernel_report(results, out)
     print(kernel_table(results))
     print(f"\nreport written to {paths['report'] if 'report' in paths else out}")
+    return 0
+
+
+def _cmd_distributed(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .bench.distributed import DistributedConfig, render, run_distributed, write_distributed_report
+
+    config = DistributedConfig()
+    for key in ("ranks", "d_model", "layers", "steps", "threads"):
+        if getattr(args, key) is not None:
+            setattr(config, key, getattr(args, key))
+    if any(w < 1 for w in config.ranks):
+        parser.error("--ranks: world sizes must be >= 1")
+    try:
+        results = run_distributed(config, progress=not args.no_progress)
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        print(f"steepest bench distributed: error: {exc}", file=sys.stderr)
+        return 1
+    out = Path(args.out) if args.out else Path("bench-out") / "distributed"
+    paths = write_distributed_report(results, out)
+    print(render(results))
+    print(f"report written to {paths['report']}")
     return 0
 
 
