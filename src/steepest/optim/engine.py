@@ -353,6 +353,8 @@ class GeometryOptimizer(Optimizer):
         return None
 
     def _update_group(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
+        for p in params:
+            self._ensure_state(group, p)  # settings may have changed since the group was added
         if self._noise_active(group):
             self._update_noise(group, params, grads)                            # stage 3's inputs
         signals = self._signals(group, params, grads)                           # stage 1
@@ -384,7 +386,8 @@ class GeometryOptimizer(Optimizer):
 
     def _ensure_state(self, group: dict[str, Any], p: Tensor) -> None:
         """Create the state ``p`` needs under ``group``'s settings (its missing keys only); called
-        when the group is added and before each use, so settings changed later get their state."""
+        when the group is added and at the start of every step of the group, so settings changed
+        later get their state."""
         state = self.state[p]
         transform = group["transform"]
         if transform in ("adam", "diffgrad"):
@@ -403,9 +406,9 @@ class GeometryOptimizer(Optimizer):
             if "noise_sq" not in state:
                 state["noise_sq"] = torch.zeros((), dtype=torch.float32, device=local(p).device)
                 state["noise_count"] = torch.zeros((), dtype=torch.float32)
-            if group["noise_source"] == "previous" and "noise_grads" not in state:
-                # gradients seen; a state saved before this key existed holds a previous gradient
-                state["noise_grads"] = torch.tensor(float("noise_prev_grad" in state), dtype=torch.float32)
+            if group["noise_source"] == "previous" and "noise_prev_valid" not in state:
+                # 1 once noise_prev_grad holds a gradient (a state saved before this key existed does)
+                state["noise_prev_valid"] = torch.tensor(float("noise_prev_grad" in state), dtype=torch.float32)
                 if "noise_prev_grad" not in state:
                     state["noise_prev_grad"] = self._zeros_state(p)
 
@@ -429,7 +432,6 @@ class GeometryOptimizer(Optimizer):
 
     def _signal(self, group: dict[str, Any], p: Tensor, g: Tensor) -> Tensor:
         """Stage 1 for one parameter: update its state with ``g`` and return the signal ``D``."""
-        self._ensure_state(group, p)
         state = self._state_view(p)
         transform = group["transform"]
         if transform in ("adam", "diffgrad"):
@@ -480,8 +482,8 @@ class GeometryOptimizer(Optimizer):
         """Update every layer's EMA of the squared dual-norm noise ``||G - G~||_*^2``."""
         geometry = self.geometry(group)
         measured, deltas = [], []
-        for p, grad in zip(params, grads):
-            self._ensure_state(group, p)
+        seen = self._counts(params, "noise_prev_valid")
+        for p, grad, count in zip(params, grads, seen):
             state = self._state_view(p)
             g = self._working_grad(group, p, grad)
             if group["noise_source"] == "second":
@@ -489,11 +491,12 @@ class GeometryOptimizer(Optimizer):
                 deltas.append(g - other)
                 measured.append(p)
             else:
-                if float(state["noise_grads"]) > 0:
+                if count > 0:
                     deltas.append(g - state["noise_prev_grad"])
                     measured.append(p)
                 state["noise_prev_grad"].copy_(g)
-                state["noise_grads"] += 1
+                if count == 0:
+                    state["noise_prev_valid"].fill_(1.0)
         if not deltas:
             return
         norms = self._dual_norms(group, measured, deltas)
@@ -520,34 +523,37 @@ class GeometryOptimizer(Optimizer):
     def _noise_sq(self, group: dict[str, Any], params: list[Tensor]) -> list[float | None]:
         """Bias-corrected ``H`` of each parameter (``None`` before its first estimate), read with
         one device-to-host transfer (the counts live on the CPU)."""
-        measured = [p for p in params if float(self.state.get(p, {}).get("noise_count", 0.0)) > 0]
+        counts = self._counts(params, "noise_count")
+        measured = [p for p, c in zip(params, counts) if c > 0]
         if not measured:
             return [None] * len(params)
         values = dict(zip(map(id, measured), torch.stack([self.state[p]["noise_sq"] for p in measured]).tolist()))
         beta = group["noise_beta"]
         out: list[float | None] = []
-        for p in params:
+        for p, count in zip(params, counts):
             h = values.get(id(p))
             if h is not None and beta > 0:
-                h /= 1 - beta ** float(self.state[p]["noise_count"])
+                h /= 1 - beta ** count
             out.append(h)
         return out
+
+    def _counts(self, params: list[Tensor], key: str) -> list[float]:
+        """The CPU counter ``key`` of each parameter's state (0 where absent), in one host read."""
+        tensors = [self.state.get(p, {}).get(key) for p in params]
+        present = [t for t in tensors if t is not None]
+        values = iter(torch.stack(present).tolist() if present else [])
+        return [next(values) if t is not None else 0.0 for t in tensors]
 
     def noise_factors(self, group: dict[str, Any]) -> dict[int, float]:
         """``{id(param): lr factor}`` for the layers of a noise-adaptive group: every factor is 1
         until every parameter of the group with optimizer state has a noise estimate."""
-        params = [p for p in group["params"] if self._noise_seen(self.state.get(p, {}))]
+        key = "noise_prev_valid" if group["noise_source"] == "previous" else "noise_count"
+        params = [p for p, seen in zip(group["params"], self._counts(group["params"], key)) if seen > 0]
         noise_sq = self._noise_sq(group, params)
         if not params or None in noise_sq:
             return {id(p): 1.0 for p in params}
         factors = self.layer_rule(group, noise_stds(noise_sq, group["noise_eps"]))  # type: ignore[arg-type]
         return {id(p): f for p, f in zip(params, factors)}
-
-    @staticmethod
-    def _noise_seen(state: dict[str, Any]) -> bool:
-        """Whether a parameter has had a gradient in a noise-adaptive group."""
-        seen = state.get("noise_grads", state.get("noise_count"))
-        return seen is not None and float(seen) > 0
 
     def layer_rule(self, group: dict[str, Any], stds: list[float]) -> list[float]:
         """The lr factors of a group's layers from their noise standard deviations (in group order):

@@ -117,8 +117,6 @@ class NorMuon(Muon):
         """Stage 3's per-entry factor: the neuron normalization of every spectral group."""
         if group["geometry"] != "spectral":
             return directions
-        for p in params:
-            self._ensure_state(group, p)
         if self._topology is None:
             return [neuron_normalize(as_matrix(d), self.state[p]["row_sq"], group["beta2"], group["scale"]).view_as(d)
                     for p, d in zip(params, directions)]
