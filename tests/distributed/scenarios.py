@@ -180,6 +180,9 @@ def scenario_shards(out: str) -> dict:
         fully_shard(model, mesh=mesh)
         ref_opt = steepest.for_model(reference, preset, roles=roles)
         opt = steepest.for_model(model, preset, roles=roles, distributed_mesh=mesh)
+        if preset == "scion":  # Scion's init rules, drawn whole and sharded
+            ref_opt.init_params_(generator=torch.Generator().manual_seed(5))
+            opt.init_params_(generator=torch.Generator().manual_seed(5))
         for step in range(STEPS):
             g = torch.Generator().manual_seed(50 + step)
             for (name, p), (_, q) in zip(reference.named_parameters(), model.named_parameters()):

@@ -138,6 +138,13 @@ class Topology:
             return row_range(p.shape[0], rank, self.world)
         return 0, p.shape[0] if p.ndim else 1
 
+    def local_part(self, p: Tensor, whole: Tensor) -> Tensor:
+        """This rank's part of ``whole``, a tensor shaped like ``p`` (its rows of a sharded ``p``)."""
+        if not is_sharded(p):
+            return whole
+        start, stop = row_range(p.shape[0], self.rank, self.world)
+        return whole[start:stop]
+
     @staticmethod
     def _numel(p: Tensor, rows: tuple[int, int]) -> int:
         """Number of entries in rows ``[start, stop)`` of ``p``."""

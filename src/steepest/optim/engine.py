@@ -614,11 +614,20 @@ class GeometryOptimizer(Optimizer):
                      generator: torch.Generator | None = None) -> None:
         """Re-initialize parameters of the given roles on their geometry's sphere of radius
         ``radius * shape_scale`` (Scion's init rules: orthogonal for spectral, normalized
-        columns/rows, +-1 for sign). Needed before training with the constrained variant."""
+        columns/rows, +-1 for sign). Needed before training with the constrained variant.
+
+        Distributed, each rank draws the whole tensor and keeps its shard, so every rank must use
+        the same ``generator`` seed (or the same global RNG state)."""
         wanted = set(roles)
         for group in self.param_groups:
             if group["role"] not in wanted:
                 continue
             geom = self.geometry(group)
             for p in group["params"]:
-                geom.init_(p, scale=group["radius"] * geom.shape_scale(p.shape), generator=generator)
+                scale = group["radius"] * geom.shape_scale(p.shape)
+                if self._topology is None or not is_dtensor(p):
+                    geom.init_(p, scale=scale, generator=generator)
+                    continue
+                whole = torch.empty(p.shape, dtype=p.dtype, device=local(p).device)
+                geom.init_(whole, scale=scale, generator=generator)
+                local(p).copy_(self._topology.local_part(p, whole))
