@@ -157,6 +157,8 @@ class Topology:
     # -- collectives ---------------------------------------------------------------------------
     def max_over_ranks(self, values: Sequence[float]) -> list[float]:
         """Element-wise maximum of small host vectors over the ranks (one all-reduce)."""
+        if self.world == 1:
+            return [float(v) for v in values]
         t = torch.tensor(list(values), dtype=torch.float64, device=self._comm_device())
         dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group)
         return t.tolist()
@@ -165,7 +167,7 @@ class Topology:
         """Whole-tensor sums from per-shard sums: ``partial[i]`` holds sums over ``params[i]``'s local
         entries (any trailing shape); rows of sharded parameters are summed over the ranks, rows of
         replicated ones are returned as they are. One all-reduce when any parameter is sharded."""
-        if not any(is_sharded(p) for p in params):
+        if self.world == 1 or not any(is_sharded(p) for p in params):
             return partial
         keep = [1.0 if (is_sharded(p) or self.rank == 0) else 0.0 for p in params]
         mask = torch.tensor(keep, dtype=partial.dtype, device=partial.device).view(-1, *([1] * (partial.ndim - 1)))
@@ -183,6 +185,9 @@ class Topology:
         rank's shard of each result (``fn`` must keep shapes and dtypes), or, with ``scalar=True``,
         0-d float64 tensors holding the same value on every rank.
         """
+        if self.world == 1:  # every tensor is whole and owned here
+            outs = fn(list(tensors))
+            return [out.double() for out in outs] if scalar else outs
         results: list[Tensor | None] = [None] * len(tensors)
         owners = self.owners(params)
         buckets: dict[torch.dtype, list[int]] = {}
