@@ -10,7 +10,7 @@ from .factory import for_model
 from .optim import (LANTON, MFAC, PRESETS, AuON, DiffGrad, GeometryOptimizer, HybridAuON, Lion, LionK, Muon,
                     NorMuon, Scion, Signum)
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 __all__ = ["Muon", "NorMuon", "Scion", "AuON", "HybridAuON", "Lion", "LionK", "Signum", "DiffGrad", "MFAC", "LANTON",
            "GeometryOptimizer", "PRESETS", "for_model", "explain", "explain_rows", "geometry", "polar", "roles",
