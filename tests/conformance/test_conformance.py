@@ -795,3 +795,15 @@ def test_for_model_fills_param_names(name):
     for g in opt.param_groups:
         assert all(labels[n] == g["role"] for n in g["param_names"])
     assert sorted(n for g in opt.param_groups for n in g["param_names"]) == sorted(labels)
+
+
+# -- distributed topology argument (the multi-process behaviour is in tests/distributed) ------------
+@parametrize_presets
+def test_distributed_mesh_is_a_flat_argument_of_every_preset(name):
+    assert "distributed_mesh" in inspect.signature(PRESETS[name]).parameters
+    p = nn.Parameter(torch.randn(4, 3))
+    opt = _one_param_opt(name, p, distributed_mesh=None)
+    assert opt._topology is None
+    msg = "distributed_mesh must be a torch.distributed ProcessGroup, a 1-D DeviceMesh or None, got str"
+    with pytest.raises(TypeError, match=exact(msg)):
+        _one_param_opt(name, p, distributed_mesh="world")
