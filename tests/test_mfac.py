@@ -139,9 +139,9 @@ def test_parameter_that_loses_or_gains_its_gradient_raises_and_changes_nothing()
     named = list(model.named_parameters())
     opt = MFAC([{"params": named[:1]}, {"params": named[1:]}], lr=0.01, ngrads=3)
     set_grads(model, seed=40)
-    model[2].bias.grad = None  # never had one: no state, not moved
+    model[2].bias.grad = None  # never had one: its window stays empty, not moved
     opt.step()
-    assert not opt.state.get(model[2].bias)
+    assert float(opt.state[model[2].bias]["step"]) == 0 and not opt.state[model[2].bias]["grad_window"].any()
     params = [p.detach().clone() for p in model.parameters()]
     state = copy.deepcopy(opt.state_dict()["state"])
 
@@ -151,9 +151,9 @@ def test_parameter_that_loses_or_gains_its_gradient_raises_and_changes_nothing()
     with pytest.raises(ValueError, match=exact(_lost_message("2.weight"))):
         opt.step()
     set_grads(model, seed=42)  # group 1 gains one
-    gained = ("MFAC: parameter '2.bias' has a gradient at this step, but it had none when its group's gradient "
-              "window was created (the window spans every parameter of the group, so the parameters with "
-              "gradients must be the same at every step); put it in a param group of its own")
+    gained = ("MFAC: parameter '2.bias' has a gradient at this step, but it had none at its group's first step "
+              "(the window spans every parameter of the group, so the parameters with gradients must be the "
+              "same at every step); put it in a param group of its own")
     with pytest.raises(ValueError, match=exact(gained)):
         opt.step()
     for p, b in zip(model.parameters(), params):

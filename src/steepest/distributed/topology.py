@@ -20,6 +20,7 @@ statistics are ``Shard(0)`` vectors), so ``torch.distributed.checkpoint`` saves 
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Sequence
 
 import torch
@@ -66,6 +67,18 @@ def rows_like(p: Tensor, dtype: torch.dtype) -> Tensor:
     piece = torch.zeros(local(p).shape[0] if is_sharded(p) else p.shape[0], dtype=dtype, device=local(p).device)
     return DTensor.from_local(piece, p.device_mesh, [Shard(0) if is_sharded(p) else Replicate()],
                               run_check=False, shape=torch.Size([p.shape[0]]), stride=(1,))
+
+
+def rows_stack_like(p: Tensor, count: int, dtype: torch.dtype) -> Tensor:
+    """Zeros holding ``count`` flattened copies of ``p``: ``(count, p.numel())`` for a plain tensor;
+    for a sharded DTensor a ``(count, *p.shape)`` DTensor sharded on dim 1 like ``p``'s rows, whose
+    local part is ``count`` copies of the local shard."""
+    if not is_sharded(p):
+        return torch.zeros(count, p.numel(), dtype=dtype, device=local(p).device)
+    piece = torch.zeros(count, *local(p).shape, dtype=dtype, device=local(p).device)
+    shape = torch.Size([count, *p.shape])
+    stride = tuple(int(math.prod(shape[i + 1:])) for i in range(len(shape)))  # contiguous
+    return DTensor.from_local(piece, p.device_mesh, [Shard(1)], run_check=False, shape=shape, stride=stride)
 
 
 def resolve_topology(distributed_mesh: Any) -> "Topology | None":

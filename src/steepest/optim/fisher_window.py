@@ -37,6 +37,8 @@ reference implementation, also float32, shares this).
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor
 
@@ -52,23 +54,33 @@ def window_products(windows: list[Tensor], xs: list[Tensor]) -> Tensor:
     return total
 
 
-def insert_gradient(windows: list[Tensor], grams: list[Tensor], grads: list[Tensor], row: int) -> Tensor:
+def insert_gradient(windows: list[Tensor], grams: list[Tensor], grads: list[Tensor], row: int,
+                    whole_sums: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """Write ``grads`` (one tensor per parameter) into ring slot ``row`` of every window, in place.
 
     Updates row and column ``row`` of each partial Gram ``K_p = G_p G_p^T`` and returns
     ``G g = sum_p G_p g_p`` (float64, length ``m``) of the window after the insertion, which is
     also the right-hand side ``F^{-1} g`` needs.
+
+    Distributed, ``windows`` and ``grads`` hold shards of the parameters (the columns of ``G_p``
+    split across ranks) and ``whole_sums`` adds the ranks' products ``G_p g_p`` up (one call with
+    a ``(parameters, m)`` float64 tensor), so every rank gets the whole Grams.
     """
-    total = None
-    for w, k, g in zip(windows, grams, grads):
+    if not windows:
+        raise ValueError("insert_gradient needs at least one window")
+    parts = []
+    for w, g in zip(windows, grads):
         w[row].copy_(g.reshape(-1))
-        part = torch.mv(w, w[row])
+        parts.append(torch.mv(w, w[row]))
+    if whole_sums is not None:
+        summed = whole_sums(torch.stack([part.double().to(parts[0].device) for part in parts]))
+        parts = [s.to(device=part.device, dtype=part.dtype) for s, part in zip(summed.unbind(0), parts)]
+    total = None
+    for k, part in zip(grams, parts):
         k[row].copy_(part)
         k[:, row].copy_(part)
         part = part.double()
         total = part if total is None else total + part.to(total.device)
-    if total is None:
-        raise ValueError("insert_gradient needs at least one window")
     return total
 
 

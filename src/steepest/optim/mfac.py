@@ -6,7 +6,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import Tensor
 
-from ..distributed import is_sharded
+from ..distributed import local, rows_stack_like
 from .docs import fill_doc
 from .engine import GeometryOptimizer
 from .fisher_window import insert_gradient, inverse_fisher_apply, solve_window_system
@@ -58,6 +58,12 @@ class MFAC(GeometryOptimizer):
     algorithm's cost (IHVP O(dm + m^2), insertion O(dm + m^3)); refactorizing an ``m x m``
     matrix (tens of microseconds for ``m <= 128``) is cheaper in practice than a Python-level
     rank-2 Cholesky update. The O(dm) work is two passes over the window's memory.
+
+    Distributed: under DDP every rank runs the whole method (the gradients are the same). Under
+    FSDP2 each rank's window holds its rows of every parameter (a DTensor sharded on dim 1), the
+    products ``G_p g_p`` are summed over the ranks (one all-reduce of ``(parameters, m)`` floats
+    per step), so the Grams, the ``m x m`` solve and the coefficients are the same on every rank,
+    and ``F^{-1} g`` is applied to the local rows.
 
     Memory: ``m * numel`` floats per parameter (``grad_window``, in the state dtype: float32 for
     float32 and bfloat16 parameters) plus an ``m x m`` partial Gram ``gram = G_p G_p^T`` per
@@ -112,9 +118,6 @@ class MFAC(GeometryOptimizer):
 
     def _validate_group(self, group: dict[str, Any]) -> None:
         super()._validate_group(group)
-        if self._topology is not None and any(is_sharded(p) for p in group["params"]):
-            raise NotImplementedError("MFAC does not support sharded (FSDP2) parameters: its gradient window "
-                                      "spans whole parameters; use DDP (a ProcessGroup) or one process")
         if group["transform"] != "momentum":
             raise ValueError(f"MFAC supports only transform 'momentum' (an EMA of the preconditioned "
                              f"direction); got {group['transform']!r}")
@@ -153,7 +156,7 @@ class MFAC(GeometryOptimizer):
             params = group["params"]
             has_grad = [p.grad is not None for p in params]
             states = [self.state.get(p) or {} for p in params]
-            has_window = ["grad_window" in s for s in states]
+            has_window = [float(s["step"]) > 0 if "step" in s else False for s in states]  # holds gradients
             if not any(has_grad) or not any(has_window):
                 continue  # the group is skipped at this step, or this is its first step
             for pi, (grad, window) in enumerate(zip(has_grad, has_window)):
@@ -166,13 +169,25 @@ class MFAC(GeometryOptimizer):
                 if grad and not window:
                     raise ValueError(
                         f"MFAC: parameter {self._param_name(gi, pi)!r} has a gradient at this step, but it "
-                        f"had none when its group's gradient window was created (the window spans every "
-                        f"parameter of the group, so the parameters with gradients must be the same at "
-                        f"every step); put it in a param group of its own")
-            rows = next(s["grad_window"].shape[0] for s in states if "grad_window" in s)
+                        f"had none at its group's first step (the window spans every parameter of the "
+                        f"group, so the parameters with gradients must be the same at every step); put it "
+                        f"in a param group of its own")
+            rows = next(s["grad_window"].shape[0] for s, held in zip(states, has_window) if held)
             if rows != group["ngrads"]:
                 raise ValueError(f"MFAC: group {gi} has ngrads={group['ngrads']} but its gradient window "
                                  f"holds {rows} gradients; ngrads cannot change after the group's first step")
+
+    def _ensure_state(self, group: dict[str, Any], p: Tensor) -> None:
+        """The engine's state plus the window: ``step`` (gradients inserted), ``grad_window`` (``m``
+        flattened gradients; sharded like ``p``'s rows for a DTensor) and ``gram`` (``m x m``). A
+        window that holds no gradient yet follows a changed ``ngrads``."""
+        super()._ensure_state(group, p)
+        state = self.state[p]
+        m = group["ngrads"]
+        if "grad_window" not in state or (float(state["step"]) == 0 and state["grad_window"].shape[0] != m):
+            state["step"] = torch.tensor(0.0, dtype=torch.float32)
+            state["grad_window"] = rows_stack_like(p, m, self.state_dtype(p))
+            state["gram"] = torch.zeros(m, m, dtype=self.state_dtype(p), device=local(p).device)
 
     def _signals(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> list[Tensor]:
         """Stage 1: insert the group's gradient into its window and return the blocks of
@@ -180,15 +195,12 @@ class MFAC(GeometryOptimizer):
         m, damp = group["ngrads"], group["damp"]
         work = [self._working_grad(group, p, g) for p, g in zip(params, grads)]
         states = [self.state[p] for p in params]
-        for p, state in zip(params, states):
-            if "grad_window" not in state:
-                state["step"] = torch.tensor(0.0, dtype=torch.float32)
-                state["grad_window"] = torch.zeros(m, p.numel(), dtype=self.state_dtype(p), device=p.device)
-                state["gram"] = torch.zeros(m, m, dtype=self.state_dtype(p), device=p.device)
-        windows = [s["grad_window"] for s in states]
+        # (m, numel) views; a sharded parameter's window holds the columns of its local rows
+        windows = [self._state_view(p)["grad_window"].reshape(m, g.numel()) for p, g in zip(params, work)]
         grams = [s["gram"] for s in states]
         row = int(states[0]["step"]) % m
-        rhs = insert_gradient(windows, grams, work, row)  # = G g after the insertion
+        whole_sums = None if self._topology is None else (lambda partial: self._whole_sums(params, partial))
+        rhs = insert_gradient(windows, grams, work, row, whole_sums)  # = G g after the insertion
         for state in states:
             state["step"] += 1
         gram = grams[0].double()  # a new tensor unless the state is float64
@@ -197,4 +209,4 @@ class MFAC(GeometryOptimizer):
             gram += k.to(device=gram.device, dtype=torch.float64)
         coefficients = solve_window_system(gram, rhs, damp)
         directions = inverse_fisher_apply(windows, work, coefficients, damp)
-        return [self._signal(group, p, u.view(p.shape)) for p, u in zip(params, directions)]
+        return [self._signal(group, p, u.view(g.shape)) for p, g, u in zip(params, work, directions)]
