@@ -807,3 +807,17 @@ def test_distributed_mesh_is_a_flat_argument_of_every_preset(name):
     msg = "distributed_mesh must be a torch.distributed ProcessGroup, a 1-D DeviceMesh or None, got str"
     with pytest.raises(TypeError, match=exact(msg)):
         _one_param_opt(name, p, distributed_mesh="world")
+
+
+@parametrize_presets
+def test_state_keys_exist_before_the_first_step(name):
+    # torch.distributed.checkpoint loads into the keys of a fresh optimizer's state_dict, so a key
+    # created later would silently not be restored
+    model = make_model()
+    opt = build(model, name)
+    before = {n: sorted(opt.state[p]) for n, p in model.named_parameters()}
+    assert all(before.values())
+    for i in range(2):
+        backward(model, batch(900 + i))
+        opt.step()
+    assert {n: sorted(opt.state[p]) for n, p in model.named_parameters()} == before
