@@ -1,10 +1,11 @@
 """DDP and FSDP2 (gloo, CPU) against one process: parity, work sharding, shards, checkpoints, errors.
 
 Each scenario is one ``torchrun`` launch (see ``scenarios.py``) shared by the tests of this module.
-Parity bound: 1e-6 relative, the issue's bound. Every rank sees the same batch, so the reduced
-gradients are exactly the one-process ones (or are set by hand), and the distributed path is exact
-except where whole-tensor sums are added up from shards in a different order (NorMuon's Frobenius
-norms, AuON's brake): there the measured error is ~1e-7.
+Parity bound: 1e-6 relative. Every rank sees the same batch, so the reduced gradients are exactly
+the one-process ones (or are set by hand), and the distributed path is exact (bit for bit for Muon,
+Scion, LANTON and Lion on two ranks) except where a whole-tensor sum runs over other memory:
+NorMuon's row and Frobenius sums (over a gathered copy instead of a transposed view, or over
+shards) and AuON's brake differ by ~1e-7.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def saved(tmp_path_factory):
 @pytest.mark.parametrize("preset", PARITY_PRESETS)
 def test_two_ranks_match_one_process(parity, preset, mode):
     run = parity["runs"][(preset, mode)]
-    assert max_relative_error(run["params"], run["reference"]) <= BOUND
+    assert max_relative_error(run["params"], run["reference"]) <= (BOUND if preset == "normuon" else 0.0)
     assert run["losses"] == pytest.approx(run["ref_losses"], rel=1e-6)
 
 

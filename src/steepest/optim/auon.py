@@ -166,7 +166,7 @@ class AuON(GeometryOptimizer):
         steps = super()._step_sizes(group, params, directions)
         if not group["cosh_brake"]:
             return steps
-        if self._topology is None:
+        if not self._sharded(params):
             brakes = cosh_brakes(directions)
         else:
             brakes = cosh_brakes_from_sums(directions, [p.numel() for p in params],

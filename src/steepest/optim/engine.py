@@ -61,7 +61,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ..distributed import is_dtensor, local, resolve_topology
+from ..distributed import is_dtensor, is_sharded, local, resolve_topology
 from ..geometry import Geometry, make_geometry
 from .noise import dual_norms, layer_factors, noise_stds
 from .transforms import adam_signal, diffgrad_signal, lion_signal, momentum_signal
@@ -170,7 +170,7 @@ class GeometryOptimizer(Optimizer):
                     sub.setdefault(key, value)
                 super().add_param_group(sub)
                 self._validate_group(self.param_groups[-1])
-        except (TypeError, ValueError, NotImplementedError):
+        except (TypeError, ValueError):
             del self.param_groups[start:]  # all or nothing: no split part of a rejected group stays
             raise
         for group in self.param_groups[start:]:
@@ -371,6 +371,10 @@ class GeometryOptimizer(Optimizer):
             return geometry.lmo_many(signals)
         return self._topology.map_whole(params, signals, geometry.lmo_many)
 
+    def _sharded(self, params: list[Tensor]) -> bool:
+        """Whether any of ``params`` is a shard (then whole-tensor reductions need the other ranks)."""
+        return self._topology is not None and any(is_sharded(p) for p in params)
+
     def _whole_sums(self, params: list[Tensor], partial: Tensor) -> Tensor:
         """Sums over whole tensors from ``partial[i]``, sums over ``params[i]``'s local entries
         (the identity on one process)."""
@@ -514,7 +518,7 @@ class GeometryOptimizer(Optimizer):
         def norms(xs: list[Tensor]) -> list[Tensor]:
             return dual_norms(geometry, xs, group["noise_ns"], group["ns_dtype"])
 
-        if self._topology is None:
+        if self._topology is None or (geometry.rowwise_dual_norm and not self._sharded(params)):
             return norms(deltas)
         if geometry.rowwise_dual_norm:  # a sum over rows: add the shards' sums
             return list(self._whole_sums(params, torch.stack([n.double() for n in norms(deltas)])).unbind())

@@ -199,7 +199,7 @@ class MFAC(GeometryOptimizer):
         windows = [self._state_view(p)["grad_window"].reshape(m, g.numel()) for p, g in zip(params, work)]
         grams = [s["gram"] for s in states]
         row = int(states[0]["step"]) % m
-        whole_sums = None if self._topology is None else (lambda partial: self._whole_sums(params, partial))
+        whole_sums = (lambda partial: self._whole_sums(params, partial)) if self._sharded(params) else None
         rhs = insert_gradient(windows, grams, work, row, whole_sums)  # = G g after the insertion
         for state in states:
             state["step"] += 1

@@ -117,7 +117,7 @@ class NorMuon(Muon):
         """Stage 3's per-entry factor: the neuron normalization of every spectral group."""
         if group["geometry"] != "spectral":
             return directions
-        if self._topology is None:
+        if not self._sharded(params):
             return [neuron_normalize(as_matrix(d), self.state[p]["row_sq"], group["beta2"], group["scale"]).view_as(d)
                     for p, d in zip(params, directions)]
         # distributed: rows are whole on every shard; the two Frobenius norms are summed over shards
