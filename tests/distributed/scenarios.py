@@ -167,37 +167,52 @@ class Shards(nn.Module):
         self.v = nn.Parameter(torch.randn(3))
 
 
+#: (label, preset, parameter dtype, preset options) of the shards scenario
+SHARD_CASES = [(name, name, torch.float32, {}) for name in PARITY_PRESETS + (
+    "signum", "diffgrad", "lion_k", "auon", "hybrid_auon")] + [
+    # M-FAC's float32 result is only as accurate as eps_32 ||g||^2 / (m damp) (fisher_window.py): any
+    # other summation order moves it by that much, so it is compared in float64
+    ("mfac", "mfac", torch.float64, {}),
+    ("muon-bfloat16", "muon", torch.bfloat16, {}),
+    ("lanton-second", "lanton", torch.float32, {"noise_source": "second"}),
+]
+
+
 def scenario_shards(out: str) -> dict:
     """Hand-set gradients (exact on every layout) on a model with uneven and empty shards."""
     world = dist.get_world_size()
     mesh = init_device_mesh("cpu", (world,))
     result = {"world": world, "runs": {}, "local_rows": {}}
     roles = {"a": "hidden", "b": "hidden", "c": "hidden", "d": "conv", "v": "vector"}
-    for preset in PARITY_PRESETS + ("signum", "diffgrad", "lion_k", "auon", "hybrid_auon", "mfac"):
-        # M-FAC's float32 result is only as accurate as eps_32 ||g||^2 / (m damp) (fisher_window.py):
-        # any other summation order moves it by that much, so it is compared in float64
-        dtype = torch.float64 if preset == "mfac" else torch.float32
+    for label, preset, dtype, options in SHARD_CASES:
         torch.manual_seed(3)
         reference = Shards().to(dtype)
         model = copy.deepcopy(reference)
         fully_shard(model, mesh=mesh)
-        ref_opt = steepest.for_model(reference, preset, roles=roles)
-        opt = steepest.for_model(model, preset, roles=roles, distributed_mesh=mesh)
+        ref_opt = steepest.for_model(reference, preset, roles=roles, **options)
+        opt = steepest.for_model(model, preset, roles=roles, distributed_mesh=mesh, **options)
         if preset == "scion":  # Scion's init rules, drawn whole and sharded
             ref_opt.init_params_(generator=torch.Generator().manual_seed(5))
             opt.init_params_(generator=torch.Generator().manual_seed(5))
         for step in range(STEPS):
             g = torch.Generator().manual_seed(50 + step)
+            ref_second, second = {}, {}
             for (name, p), (_, q) in zip(reference.named_parameters(), model.named_parameters()):
-                full = torch.randn(p.shape, generator=g, dtype=dtype)
+                full = torch.randn(p.shape, generator=g).to(dtype)
+                other = torch.randn(p.shape, generator=g).to(dtype)
                 if step == 2 and name in ("b", "v") and preset != "mfac":  # M-FAC's window needs them all
                     p.grad = q.grad = None
                     continue
                 p.grad = full.clone()
                 q.grad = distribute_tensor(full, mesh, [Shard(0)])
-            ref_opt.step()
-            opt.step()
-        result["runs"][preset] = {"params": full_params(model), "reference": full_params(reference)}
+                ref_second[p], second[q] = other.clone(), distribute_tensor(other, mesh, [Shard(0)])
+            if options.get("noise_source") == "second":
+                ref_opt.step(second_grads=ref_second)
+                opt.step(second_grads=second)
+            else:
+                ref_opt.step()
+                opt.step()
+        result["runs"][label] = {"params": full_params(model), "reference": full_params(reference)}
         result["local_rows"] = {n: p.to_local().shape[0] for n, p in model.named_parameters()}
     rows = [None] * world
     dist.all_gather_object(rows, result["local_rows"])

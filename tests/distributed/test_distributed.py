@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 
 from .harness import launch, max_relative_error, requires_gloo
-from .scenarios import CKPT_PRESETS, PARITY_PRESETS
+from .scenarios import CKPT_PRESETS, PARITY_PRESETS, SHARD_CASES
 
 pytestmark = requires_gloo
 BOUND = 1e-6
@@ -62,8 +62,9 @@ def test_uneven_and_empty_shards_on_four_ranks(shards):
     rows = shards["local_rows"]
     assert [r["a"] for r in rows] == [1, 1, 1, 0]  # a (3, 64) weight: one rank holds nothing
     assert [r["d"] for r in rows] == [1, 1, 0, 0]
-    for preset, run in shards["runs"].items():
-        assert max_relative_error(run["params"], run["reference"]) <= BOUND, preset
+    assert set(shards["runs"]) == {label for label, *_ in SHARD_CASES}
+    for label, run in shards["runs"].items():
+        assert max_relative_error(run["params"], run["reference"]) <= BOUND, label
 
 
 @pytest.mark.parametrize("world", [1, 2, 4])
