@@ -183,7 +183,26 @@ def suite_config(args: argparse.Namespace):
     return SuiteConfig.preset(args.budget or "quick", **overrides)
 
 
+#: ``bench`` options (argparse dest, flag) and the commands they apply to; any other use is an error
+_BENCH_OPTION_SCOPE = {
+    ("tasks", "--task"): ("suite",), ("text", "--text"): ("suite",), ("optimizers", "--optimizers"): ("suite",),
+    ("lr_grid", "--lr-grid"): ("suite",), ("seeds", "--seeds"): ("suite",), ("lr", "--lr"): ("suite",),
+    ("batch_size", "--batch-size"): ("suite",), ("eval_every", "--eval-every"): ("suite",),
+    ("target", "--target"): ("suite",), ("in_process", "--in-process"): ("suite",),
+    ("budget", "--quick/--full/--smoke"): ("suite", "kernels"), ("steps", "--steps"): ("suite", "distributed"),
+    ("threads", "--threads"): ("suite", "kernels", "distributed"), ("ranks", "--ranks"): ("distributed",),
+    ("d_model", "--d-model"): ("distributed",), ("layers", "--layers"): ("distributed",),
+}
+
+
+def _check_bench_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    for (dest, flag), scope in _BENCH_OPTION_SCOPE.items():
+        if args.what not in scope and getattr(args, dest) not in (None, [], False):
+            parser.error(f"{flag} does not apply to `steepest bench {args.what}` (it applies to: {', '.join(scope)})")
+
+
 def _cmd_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    _check_bench_options(args, parser)
     if args.what == "kernels":
         return _cmd_kernels(args, parser)
     if args.what == "distributed":

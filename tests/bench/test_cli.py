@@ -65,6 +65,14 @@ def test_suite_options_map_onto_the_config():
     (["bench", "--task", "text"], "the text task needs a file: use --task text:PATH"),
     (["bench", "--text", "/nonexistent/file.txt"], "--text: no such file: /nonexistent/file.txt"),
     (["frobnicate"], "argument {bench,explain,info}: invalid choice: 'frobnicate'"),
+    (["bench", "distributed", "--task", "digits-cnn"],
+     "--task does not apply to `steepest bench distributed` (it applies to: suite)"),
+    (["bench", "--ranks", "1,2"], "--ranks does not apply to `steepest bench suite` (it applies to: distributed)"),
+    (["bench", "kernels", "--steps", "3"],
+     "--steps does not apply to `steepest bench kernels` (it applies to: suite, distributed)"),
+    (["bench", "distributed", "--full"],
+     "--quick/--full/--smoke does not apply to `steepest bench distributed` (it applies to: suite, kernels)"),
+    (["bench", "distributed", "--ranks", "0,2"], "--ranks: world sizes must be >= 1"),
 ])
 def test_bad_arguments_exit_2_with_exact_message(argv, message, capsys):
     with pytest.raises(SystemExit) as info:
