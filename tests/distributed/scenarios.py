@@ -151,6 +151,7 @@ def scenario_parity(out: str) -> dict:
                 "params": full_params(model), "reference": full_params(reference),
                 "losses": losses, "ref_losses": ref_losses, "lmo_matrices_per_rank": counts,
                 "state_keys": sorted(len(s) for s in opt.state.values()),
+                "explain": steepest.explain(opt),
             }
     return result
 

@@ -53,6 +53,16 @@ def test_each_matrix_is_orthogonalized_once_across_ranks(parity, mode):
 
 
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_explain_shows_where_each_lmo_runs(parity, mode):
+    lines = parity["runs"][("muon", mode)]["explain"].splitlines()
+    assert lines[0].split()[-2:] == ["lmo", "on"]
+    where = {line.split()[0].removeprefix("module."): " ".join(line.split()[-2:]) for line in lines[2:]}
+    owners = {where[f"blocks.{b}.fc{i}.weight"] for b in (0, 1) for i in (1, 2)}
+    assert owners == {"rank 0", "rank 1"}  # the hidden matrices are shared out
+    assert where["embed.weight"] == ("local shards" if mode == "fsdp" else "every rank")  # AdamW: elementwise
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
 def test_state_is_complete_before_the_first_step(parity, mode):
     # state keys are created with the groups: LANTON's spectral layers carry momentum + 4 noise keys
     assert parity["runs"][("lanton", mode)]["state_keys"][-1] == 5

@@ -375,6 +375,17 @@ class GeometryOptimizer(Optimizer):
         """Whether any of ``params`` is a shard (then whole-tensor reductions need the other ranks)."""
         return self._topology is not None and any(is_sharded(p) for p in params)
 
+    def lmo_placement(self, group: dict[str, Any]) -> list[str]:
+        """Where stage 2 runs for each parameter of ``group`` when all of them step: ``"this
+        process"``, ``"rank k"`` (the owner of a whole-matrix LMO), ``"local shards"`` or ``"every
+        rank"`` (row-wise LMOs of sharded or replicated parameters)."""
+        params = group["params"]
+        if self._topology is None:
+            return ["this process"] * len(params)
+        if self.geometry(group).rowwise_lmo:
+            return ["local shards" if is_sharded(p) else "every rank" for p in params]
+        return [f"rank {owner}" for owner in self._topology.owners(params)]
+
     def _whole_sums(self, params: list[Tensor], partial: Tensor) -> Tensor:
         """Sums over whole tensors from ``partial[i]``, sums over ``params[i]``'s local entries
         (the identity on one process)."""
