@@ -49,6 +49,6 @@ def explain(optimizer: GeometryOptimizer) -> str:
         columns = COLUMNS + ("lmo on",)
         cells = [c + [r["lmo on"]] for c, r in zip(cells, rows)]
     widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(columns)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(columns, widths)), "  ".join("-" * w for w in widths)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(columns, widths)).rstrip(), "  ".join("-" * w for w in widths)]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
     return "\n".join(lines)
