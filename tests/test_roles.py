@@ -94,3 +94,28 @@ def test_override_validation():
 def test_override_by_alias_of_a_tied_tensor():
     roles = classify(TiedLM(), roles={"lm_head.weight": "embedding"})
     assert roles["wte.weight"] == "embedding" and "lm_head.weight" not in roles
+
+
+class _Mixer(nn.Module):
+    steepest_roles = {"mix": "vector"}
+
+    def __init__(self):
+        super().__init__()
+        self.mix = nn.Parameter(torch.zeros(8, 4))
+        self.proj = nn.Parameter(torch.zeros(4, 4))
+
+
+def test_a_module_can_declare_the_roles_of_its_parameters():
+    model = nn.Sequential(nn.Linear(4, 4), _Mixer(), nn.Linear(4, 2))
+    labels = classify(model)
+    assert labels["1.mix"] == "vector"          # declared by the module
+    assert labels["1.proj"] == "hidden"         # undeclared: the usual rules
+    assert classify(model, {"1.mix": "hidden"})["1.mix"] == "hidden"  # roles= still wins
+
+
+def test_an_unknown_declared_role_is_an_error():
+    class Bad(_Mixer):
+        steepest_roles = {"mix": "gain"}
+
+    with pytest.raises(ValueError, match="Unknown role 'gain' declared for parameter '0.mix'"):
+        classify(nn.Sequential(Bad()))

@@ -4,9 +4,10 @@ Every optimizer is steepest descent under a norm chosen per layer: a state trans
 minimization oracle of the layer's norm ball, a step size, and decay. Start with
 ``steepest.for_model(model, "muon")`` and ``print(steepest.explain(optimizer))``.
 """
-from . import geometry, polar, roles
+from . import constraints, geometry, nn, polar, roles
 from .explain import explain, explain_rows
 from .factory import for_model
+from .lipschitz import lipschitz_bound
 from .optim import (LANTON, MFAC, PRESETS, AuON, DiffGrad, GeometryOptimizer, HybridAuON, Lion, LionK, Muon,
                     NorMuon, Scion, Signum)
 
@@ -14,4 +15,4 @@ __version__ = "0.4.0"
 
 __all__ = ["Muon", "NorMuon", "Scion", "AuON", "HybridAuON", "Lion", "LionK", "Signum", "DiffGrad", "MFAC", "LANTON",
            "GeometryOptimizer", "PRESETS", "for_model", "explain", "explain_rows", "geometry", "polar", "roles",
-           "__version__"]
+           "constraints", "nn", "lipschitz_bound", "__version__"]

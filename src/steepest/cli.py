@@ -68,6 +68,22 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def _hyper_connections(text: str) -> dict:
+    streams, _, mixer = text.partition(":")
+    try:
+        n = int(streams)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected N or N:MIXER with N >= 1 streams, got {text!r}")
+    from .nn.hyper_connections import MIXERS
+
+    mixer = mixer or "birkhoff"
+    if mixer not in MIXERS:
+        raise argparse.ArgumentTypeError(f"unknown mixer {mixer!r}; choose from {', '.join(MIXERS)}")
+    return {"hyper_connections": n, "hc_mixer": mixer}
+
+
 def _lr_override(text: str) -> tuple[str, float]:
     from .bench.peers import PEER_NAMES
 
@@ -140,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", metavar="DIR",
                        help="run directory (default ./bench-out/<budget>-<hash of the suite>; an existing "
                             "one is resumed)")
+    bench.add_argument("--hyper-connections", type=_hyper_connections, default=None, metavar="N[:MIXER]",
+                       help="widen the GPT tasks' residual stream to N streams with hyper-connections "
+                            "(mixer birkhoff by default; identity, spectral_sphere, stiefel, grassmann)")
     bench.add_argument("--ranks", type=_int_list, default=None, metavar="N,N,...",
                        help="distributed: world sizes to time (default 1,2)")
     bench.add_argument("--d-model", type=_positive_int, default=None,
@@ -179,6 +198,8 @@ def suite_config(args: argparse.Namespace):
         overrides["lrs"] = dict(args.lr)
     if args.target:
         overrides["targets"] = dict(args.target)
+    if args.hyper_connections:
+        overrides["gpt_options"] = dict(args.hyper_connections)
     overrides["isolate"] = not args.in_process
     return SuiteConfig.preset(args.budget or "quick", **overrides)
 
@@ -189,6 +210,7 @@ _BENCH_OPTION_SCOPE = {
     ("lr_grid", "--lr-grid"): ("suite",), ("seeds", "--seeds"): ("suite",), ("lr", "--lr"): ("suite",),
     ("batch_size", "--batch-size"): ("suite",), ("eval_every", "--eval-every"): ("suite",),
     ("target", "--target"): ("suite",), ("in_process", "--in-process"): ("suite",),
+    ("hyper_connections", "--hyper-connections"): ("suite",),
     ("budget", "--quick/--full/--smoke"): ("suite", "kernels"), ("steps", "--steps"): ("suite", "distributed"),
     ("threads", "--threads"): ("suite", "kernels", "distributed"), ("ranks", "--ranks"): ("distributed",),
     ("d_model", "--d-model"): ("distributed",), ("layers", "--layers"): ("distributed",),

@@ -19,6 +19,7 @@ from .roles import ROLES, classify
 def for_model(model: nn.Module, preset: str = "muon", *, lr: float | None = None,
               roles: Mapping[str, str] | None = None,
               overrides: Mapping[str, Mapping[str, Any]] | None = None,
+              constraints: Mapping[str, Any] | None = None,
               **preset_kwargs: Any) -> GeometryOptimizer:
     """Build a steepest optimizer for ``model`` with one param group per role.
 
@@ -30,6 +31,12 @@ def for_model(model: nn.Module, preset: str = "muon", *, lr: float | None = None
         overrides: extra group keys per role name or per parameter name, e.g.
             ``{"embedding": {"lr": 1e-3}, "lm_head.weight": {"weight_decay": 0.0}}``. A parameter
             named here gets a group of its own.
+        constraints: a stage-4 constraint per role or parameter name (``steepest.constraints``):
+            a name, ``(name, bound)`` or ``(name, bound, units)``, e.g.
+            ``{"hidden": ("spectral_hardcap", 1.0)}`` keeps every hidden matrix's spectral norm at
+            most 1 after every step (the constrained presets of arXiv 2507.13338). Shorthand for
+            the group keys ``constraint``, ``constraint_bound`` and ``constraint_units`` in
+            ``overrides``.
         **preset_kwargs: any other keyword of the preset's constructor.
 
     Returns:
@@ -38,7 +45,9 @@ def for_model(model: nn.Module, preset: str = "muon", *, lr: float | None = None
     cls = preset_class(preset)
     labels = classify(model, roles)
     params = dict(model.named_parameters())
-    overrides = dict(overrides or {})
+    overrides = {key: dict(value) for key, value in (overrides or {}).items()}
+    for key, spec in (constraints or {}).items():
+        overrides.setdefault(key, {}).update(constraint_keys(spec))
     unknown = sorted(k for k in overrides if k not in ROLES and k not in labels)
     if unknown:
         raise ValueError(f"overrides= keys must be role names ({', '.join(ROLES)}) or parameter names; "
@@ -66,3 +75,19 @@ def for_model(model: nn.Module, preset: str = "muon", *, lr: float | None = None
     if lr is not None:
         kwargs["lr"] = lr
     return cls(role_groups + groups, **kwargs)
+
+
+def constraint_keys(spec: Any) -> dict[str, Any]:
+    """The group keys of a ``constraints=`` entry: ``name``, ``(name, bound)`` or ``(name, bound, units)``."""
+    if isinstance(spec, str):
+        return {"constraint": spec}
+    if isinstance(spec, tuple) and 1 <= len(spec) <= 3 and isinstance(spec[0], str):
+        keys = {"constraint": spec[0]}
+        if len(spec) > 1:
+            keys["constraint_bound"] = spec[1]
+        if len(spec) > 2:
+            keys["constraint_units"] = spec[2]
+        return keys
+    raise TypeError(f"constraints= values must be a constraint name, (name, bound) or (name, bound, units); "
+                    f"got {spec!r}")
+

@@ -7,7 +7,9 @@ an embedding: the shared tensor appears once, as ``head``), ``hidden`` (2-D matr
 Rules, in order, for each distinct parameter tensor (research/algorithms.md 0.2: never route by
 ``ndim`` alone, embeddings and heads are 2-D too):
 
-1. ``roles=`` overrides given by the caller win.
+1. ``roles=`` overrides given by the caller win; then a module that declares the roles of its own
+   parameters in a class attribute ``steepest_roles = {attribute: role}`` (the hyper-connections'
+   small mixing parameters are ``vector``, say) gets those.
 2. A tensor owned by an ``nn.Embedding``/``nn.EmbeddingBag`` is ``embedding``; if it is also the
    weight of an ``nn.Linear`` (tied input/output embedding) it is ``head``.
 3. The weight of an ``nn.Linear`` whose attribute name is one of ``HEAD_NAMES`` is ``head``. With no
@@ -102,6 +104,14 @@ def classify(model: nn.Module, roles: Mapping[str, str] | None = None) -> dict[s
             result[name] = overrides[name]
             continue
         os = owners[id(p)]
+        declared = [getattr(m, "steepest_roles", {}).get(a) for _, a, m in os]
+        declared = [r for r in declared if r is not None]
+        if declared:
+            if declared[0] not in ROLES:
+                raise ValueError(f"Unknown role {declared[0]!r} declared for parameter {name!r}; expected one of: "
+                                 f"{', '.join(ROLES)}")
+            result[name] = declared[0]
+            continue
         kinds = {type(m) for _, _, m in os}
         is_embedding = any(isinstance(m, _EMBEDDINGS) for _, _, m in os)
         is_linear = any(isinstance(m, nn.Linear) and a == "weight" for _, a, m in os)

@@ -10,6 +10,12 @@ and the LayerNorm weights and biases are vectors.
 Initialisation is deterministic given ``seed`` and does not touch torch's global RNG: weights are
 normal with std 0.02, and the two residual output projections of each block are scaled down by
 ``1/sqrt(2 * n_layer)`` so that the residual stream does not grow with depth.
+
+With ``hyper_connections = n > 0`` the residual stream is widened to ``n`` streams
+(:class:`steepest.nn.HyperConnections`, mixer ``hc_mixer``): the embedding is copied into every
+stream, each attention and MLP branch reads and writes the streams through its own hyper-connection,
+and the streams are summed before the final LayerNorm. The hyper-connections start as the plain
+residual (their mixing parameters are constants at init, untouched by ``seed``).
 """
 from __future__ import annotations
 
@@ -30,12 +36,21 @@ class GPTConfig:
     d_model: int = 128
     n_head: int = 4
     ctx: int = 128
+    hyper_connections: int = 0
+    hc_mixer: str = "birkhoff"
 
     def __post_init__(self) -> None:
         for field in ("vocab_size", "n_layer", "d_model", "n_head", "ctx"):
             value = getattr(self, field)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"GPTConfig.{field} must be a positive int, got {value!r}")
+        if not isinstance(self.hyper_connections, int) or self.hyper_connections < 0:
+            raise ValueError(f"GPTConfig.hyper_connections must be an int >= 0 (0: a plain residual), got "
+                             f"{self.hyper_connections!r}")
+        from ..nn.hyper_connections import MIXERS
+
+        if self.hc_mixer not in MIXERS:
+            raise ValueError(f"GPTConfig.hc_mixer must be one of {', '.join(MIXERS)}, got {self.hc_mixer!r}")
         if self.d_model % self.n_head:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})")
 
@@ -77,16 +92,32 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """Pre-LN transformer block: ``x + attn(ln1(x))`` then ``x + mlp(ln2(x))``."""
 
-    def __init__(self, cfg: GPTConfig) -> None:
+    def __init__(self, cfg: GPTConfig, index: int = 0) -> None:
         super().__init__()
         self.ln1 = nn.LayerNorm(cfg.d_model)
         self.attn = CausalSelfAttention(cfg)
         self.ln2 = nn.LayerNorm(cfg.d_model)
         self.mlp = MLP(cfg)
+        if cfg.hyper_connections:
+            from ..nn.hyper_connections import HyperConnections
+
+            n, mixer = cfg.hyper_connections, cfg.hc_mixer
+            self.hc_attn = HyperConnections(cfg.d_model, n, mixer=mixer, layer_index=2 * index)
+            self.hc_mlp = HyperConnections(cfg.d_model, n, mixer=mixer, layer_index=2 * index + 1)
+
+    def _attn_branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attn(self.ln1(x))
+
+    def _mlp_branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.ln2(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x))
-        return x + self.mlp(self.ln2(x))
+        """``x``: ``[B, T, C]``, or ``[B, T, n, C]`` streams with hyper-connections."""
+        if hasattr(self, "hc_attn"):
+            x = self.hc_attn(x, self._attn_branch)
+            return self.hc_mlp(x, self._mlp_branch)
+        x = x + self._attn_branch(x)
+        return x + self._mlp_branch(x)
 
 
 class GPT(nn.Module):
@@ -100,7 +131,7 @@ class GPT(nn.Module):
         with torch.random.fork_rng(devices=[]):
             self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
             self.pos_emb = nn.Embedding(cfg.ctx, cfg.d_model)
-            self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+            self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
             self.ln_f = nn.LayerNorm(cfg.d_model)
             self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.reset_parameters(seed)
@@ -111,6 +142,8 @@ class GPT(nn.Module):
         gen = torch.Generator().manual_seed(seed)
         residual_std = 0.02 / math.sqrt(2 * self.cfg.n_layer)
         for name, p in self.named_parameters():
+            if ".hc_" in name:  # hyper-connections keep their own (constant) initialisation
+                continue
             if name.endswith(("attn.proj.weight", "mlp.proj.weight")):
                 nn.init.normal_(p, 0.0, residual_std, generator=gen)
             elif p.ndim >= 2:
@@ -126,8 +159,14 @@ class GPT(nn.Module):
             raise ValueError(f"sequence length {time} exceeds the model context {self.cfg.ctx}")
         positions = torch.arange(time, device=idx.device)
         x = self.tok_emb(idx) + self.pos_emb(positions)
+        if self.cfg.hyper_connections:
+            from ..nn.hyper_connections import HyperConnections
+
+            x = HyperConnections.expand(x, self.cfg.hyper_connections)
         for block in self.blocks:
             x = block(x)
+        if self.cfg.hyper_connections:
+            x = HyperConnections.reduce(x)
         logits = self.lm_head(self.ln_f(x))
         loss = None
         if targets is not None:

@@ -33,6 +33,7 @@ from .environment import machine_info
 from .external_peers import EXTERNAL_BUILDERS
 from .peers import CORE_PEERS, DEFAULT_LRS, PEER_NAMES, PeerUnavailable, build_peer, unavailable_reason
 from .tasks import BUDGETS, BUILTIN_TASKS, Budget, Task, make_task, task_from_spec
+from .tasks.char_lm import CharLMTask
 from .train import train_trial
 
 REFERENCES = {"adamw": "torch.optim.AdamW", "torch-muon": "torch.optim.Muon"}
@@ -63,6 +64,8 @@ class SuiteConfig:
     targets: dict[str, float] = field(default_factory=dict)
     threads: int | None = None
     isolate: bool = True
+    #: options of the GPT tasks (``shakespeare-char``, ``text:PATH``): ``hyper_connections``, ``hc_mixer``
+    gpt_options: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.budget not in BUDGETS:
@@ -100,7 +103,10 @@ class SuiteConfig:
         return replace(budget, **changes) if changes else budget
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        values = asdict(self)
+        if not values["gpt_options"]:
+            del values["gpt_options"]  # suites without it keep their fingerprint (and run directory)
+        return values
 
     @classmethod
     def from_dict(cls, values: dict) -> "SuiteConfig":
@@ -194,9 +200,14 @@ def load_tasks(config: SuiteConfig) -> dict[str, Task]:
     tasks: dict[str, Task] = {}
     for text in config.tasks:
         task = make_task(text)
+        if config.gpt_options and isinstance(task, CharLMTask):
+            task = make_task(text, **config.gpt_options)
         if task.key in tasks:
             raise ValueError(f"two tasks share the key {task.key!r}: {text!r}")
         tasks[task.key] = task
+    if config.gpt_options and not any(isinstance(t, CharLMTask) for t in tasks.values()):
+        raise ValueError("GPT options (--hyper-connections) apply to the GPT tasks (shakespeare-char, "
+                         "text:PATH), and the suite has none")
     return tasks
 
 

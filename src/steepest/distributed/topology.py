@@ -188,18 +188,24 @@ class Topology:
         dist.all_reduce(total, group=self.group)
         return total
 
-    def map_whole(self, params: Sequence[Tensor], tensors: Sequence[Tensor],
-                  fn: Callable[[list[Tensor]], list[Tensor]], scalar: bool = False) -> list[Tensor]:
+    def map_whole(self, params: Sequence[Tensor], tensors: Sequence[Tensor], fn: Callable[..., list[Tensor]],
+                  scalar: bool = False, with_index: bool = False) -> list[Tensor]:
         """``fn`` applied to whole tensors, each computed once, on its owner rank.
 
         ``tensors[i]`` is the local part of a tensor shaped like ``params[i]`` (the local shard for
         a sharded parameter, the whole tensor otherwise). Each owner receives the whole tensors it
         owns, calls ``fn`` once on their list, and the results come back as local parts: the
         rank's shard of each result (``fn`` must keep shapes and dtypes), or, with ``scalar=True``,
-        0-d float64 tensors holding the same value on every rank.
+        0-d float64 tensors holding the same value on every rank. With ``with_index=True`` ``fn`` is
+        called as ``fn(indices, wholes)``, the indices of the tensors into ``tensors``.
         """
+        if with_index:
+            call = fn
+        else:
+            def call(indices, wholes):
+                return fn(wholes)
         if self.world == 1:  # every tensor is whole and owned here
-            outs = fn(list(tensors))
+            outs = call(list(range(len(tensors))), list(tensors))
             return [out.double() for out in outs] if scalar else outs
         results: list[Tensor | None] = [None] * len(tensors)
         owners = self.owners(params)
@@ -211,7 +217,7 @@ class Topology:
             idx = buckets[dtype]
             owned = [i for i in idx if owners[i] == self.rank]
             wholes = self._gather_owned(params, tensors, owners, idx, owned)
-            outs = fn(wholes) if owned else []
+            outs = call(owned, wholes) if owned else []
             if scalar:
                 for i, out in zip(owned, outs):
                     scalars[i] = out.to(scalars.dtype)

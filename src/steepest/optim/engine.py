@@ -33,7 +33,10 @@ layerwise rates of LANTON (``noise.py``): ``noise_adaptive`` (bool), ``noise_bet
 squared noise), ``noise_source`` (``previous`` | ``second``), ``noise_rule`` (``min_ratio`` |
 ``gmean_ratio``), ``noise_ns`` (the nuclear-norm estimator's Newton-Schulz schedule, or ``svd``) and
 ``noise_eps`` (relative floor). Noise adaptivity applies to groups whose geometry is not
-``identity``. Presets may add keys of their own (``PRESET_KEYS``), which are carried the same way.
+``identity``. Stage 4 can end with a projection onto a constraint set (``steepest.constraints``):
+``constraint`` (a registered name such as ``spectral_hardcap``, or None), ``constraint_bound`` (the
+spectral bound, sphere radius or Stiefel scale) and ``constraint_units`` (``spectral`` or ``rms``:
+the bound on the RMS->RMS norm, ``sigma_1 <= bound * sqrt(fan_out / fan_in)``). Presets may add keys of their own (``PRESET_KEYS``), which are carried the same way.
 
 Numerics: optimizer state of bfloat16/float16 parameters is kept in float32 and the update is
 applied in float32. A zero gradient gives a zero step. Gradients are checked for NaN/Inf before
@@ -93,6 +96,9 @@ ENGINE_DEFAULTS: dict[str, Any] = {
     "noise_rule": "min_ratio",
     "noise_ns": "quintic",
     "noise_eps": 1e-6,
+    "constraint": None,
+    "constraint_bound": 1.0,
+    "constraint_units": "spectral",
 }
 
 _GEOMETRY_KEYS = ("geometry", "shape_scale", "ns", "ns_steps", "ns_dtype", "ns_eps")
@@ -131,6 +137,7 @@ class GeometryOptimizer(Optimizer):
         self.on_nonfinite = on_nonfinite
         self.nonfinite_skips = 0
         self._geometries: dict[tuple, Geometry] = {}
+        self._constraints: dict[tuple, Any] = {}
         self._second_grads: dict[int, Tensor] = {}
         merged = dict(ENGINE_DEFAULTS)
         merged.update(self.PRESET_KEYS)
@@ -185,6 +192,10 @@ class GeometryOptimizer(Optimizer):
         for i, p in enumerate(group["params"]):
             name = names[i] if names else f"param {i} of group {len(self.param_groups) - 1}"
             geometry.check_shape(p.shape, name)
+            if group["constraint"] is not None and p.ndim < self.constraint(group).min_ndim:
+                raise ValueError(f"Constraint {group['constraint']!r} needs parameters with at least "
+                                 f"{self.constraint(group).min_ndim} dimensions, got shape {tuple(p.shape)} for "
+                                 f"parameter {name!r}")
             if self._topology is not None:
                 self._topology.check_param(p, name)
             elif is_dtensor(p):
@@ -235,6 +246,7 @@ class GeometryOptimizer(Optimizer):
         # so an unpickled or deep-copied optimizer steps one process
         self._topology = getattr(self, "_topology", None)
         self._geometries = {}
+        self._constraints = {}
         self._second_grads = {}
         for group in self.param_groups:
             for key, value in {**ENGINE_DEFAULTS, **self.PRESET_KEYS}.items():
@@ -352,6 +364,38 @@ class GeometryOptimizer(Optimizer):
                     return self._param_name(gi, next(i for i, q in enumerate(group["params"]) if q is p))
         return None
 
+    def constraint(self, group: dict[str, Any]):
+        """The (cached) stage-4 constraint of ``group`` (``None`` without one)."""
+        if group["constraint"] is None:
+            return None
+        from ..constraints.registry import constraint_from_keys
+
+        key = (group["constraint"], group["constraint_bound"], group["constraint_units"])
+        found = self._constraints.get(key)
+        if found is None:
+            found = self._constraints[key] = constraint_from_keys(
+                group["constraint"], group["constraint_bound"], group["constraint_units"])
+        return found
+
+    def _constrain(self, group: dict[str, Any], params: list[Tensor], steps: list[float]) -> None:
+        """Stage 4's projection: put every parameter back on the group's constraint set, telling it
+        the step size just taken (the spectral soft cap couples its strength to it). Distributed,
+        each whole matrix is projected once, on its owner rank."""
+        constraint = self.constraint(group)
+        if constraint is None:
+            return
+        if self._topology is None:
+            for p, s in zip(params, steps):
+                constraint.project_(p, step_size=s)
+            return
+        step_of = {i: s for i, s in enumerate(steps)}
+        projected = self._topology.map_whole(
+            params, [local(p) for p in params],
+            lambda owned, wholes: [constraint.project(w, step_size=step_of[i]) for i, w in zip(owned, wholes)],
+            with_index=True)
+        for p, w in zip(params, projected):
+            local(p).copy_(w)
+
     def _update_group(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
         for p in params:
             self._ensure_state(group, p)  # settings may have changed since the group was added
@@ -362,6 +406,7 @@ class GeometryOptimizer(Optimizer):
         directions = self._adapt(group, params, directions)                     # stage 3
         steps = self._step_sizes(group, params, directions)
         self._apply(group, params, directions, steps)                           # stage 4
+        self._constrain(group, params, steps)
 
     def _lmo(self, group: dict[str, Any], params: list[Tensor], signals: list[Tensor]) -> list[Tensor]:
         """Stage 2: the geometry's LMO of every signal; distributed, a whole-matrix LMO runs once per
@@ -607,6 +652,9 @@ class GeometryOptimizer(Optimizer):
             text = f"momentum({group['momentum']}{', nesterov' if group['nesterov'] else ''})"
         if self._noise_active(group):
             text += f" + noise({group['noise_source']}, {group['noise_rule']}, beta={group['noise_beta']})"
+        if group["constraint"] is not None:
+            units = "" if group["constraint_units"] == "spectral" else f", {group['constraint_units']}"
+            text += f" + {group['constraint']}({group['constraint_bound']:g}{units})"
         return text
 
     def _apply(self, group: dict[str, Any], params: list[Tensor], directions: list[Tensor], steps: list[float]) -> None:

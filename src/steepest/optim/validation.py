@@ -77,6 +77,20 @@ def check_noise_keys(group: Mapping[str, Any]) -> None:
     check_nonnegative("noise_eps", group["noise_eps"])
 
 
+CONSTRAINT_UNITS = ("spectral", "rms")
+
+
+def check_constraint_keys(group: Mapping[str, Any]) -> None:
+    """The stage-4 constraint's keys: ``constraint`` (a registered name or None), ``constraint_bound``
+    (> 0) and ``constraint_units``."""
+    from ..constraints.registry import CONSTRAINT_NAMES  # the constraints package imports the engine's deps
+
+    if group["constraint"] is not None:
+        check_choice("constraint", group["constraint"], CONSTRAINT_NAMES)
+    check_positive("constraint_bound", group["constraint_bound"])
+    check_choice("constraint_units", group["constraint_units"], CONSTRAINT_UNITS)
+
+
 def check_group(group: Mapping[str, Any]) -> None:
     """Validate every hyperparameter a parameter group of the engine carries."""
     if group["role"] and group["role"] not in ROLES:  # "" is the engine's "no role"
@@ -103,5 +117,6 @@ def check_group(group: Mapping[str, Any]) -> None:
         raise ValueError(f"Unknown shape_scale {group['shape_scale']!r} for geometry {group['geometry']!r}; "
                          f"expected one of: {', '.join(cls.shape_scales)}")
     check_noise_keys(group)
+    check_constraint_keys(group)
     if not isinstance(group["maximize"], bool):
         raise TypeError(f"Invalid type for maximize: expected bool, got {type(group['maximize']).__name__}")

@@ -22,7 +22,7 @@ from .base import Budget, Task, Trial
 
 VAL_SEED = 4321
 VAL_BATCH_SIZE = 16
-MODEL_OPTIONS = ("n_layer", "d_model", "n_head", "ctx")
+MODEL_OPTIONS = ("n_layer", "d_model", "n_head", "ctx", "hyper_connections", "hc_mixer")
 
 
 class CharTrial(Trial):
@@ -103,8 +103,10 @@ class CharLMTask(Task):
     def describe_model(self) -> str:
         cfg = self.model_config()
         params = count_parameters(GPT(cfg))
+        streams = (f", {cfg.hyper_connections} residual streams ({cfg.hc_mixer} hyper-connections)"
+                   if cfg.hyper_connections else "")
         return (f"GPT {cfg.n_layer} layers, d_model {cfg.d_model}, {cfg.n_head} heads, ctx {cfg.ctx}, "
-                f"vocab {cfg.vocab_size}: {params:,} parameters")
+                f"vocab {cfg.vocab_size}{streams}: {params:,} parameters")
 
 
 class ShakespeareChar(CharLMTask):

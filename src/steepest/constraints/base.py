@@ -1,0 +1,62 @@
+"""The constraint protocol: a feasible set of weights, its projection (or retraction) and a check.
+
+A constraint is a small immutable object (like a geometry): ``project(w)`` returns the point of the
+set the constraint maps ``w`` to (the nearest point in Frobenius norm where the docstring says
+"exact", a documented approximation otherwise), in ``w``'s dtype and shape, computed in float32
+(float64 for float64 weights); ``project_(w)`` writes it into ``w`` in place; ``check(w)`` returns
+the violation as a float (0.0 on the set, to the stated tolerance). Tensors with more than two
+dimensions are viewed as the matrix ``(shape[0], prod(shape[1:]))`` (conv filters: out x in*k*k).
+
+Where a constraint needs the step that was just taken (the spectral soft cap couples its strength
+to the largest possible update), ``project`` takes ``step_size``: the largest spectral norm the
+optimizer's last update of ``w`` can have (for Muon, ``lr * shape factor * max singular value of
+the Newton-Schulz output``).
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+
+class Constraint(ABC):
+    """Base class: subclasses set ``name`` and ``cost`` and implement ``_project`` and ``check``."""
+
+    #: registry name (``steepest.constraints.make_constraint(name, ...)``)
+    name: ClassVar[str] = ""
+    #: the cost of one ``project`` call, in words (for docs and ``describe``)
+    cost: ClassVar[str] = ""
+    #: smallest ndim the constraint accepts
+    min_ndim: ClassVar[int] = 2
+
+    def project(self, w: Tensor, step_size: float | None = None) -> Tensor:
+        """The projected weight (a new tensor, ``w``'s dtype and shape)."""
+        if w.ndim < self.min_ndim:
+            raise ValueError(f"Constraint {self.name!r} needs a tensor with at least {self.min_ndim} dimensions, "
+                             f"got shape {tuple(w.shape)}")
+        work = w.detach()
+        work = work if work.dtype in (torch.float32, torch.float64) else work.float()
+        out = self._project(work.reshape(work.shape[0], -1) if work.ndim > 2 else work, step_size)
+        return out.reshape(w.shape).to(w.dtype)
+
+    @torch.no_grad()
+    def project_(self, w: Tensor, step_size: float | None = None) -> Tensor:
+        """Project ``w`` in place and return it."""
+        w.copy_(self.project(w, step_size))
+        return w
+
+    @abstractmethod
+    def _project(self, m: Tensor, step_size: float | None) -> Tensor:
+        """Project the float32/float64 matrix ``m`` (2-D, or 1-D for vector constraints)."""
+
+    @abstractmethod
+    def check(self, w: Tensor) -> float:
+        """The violation of ``w`` (0.0 when ``w`` satisfies the constraint)."""
+
+    def describe(self) -> str:
+        return self.name
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.describe()})"
