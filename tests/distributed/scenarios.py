@@ -176,6 +176,9 @@ SHARD_CASES = [(name, name, torch.float32, {}) for name in PARITY_PRESETS + (
     ("mfac", "mfac", torch.float64, {}),
     ("muon-bfloat16", "muon", torch.bfloat16, {}),
     ("lanton-second", "lanton", torch.float32, {"noise_source": "second"}),
+    # stage-4 constraints on sharded matrices: projected once, on the owner rank
+    ("muon-hardcap", "muon", torch.float32, {"constraints": {"hidden": ("spectral_hardcap", 1.0)}}),
+    ("muon-stiefel", "muon", torch.float32, {"constraints": {"hidden": "stiefel", "conv": ("spectral_softcap", 0.5)}}),
 ]
 
 

@@ -10,6 +10,7 @@ shards) and AuON's brake differ by ~1e-7.
 from __future__ import annotations
 
 import pytest
+import torch
 
 from .harness import launch, max_relative_error, requires_gloo
 from .scenarios import CKPT_PRESETS, PARITY_PRESETS, SHARD_CASES
@@ -73,6 +74,9 @@ def test_uneven_and_empty_shards_on_four_ranks(shards):
     assert [r["a"] for r in rows] == [1, 1, 1, 0]  # a (3, 64) weight: one rank holds nothing
     assert [r["d"] for r in rows] == [1, 1, 0, 0]
     assert set(shards["runs"]) == {label for label, *_ in SHARD_CASES}
+    for label, bound in (("muon-hardcap", 1.0), ("muon-stiefel", 1.0)):  # constraints hold on shards
+        params = shards["runs"][label]["params"]
+        assert all(torch.linalg.matrix_norm(params[n].double(), ord=2) <= bound * (1 + 1e-5) for n in "abc")
     for label, run in shards["runs"].items():
         assert max_relative_error(run["params"], run["reference"]) <= BOUND, label
 

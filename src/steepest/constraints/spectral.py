@@ -249,7 +249,7 @@ class SpectralNormalize(_SpectralBall):
     name = "spectral_normalize"
     cost = "Lanczos on the smaller Gram: 2 matvecs per step, 2 runs of iters steps; one rescale"
 
-    def __init__(self, bound: float = 1.0, units: str = "spectral", iters: int = 16):
+    def __init__(self, bound: float = 1.0, units: str = "spectral", iters: int = 32):
         super().__init__(bound, units)
         self.iters = positive_int("iters", iters)
 
@@ -292,7 +292,7 @@ class SpectralHammer(_SpectralBall):
     name = "spectral_hammer"
     cost = "Lanczos on the smaller Gram: 2 matvecs per step (iters steps); one rank-one update"
 
-    def __init__(self, bound: float = 1.0, units: str = "spectral", iters: int = 16):
+    def __init__(self, bound: float = 1.0, units: str = "spectral", iters: int = 32):
         super().__init__(bound, units)
         self.iters = positive_int("iters", iters)
 
@@ -470,8 +470,10 @@ class SpectralSoftCap(_SpectralBall):
     would land above ``f(k) = beta``. Instead the cap then runs
     ``p = ceil(log(beta/k) / log(62/81))`` passes with the equal ratio ``(beta/k)^(1/p)`` each (each
     pass's ``alpha`` solves the same quartic for its own ``k`` and target), so the guarantee holds for
-    any step size. It assumes the weights were in the ball before the step; singular values above
-    ``k`` are not guaranteed to end below ``beta`` (call ``project`` without ``step_size`` to measure).
+    any step size. ``k`` is also never below the measured ``sigma_1`` (Lanczos, ``iters`` steps), so
+    weights that start outside the ball (an initialization) or an update larger than ``step_size``
+    (Newton-Schulz output singular values overshoot 1) still end at the bound, up to Lanczos's
+    slight underestimate of ``sigma_1``.
 
     Small singular values change little: ``f(s) = s h(y (s/k)^2) = s (1 - 3 y^2 (s/k)^4 + O(y^3))``
     with ``y = a k^2``, a relative shrink of about ``3 y^2 (s/k)^4``. For ``step_size = 0.1 beta``
@@ -479,18 +481,18 @@ class SpectralSoftCap(_SpectralBall):
     ``step_size = 0.01 beta`` (``y ~ 0.057``) at half the bound by 0.06 %.
 
     Cost: 4 matmuls per pass (``M M^T M`` on the smaller side, twice); one pass when
-    ``step_size <= 0.3065 beta``; plus ``2 * iters + 1`` matvecs when ``step_size`` is None.
+    ``step_size <= 0.3065 beta``; plus ``2 * iters + 1`` matvecs to measure ``sigma_1``.
 
     Args:
         bound: the bound (> 0).
         units: ``"spectral"`` or ``"rms"``.
-        iters: Lanczos steps to measure ``sigma_1`` when ``project`` gets no ``step_size``.
+        iters: Lanczos steps to measure ``sigma_1``.
     """
 
     name = "spectral_softcap"
     cost = "4 matmuls per pass (two odd cubic steps); one pass when step_size <= 0.3065 beta"
 
-    def __init__(self, bound: float = 1.0, units: str = "spectral", iters: int = 16):
+    def __init__(self, bound: float = 1.0, units: str = "spectral", iters: int = 32):
         super().__init__(bound, units)
         self.iters = positive_int("iters", iters)
 
@@ -511,7 +513,11 @@ class SpectralSoftCap(_SpectralBall):
     def _project(self, m: Tensor, step_size: float | None) -> Tensor:
         step = step_size_value(step_size)
         beta = self.beta(m)
-        k = top_singular_triple(m, self.iters)[0] if step is None else beta + step
+        sigma = top_singular_triple(m, self.iters)[0]
+        # k bounds every singular value: beta + step when the weights were in the ball before the
+        # step, but a start outside the ball (an initialization) or an update whose spectral norm
+        # exceeds step_size (Newton-Schulz overshoots 1) is caught by the measurement
+        k = sigma if step is None else max(beta + step, sigma)
         out = m
         for a in self.passes(k, beta):
             out = _odd_cubic(out, -a)

@@ -60,6 +60,11 @@ class Geometry(ABC):
     def norm(self, w: Tensor) -> Tensor:
         """The primal norm ``||w||`` as a 0-d tensor."""
 
+    def lmo_spectral_norm(self) -> float | None:
+        """An upper bound of the spectral norm of ``lmo(x)`` for any ``x`` (``None``: no useful one),
+        so that a step ``s * lmo(x)`` moves a matrix's singular values by at most ``s`` times it."""
+        return None
+
     # -- step size and init --------------------------------------------------------------------
     def shape_scale(self, shape: torch.Size | tuple[int, ...]) -> float:
         """Multiplier applied to the unit direction for a parameter of this shape."""

@@ -38,6 +38,10 @@ class Frobenius(Geometry):
     def norm(self, w: Tensor) -> Tensor:
         return torch.linalg.vector_norm(_work(w))
 
+    def lmo_spectral_norm(self) -> float:
+        """A unit-Frobenius matrix has spectral norm at most 1."""
+        return 1.0
+
     def shape_scale(self, shape) -> float:
         if self.shape_scale_mode == "original":
             m, n = matrix_dims(shape)

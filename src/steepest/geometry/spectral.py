@@ -26,7 +26,7 @@ import math
 import torch
 from torch import Tensor
 
-from ..polar import polar, resolve_ns_dtype
+from ..polar import get_schedule, polar, resolve_ns_dtype
 from .base import Geometry, as_matrix, matrix_dims
 
 
@@ -52,6 +52,11 @@ class Spectral(Geometry):
         self.ns_steps = ns_steps
         self.ns_dtype = ns_dtype
         self.eps = eps
+
+    def lmo_spectral_norm(self) -> float:
+        """1 for the exact polar factor; the upper end of the schedule's documented output band
+        otherwise (1.14 for ``keller``)."""
+        return 1.0 if self.ns == "svd" else get_schedule(self.ns).band[1]
 
     def _dtype(self, x: Tensor) -> torch.dtype:
         return resolve_ns_dtype(self.ns_dtype, x.device)

@@ -379,11 +379,15 @@ class GeometryOptimizer(Optimizer):
 
     def _constrain(self, group: dict[str, Any], params: list[Tensor], steps: list[float]) -> None:
         """Stage 4's projection: put every parameter back on the group's constraint set, telling it
-        the step size just taken (the spectral soft cap couples its strength to it). Distributed,
-        each whole matrix is projected once, on its owner rank."""
+        the largest spectral norm the step just taken can have (step size times the geometry's
+        ``lmo_spectral_norm``; ``None`` when the geometry has no such bound); the spectral soft cap
+        couples its strength to it. Distributed, each whole matrix is projected once, on its owner
+        rank."""
         constraint = self.constraint(group)
         if constraint is None:
             return
+        scale = self.geometry(group).lmo_spectral_norm()  # the update's spectral norm per unit step
+        steps = [None if scale is None else s * scale for s in steps]
         if self._topology is None:
             for p, s in zip(params, steps):
                 constraint.project_(p, step_size=s)
