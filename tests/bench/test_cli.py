@@ -49,6 +49,20 @@ def test_suite_options_map_onto_the_config():
     assert default.budget == "quick" and default.lr_multipliers == [1.0]
 
 
+def test_hyper_connections_option_reaches_the_gpt_tasks_and_keeps_other_fingerprints():
+    from steepest.bench.runner import load_tasks
+    from steepest.cli import build_parser, suite_config
+
+    plain = suite_config(build_parser().parse_args(["bench", "--task", "shakespeare-char"]))
+    wide = suite_config(build_parser().parse_args(["bench", "--task", "shakespeare-char", "--task", "digits-cnn",
+                                                   "--hyper-connections", "4:stiefel"]))
+    assert wide.gpt_options == {"hyper_connections": 4, "hc_mixer": "stiefel"}
+    assert "gpt_options" not in plain.to_dict()  # suites without it keep their run directory
+    tasks = load_tasks(wide)
+    assert tasks["shakespeare-char"].options == {"hyper_connections": 4, "hc_mixer": "stiefel"}
+    assert tasks["digits-cnn"].options == {}  # only the GPT tasks get it
+
+
 @pytest.mark.parametrize("argv, message", [
     (["bench", "--optimizers", "adamw,nope"],
      "argument --optimizers: unknown optimizer 'nope'; "
@@ -65,6 +79,12 @@ def test_suite_options_map_onto_the_config():
     (["bench", "--task", "text"], "the text task needs a file: use --task text:PATH"),
     (["bench", "--text", "/nonexistent/file.txt"], "--text: no such file: /nonexistent/file.txt"),
     (["frobnicate"], "argument {bench,explain,info}: invalid choice: 'frobnicate'"),
+    (["bench", "--hyper-connections", "0"],
+     "argument --hyper-connections: expected N or N:MIXER with N >= 1 streams, got '0'"),
+    (["bench", "--hyper-connections", "4:sinkhorn"], "argument --hyper-connections: unknown mixer 'sinkhorn'; choose "
+     "from identity, birkhoff, spectral_sphere, stiefel, grassmann"),
+    (["bench", "--task", "digits-cnn", "--hyper-connections", "4"],
+     "GPT options (--hyper-connections) apply to the GPT tasks (shakespeare-char, text:PATH), and the suite has none"),
     (["bench", "distributed", "--task", "digits-cnn"],
      "--task does not apply to `steepest bench distributed` (it applies to: suite)"),
     (["bench", "--ranks", "1,2"], "--ranks does not apply to `steepest bench suite` (it applies to: distributed)"),

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from steepest.bench.gpt import GPT, GPTConfig, count_parameters
+from steepest.roles import classify
 
 
 def test_default_model_matches_the_research_configuration():
@@ -84,3 +85,29 @@ def test_config_and_context_validation():
     model = GPT(GPTConfig(vocab_size=10, n_layer=1, d_model=8, n_head=2, ctx=4))
     with pytest.raises(ValueError, match="exceeds the model context 4"):
         model(torch.zeros(1, 5, dtype=torch.long))
+
+
+@pytest.mark.parametrize("mixer", ["identity", "birkhoff", "spectral_sphere", "stiefel", "grassmann"])
+def test_hyper_connections_widen_the_residual_stream(mixer):
+    cfg = GPTConfig(vocab_size=11, n_layer=2, d_model=16, n_head=2, ctx=8, hyper_connections=3, hc_mixer=mixer)
+    model = GPT(cfg, seed=0)
+    plain = GPT(GPTConfig(vocab_size=11, n_layer=2, d_model=16, n_head=2, ctx=8), seed=0)
+    # the same weights as the plain model (the hyper-connections keep their constant init)
+    for name, p in plain.named_parameters():
+        assert torch.equal(dict(model.named_parameters())[name], p)
+    idx = torch.randint(0, 11, (2, 8), generator=torch.Generator().manual_seed(0))
+    logits, loss = model(idx, idx)
+    assert logits.shape == (2, 8, 11) and torch.isfinite(loss)
+    loss.backward()
+    hc = [n for n, _ in model.named_parameters() if ".hc_" in n]
+    assert hc and all(model.get_parameter(n).grad is not None for n in hc)
+    labels = classify(model)
+    assert {labels[n] for n in hc} == {"vector"}  # small mixing parameters: elementwise updates
+    assert model.blocks[0].hc_attn.last_h_res.shape[-2:] == (3, 3)
+
+
+def test_hyper_connection_options_are_validated():
+    with pytest.raises(ValueError, match="GPTConfig.hyper_connections must be an int >= 0"):
+        GPTConfig(hyper_connections=-1)
+    with pytest.raises(ValueError, match="GPTConfig.hc_mixer must be one of identity, birkhoff"):
+        GPTConfig(hyper_connections=2, hc_mixer="sinkhorn")
