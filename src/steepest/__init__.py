@@ -11,7 +11,7 @@ from .lipschitz import lipschitz_bound
 from .optim import (LANTON, MFAC, PRESETS, AuON, DiffGrad, GeometryOptimizer, HybridAuON, Lion, LionK, Muon,
                     NorMuon, Scion, Signum)
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 __all__ = ["Muon", "NorMuon", "Scion", "AuON", "HybridAuON", "Lion", "LionK", "Signum", "DiffGrad", "MFAC", "LANTON",
            "GeometryOptimizer", "PRESETS", "for_model", "explain", "explain_rows", "geometry", "polar", "roles",
