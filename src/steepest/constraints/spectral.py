@@ -221,7 +221,15 @@ class _SpectralBall(Constraint):
         return f"{self.name}({self.bound:g}{units})"
 
 
-class SpectralNormalize(_SpectralBall):
+class _LanczosBall(_SpectralBall):
+    """A spectral ball whose projection estimates ``sigma_1`` by ``iters`` Lanczos steps."""
+
+    def __init__(self, bound: float = 1.0, units: str = "spectral", iters: int = 32):
+        super().__init__(bound, units)
+        self.iters = positive_int("iters", iters)
+
+
+class SpectralNormalize(_LanczosBall):
     """Spectral normalization: ``W <- W / max(1, sigma_1(W) / beta)``.
 
     Source: arXiv 2507.13338 (spectral normalization as one of the weight constraints it compares).
@@ -249,10 +257,6 @@ class SpectralNormalize(_SpectralBall):
     name = "spectral_normalize"
     cost = "Lanczos on the smaller Gram: 2 matvecs per step, 2 runs of iters steps; one rescale"
 
-    def __init__(self, bound: float = 1.0, units: str = "spectral", iters: int = 32):
-        super().__init__(bound, units)
-        self.iters = positive_int("iters", iters)
-
     def _project(self, m: Tensor, step_size: float | None) -> Tensor:
         step_size_value(step_size)
         beta = self.beta(m)
@@ -265,7 +269,7 @@ class SpectralNormalize(_SpectralBall):
         return out
 
 
-class SpectralHammer(_SpectralBall):
+class SpectralHammer(_LanczosBall):
     """Spectral hammer: set the top singular value to ``beta``, ``W <- W + (beta - sigma_1) u v^T``.
 
     Source: arXiv 2507.13338. The paper's hammer sets ``sigma_1`` to ``beta`` whether it is above or
@@ -291,10 +295,6 @@ class SpectralHammer(_SpectralBall):
 
     name = "spectral_hammer"
     cost = "Lanczos on the smaller Gram: 2 matvecs per step (iters steps); one rank-one update"
-
-    def __init__(self, bound: float = 1.0, units: str = "spectral", iters: int = 32):
-        super().__init__(bound, units)
-        self.iters = positive_int("iters", iters)
 
     def _project(self, m: Tensor, step_size: float | None) -> Tensor:
         step_size_value(step_size)
@@ -447,7 +447,7 @@ def _odd_cubic(M: Tensor, a: float) -> Tensor:
     return M + a * (M @ (M.mT @ M))
 
 
-class SpectralSoftCap(_SpectralBall):
+class SpectralSoftCap(_LanczosBall):
     """Spectral soft cap: two odd cubic steps whose strength is tied to the step size.
 
     Source: arXiv 2507.13338. One pass is ``M <- M - alpha M M^T M`` then ``M <- M + alpha M M^T M``;
@@ -491,10 +491,6 @@ class SpectralSoftCap(_SpectralBall):
 
     name = "spectral_softcap"
     cost = "4 matmuls per pass (two odd cubic steps); one pass when step_size <= 0.3065 beta"
-
-    def __init__(self, bound: float = 1.0, units: str = "spectral", iters: int = 32):
-        super().__init__(bound, units)
-        self.iters = positive_int("iters", iters)
 
     def passes(self, k: float, beta: float) -> list[float]:
         """The ``alpha`` of every pass that maps ``[0, k]`` into ``[0, beta]`` (empty if ``k <= beta``)."""
