@@ -299,6 +299,7 @@ def scenario_errors(out: str) -> dict:
     lin.weight.grad = torch.ones(4, 4)
     lin.bias.grad = torch.ones(4) if dist.get_rank() == 0 else None
     capture("disagree", opt.step)
+    capture("constraint_on_dtensor", lambda: steepest.constraints.make_constraint("stiefel").project(sharded.weight))
     # a NaN in one rank's shard stops the step on every rank
     net = nn.Linear(8, 8, bias=False)
     fully_shard(net, mesh=mesh)

@@ -107,6 +107,8 @@ def test_unsupported_topologies_raise_exact_errors(tmp_path):
         assert messages["shard_dim_1"] == (
             "ValueError", "Parameter 'param 0 of group 0' has placement Shard(dim=1); steepest supports "
                           "Shard(dim=0) (FSDP2's default) and Replicate() on a 1-D mesh")
+        assert messages["constraint_on_dtensor"][0] == "TypeError"
+        assert messages["constraint_on_dtensor"][1].startswith("Constraint 'stiefel' projects whole tensors")
         assert messages["disagree"][0] == "RuntimeError"  # on every rank: nobody hangs
         assert messages["disagree"][1].startswith("Ranks disagree on which parameters have gradients")
         # the NaN sits in the last rank's shard; every rank refuses the step and nothing moves

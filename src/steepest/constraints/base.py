@@ -20,6 +20,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from ..distributed import is_dtensor
+
 
 class Constraint(ABC):
     """Base class: subclasses set ``name`` and ``cost`` and implement ``_project`` and ``check``."""
@@ -33,6 +35,10 @@ class Constraint(ABC):
 
     def project(self, w: Tensor, step_size: float | None = None) -> Tensor:
         """The projected weight (a new tensor, ``w``'s dtype and shape)."""
+        if is_dtensor(w):
+            raise TypeError(f"Constraint {self.name!r} projects whole tensors; for a DTensor pass w.full_tensor(), "
+                            f"or give the optimizer the constraint (group key 'constraint'), which projects "
+                            f"each sharded matrix once on its owner rank")
         if w.ndim < self.min_ndim:
             raise ValueError(f"Constraint {self.name!r} needs a tensor with at least {self.min_ndim} dimensions, "
                              f"got shape {tuple(w.shape)}")
