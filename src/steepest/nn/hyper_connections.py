@@ -74,6 +74,7 @@ import torch
 from torch import Tensor, nn
 
 from ..constraints.birkhoff import sinkhorn
+from ._checks import positive_int
 
 __all__ = ["HyperConnections", "MIXERS"]
 
@@ -88,12 +89,6 @@ _READ_SHARE = 0.95
 
 def _logit(p: float) -> float:
     return math.log(p) - math.log1p(-p)
-
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"Invalid {name}: {value!r}; expected an integer >= 1")
-    return value
 
 
 class HyperConnections(nn.Module):
@@ -131,8 +126,8 @@ class HyperConnections(nn.Module):
                  grassmann_rank: int = 1, *, sinkhorn_tol: float | None = 1e-5,
                  birkhoff_off_diagonal: float = -8.0, grassmann_beta_init: float = 1e-3):
         super().__init__()
-        dim = _positive_int("dim", dim)
-        n = _positive_int("n_streams", n_streams)
+        dim = positive_int("dim", dim)
+        n = positive_int("n_streams", n_streams)
         if mixer not in MIXERS:
             raise ValueError(f"Unknown mixer {mixer!r}; expected one of: {', '.join(MIXERS)}")
         if isinstance(layer_index, bool) or not isinstance(layer_index, int) or layer_index < 0:
@@ -141,10 +136,10 @@ class HyperConnections(nn.Module):
             raise TypeError(f"dynamic must be a bool, got {type(dynamic).__name__}")
         if not math.isfinite(alpha_init):
             raise ValueError(f"Invalid alpha_init: {alpha_init}; expected a finite number")
-        _positive_int("sinkhorn_iters", sinkhorn_iters)
+        positive_int("sinkhorn_iters", sinkhorn_iters)
         if sinkhorn_tol is not None and not sinkhorn_tol > 0:
             raise ValueError(f"Invalid sinkhorn_tol: {sinkhorn_tol}; expected a positive number or None")
-        _positive_int("grassmann_rank", grassmann_rank)
+        positive_int("grassmann_rank", grassmann_rank)
         if mixer == "grassmann" and grassmann_rank > n:
             raise ValueError(f"Invalid grassmann_rank: {grassmann_rank}; expected an integer in [1, n_streams={n}]")
         if not 0 < grassmann_beta_init < 2:
@@ -194,7 +189,7 @@ class HyperConnections(nn.Module):
     @staticmethod
     def expand(h: Tensor, n: int) -> Tensor:
         """The initial state: ``n`` copies of ``h`` (``[..., C]`` -> ``[..., n, C]``, a new tensor)."""
-        n = _positive_int("n", n)
+        n = positive_int("n", n)
         return h.unsqueeze(-2).expand(*h.shape[:-1], n, h.shape[-1]).clone()
 
     @staticmethod

@@ -42,22 +42,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._checks import positive_int, work_dtype
+
 __all__ = ["StableInjection", "DeltaResidual", "delta_update", "RATE_EPS"]
 
 #: floor of ``Delta * A``: keeps ``A_bar <= exp(-1e-6) < 1`` in float32 and float64
 RATE_EPS = 1e-6
 #: guard of the key normalization
 _KEY_EPS = 1e-6
-
-
-def _work_dtype(t: Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
-
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"Invalid {name}: {value!r}; expected an integer >= 1")
-    return value
 
 
 class StableInjection(nn.Module):
@@ -70,7 +62,7 @@ class StableInjection(nn.Module):
 
     def __init__(self, dim: int, decay_init: float = math.sqrt(1 / 5)):
         super().__init__()
-        self.dim = _positive_int("dim", dim)
+        self.dim = positive_int("dim", dim)
         if not 0 < decay_init < 1:
             raise ValueError(f"Invalid decay_init: {decay_init}; expected a number in (0, 1)")
         delta0 = -math.log(decay_init)
@@ -80,11 +72,11 @@ class StableInjection(nn.Module):
 
     def step_size(self) -> Tensor:
         """``Delta = softplus(dt_bias)`` (per channel, float32 or float64)."""
-        return F.softplus(self.dt_bias.to(_work_dtype(self.dt_bias)))
+        return F.softplus(self.dt_bias.to(work_dtype(self.dt_bias)))
 
     def decay(self) -> Tensor:
         """``A_bar = exp(-max(Delta * A, 1e-6))``, the diagonal of the state matrix (differentiable)."""
-        rate = self.step_size() * torch.exp(self.A_log.to(_work_dtype(self.A_log)))
+        rate = self.step_size() * torch.exp(self.A_log.to(work_dtype(self.A_log)))
         return torch.exp(-rate.clamp_min(RATE_EPS))
 
     @torch.no_grad()
@@ -101,7 +93,7 @@ class StableInjection(nn.Module):
         if h.shape[-1] != self.dim or e.shape[-1] != self.dim:
             raise ValueError(f"StableInjection expects h and e of shape [..., {self.dim}], "
                              f"got {tuple(h.shape)} and {tuple(e.shape)}")
-        work = torch.promote_types(_work_dtype(h), _work_dtype(self.A_log))
+        work = torch.promote_types(work_dtype(h), work_dtype(self.A_log))
         a_bar = self.decay().to(work)
         delta = self.step_size().to(work)
         out = a_bar * h.to(work) + delta * F.linear(e.to(work), self.B.to(work))
@@ -137,8 +129,8 @@ class DeltaResidual(nn.Module):
 
     def __init__(self, dim: int, d_v: int = 4, beta_init: float = 1.0, v_scale: float = 4.0):
         super().__init__()
-        self.dim = _positive_int("dim", dim)
-        self.d_v = _positive_int("d_v", d_v)
+        self.dim = positive_int("dim", dim)
+        self.d_v = positive_int("d_v", d_v)
         if not 0 < beta_init < 2:
             raise ValueError(f"Invalid beta_init: {beta_init}; expected a number in (0, 2)")
         if not (math.isfinite(v_scale) and v_scale > 0):
@@ -153,7 +145,7 @@ class DeltaResidual(nn.Module):
 
     def gates(self, x_in: Tensor) -> tuple[Tensor, Tensor]:
         """``(beta [...], v [..., d_v])`` for the read input ``x_in [..., dim]``."""
-        work = _work_dtype(x_in)
+        work = work_dtype(x_in)
         x = x_in.to(work)
         beta = 2 * torch.sigmoid(x @ self.w_beta.to(work) + self.b_beta.to(work))
         v = self.v_scale * torch.sigmoid(F.linear(x, self.W_v.to(work), self.b_v.to(work)))
@@ -166,7 +158,7 @@ class DeltaResidual(nn.Module):
         if k_in.shape[-1] != self.dim or x_in.shape[-1] != self.dim:
             raise ValueError(f"DeltaResidual expects k_in and x_in of shape [..., {self.dim}], "
                              f"got {tuple(k_in.shape)} and {tuple(x_in.shape)}")
-        work = _work_dtype(X)
+        work = work_dtype(X)
         k = F.normalize(k_in.to(work), dim=-1, eps=_KEY_EPS)
         beta, v = self.gates(x_in.to(work))
         return delta_update(X.to(work), k, beta, v).to(X.dtype)
@@ -179,7 +171,7 @@ class DeltaResidual(nn.Module):
     @staticmethod
     def expand(x: Tensor, d_v: int) -> Tensor:
         """An initial state: ``d_v`` copies of ``x`` as columns, so ``read(expand(x, d_v)) == x``."""
-        d_v = _positive_int("d_v", d_v)
+        d_v = positive_int("d_v", d_v)
         return x.unsqueeze(-1).expand(*x.shape, d_v).clone()
 
     def extra_repr(self) -> str:
