@@ -327,11 +327,10 @@ def info_lines() -> list[str]:
 
     from .bench.environment import machine_info
 
-    try:
-        from importlib.metadata import PackageNotFoundError, version
-        steepest_version = version("steepest")
-    except PackageNotFoundError:
-        steepest_version = "not installed (running from source)"
+    from . import __version__, __file__ as package_file
+
+    # the imported package's own version (installed metadata can be stale under an editable install)
+    steepest_version = f"{__version__} ({Path(package_file).parent})"
     machine = machine_info()
     bf16 = machine["mkldnn_bf16_supported"]
     bf16_text = {True: "yes (oneDNN reports native bf16 support)",

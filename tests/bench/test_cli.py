@@ -162,3 +162,10 @@ def test_bench_kernels_writes_its_report(tmp_path, monkeypatch, capsys):
     assert "| 8x24 | keller |" in out and f"report written to {tmp_path / 'kernels.md'}" in out
     saved = json.loads((tmp_path / "kernels.json").read_text(encoding="utf-8"))
     assert {row["backend"] for row in saved["measurements"]} >= {"keller", "svd"}
+
+
+def test_info_reports_the_imported_package_version(capsys):
+    import steepest
+
+    assert main(["info"]) == 0
+    assert f"steepest       {steepest.__version__} (" in capsys.readouterr().out
