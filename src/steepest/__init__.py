@@ -4,10 +4,11 @@ Every optimizer is steepest descent under a norm chosen per layer: a state trans
 minimization oracle of the layer's norm ball, a step size, and decay. Start with
 ``steepest.for_model(model, "muon")`` and ``print(steepest.explain(optimizer))``.
 """
-from . import constraints, geometry, nn, polar, roles
+from . import constraints, diagnostics, geometry, nn, polar, roles
 from .explain import explain, explain_rows
 from .factory import for_model
 from .lipschitz import lipschitz_bound
+from .safestep import SafeStep
 from .optim import (LANTON, MFAC, PRESETS, AuON, DiffGrad, GeometryOptimizer, HybridAuON, Lion, LionK, Muon,
                     NorMuon, Scion, Signum)
 
@@ -15,4 +16,4 @@ __version__ = "0.5.0"
 
 __all__ = ["Muon", "NorMuon", "Scion", "AuON", "HybridAuON", "Lion", "LionK", "Signum", "DiffGrad", "MFAC", "LANTON",
            "GeometryOptimizer", "PRESETS", "for_model", "explain", "explain_rows", "geometry", "polar", "roles",
-           "constraints", "nn", "lipschitz_bound", "__version__"]
+           "constraints", "nn", "diagnostics", "lipschitz_bound", "SafeStep", "__version__"]
