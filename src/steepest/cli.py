@@ -6,6 +6,8 @@
                       kernels`` times the orthogonalization backends against the matmul roofline.
 ``steepest explain``  print how a preset treats each parameter of the benchmark GPT.
 ``steepest info``     versions and the facts about this machine that matter for the optimizers.
+``steepest diagnose`` train one task with a few optimizers and record per-layer sharpness, gradient
+                      noise, update norms and orthogonality error (report in bench-out/diagnose-<task>).
 
 ``python -m steepest`` runs the same program.
 """
@@ -112,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="steepest", description="Geometry-aware optimizers for PyTorch: benchmarks and tools.")
-    sub = parser.add_subparsers(dest="command", metavar="{bench,explain,info}")
+    sub = parser.add_subparsers(dest="command", metavar="{bench,explain,info,diagnose}")
 
     bench = sub.add_parser(
         "bench", help="compare optimizers on real tasks (or time the orthogonalization kernels)",
@@ -176,7 +178,54 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="versions and machine facts (threads, bf16 speed)")
     info.set_defaults(handler=_cmd_info, subparser=info)
+
+    diagnose = sub.add_parser(
+        "diagnose", help="per-layer sharpness, gradient noise and update statistics during training",
+        description="Train one task with each optimizer (constant base lr) and every --every steps record, "
+                    "per hidden layer, the top eigenvalue of its Hessian block, the dual-norm gradient noise, "
+                    "the update's RMS and spectral norm and (spectral layers) the LMO's orthogonality error. "
+                    "Writes diagnostics.json, diagnostics.md and diagnostics.png.")
+    diagnose.add_argument("--task", default="shakespeare-char", metavar="NAME",
+                          help=f"a task: {', '.join(BUILTIN_TASKS)} or text:PATH (default %(default)s)")
+    diagnose.add_argument("--optimizers", type=_optimizer_list, default=None, metavar="A,B,...",
+                          help="comma-separated peer names (default steepest-muon,steepest-lanton)")
+    diagnose.add_argument("--steps", type=_positive_int, default=None, help="training steps (default: the budget's)")
+    diagnose.add_argument("--every", type=_positive_int, default=10, help="steps between checkpoints (default 10)")
+    diagnose.add_argument("--seed", type=int, default=0, help="seed of init and data order (default 0)")
+    diagnose.add_argument("--sharpness-iters", type=_positive_int, default=10,
+                          help="power iterations per layer for sharpness (default 10)")
+    diagnose.add_argument("--out", metavar="DIR", help="output directory (default bench-out/diagnose-<task>)")
+    dsize = diagnose.add_mutually_exclusive_group()
+    dsize.add_argument("--quick", dest="budget", action="store_const", const="quick",
+                       help="the task's quick budget (the default)")
+    dsize.add_argument("--smoke", dest="budget", action="store_const", const="smoke",
+                       help="the task's smoke budget (a few steps)")
+    diagnose.set_defaults(handler=_cmd_diagnose, subparser=diagnose, budget="quick")
     return parser
+
+
+def _cmd_diagnose(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .bench.tasks import make_task
+    from .diagnostics.report import diagnostics_markdown, write_diagnostics_report
+    from .diagnostics.run import DEFAULT_OPTIMIZERS, run_diagnostics
+
+    try:
+        make_task(args.task)
+    except (ValueError, FileNotFoundError) as exc:
+        parser.error(f"--task: {exc}")
+    optimizers = args.optimizers or list(DEFAULT_OPTIMIZERS)
+    try:
+        results = run_diagnostics(args.task, optimizers, steps=args.steps, every=args.every, seed=args.seed,
+                                  budget=args.budget, sharpness_iters=args.sharpness_iters)
+    except (RuntimeError, ValueError, FileNotFoundError) as exc:
+        print(f"steepest diagnose: error: {exc}", file=sys.stderr)
+        return 1
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in args.task)
+    out = Path(args.out) if args.out else Path("bench-out") / f"diagnose-{safe}"
+    paths = write_diagnostics_report(results, out)
+    print(paths["report"].read_text())
+    print(f"report written to {paths['report']}")
+    return 0
 
 
 def suite_config(args: argparse.Namespace):

@@ -78,7 +78,7 @@ def test_hyper_connections_option_reaches_the_gpt_tasks_and_keeps_other_fingerpr
     (["bench", "--task", "mnist"], "unknown task 'mnist'; choose from shakespeare-char"),
     (["bench", "--task", "text"], "the text task needs a file: use --task text:PATH"),
     (["bench", "--text", "/nonexistent/file.txt"], "--text: no such file: /nonexistent/file.txt"),
-    (["frobnicate"], "argument {bench,explain,info}: invalid choice: 'frobnicate'"),
+    (["frobnicate"], "argument {bench,explain,info,diagnose}: invalid choice: 'frobnicate'"),
     (["bench", "--hyper-connections", "0"],
      "argument --hyper-connections: expected N or N:MIXER with N >= 1 streams, got '0'"),
     (["bench", "--hyper-connections", "4:sinkhorn"], "argument --hyper-connections: unknown mixer 'sinkhorn'; choose "

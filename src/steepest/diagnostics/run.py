@@ -1,0 +1,256 @@
+"""``run_diagnostics``: train a benchmark task with several optimizers and record, per hidden layer,
+curvature, gradient noise, update size and orthogonality at regular checkpoints.
+
+Protocol. Each optimizer (a benchmark peer name, :func:`steepest.bench.peers.build_peer`) trains a
+fresh trial of the task with the same seed (same initial weights, same batch stream) at its
+benchmark base lr held **constant** (no warm-up / cosine schedule: this is a diagnostic run, not a
+benchmark). At a checkpoint step ``s`` (every ``every`` steps and the last step), *before* update
+``s`` is applied, at the current parameters ``theta_{s-1}``:
+
+- two mini-batch gradients ``G_a``, ``G_b`` are drawn (two calls of ``trial.train_loss()``); batch
+  ``a`` is the batch that training step ``s`` uses (the trial's random generators are rewound after
+  the diagnostics, so the training batch stream is the one an undiagnosed run would see);
+- **sharpness**: the top eigenvalue of each layer's diagonal Hessian block on batch ``a``
+  (power iteration, ``sharpness_iters`` HVPs; the same computation as
+  :func:`steepest.diagnostics.layer_sharpness` with a generator seeded with ``seed``);
+- **noise**: ``||G_a - G_b||_*`` in the dual norm of the layer's group geometry (Frobenius norm for
+  AdamW-style groups, whose "geometry" is the identity);
+- **orthogonality error** (spectral groups only): ``orthogonality_error(geometry.lmo(G_a), rank)``
+  with ``rank = min(m, n, numerical rank of G_a)`` (at ``G_a``'s precision): the polar factor of a rank-``r`` matrix has only
+  ``r`` unit singular values, so the zero ones are not counted as errors;
+
+then step ``s`` is taken and **update_rms / update_spectral** of that step come from
+:func:`steepest.diagnostics.update_stats`; the task metric is evaluated after the step.
+
+Hidden layers: the 2-D parameters under ``blocks.`` when the model has such parameters (the
+benchmark GPT), otherwise every parameter with at least 2 dimensions.
+
+Time spent in diagnostics (including the extra gradients and evaluations) is reported separately
+from training time (zero_grad, forward, backward, optimizer step).
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from .sharpness import top_eigenvalue
+from .updates import gradient_noise, orthogonality_error, update_stats
+
+__all__ = ["run_diagnostics", "hidden_layers", "measure_sharpness", "DEFAULT_OPTIMIZERS"]
+
+DEFAULT_OPTIMIZERS = ("steepest-muon", "steepest-lanton")
+LR_NOTE = ("each optimizer at its benchmark base lr, held constant (no warm-up or cosine schedule)")
+
+
+def hidden_layers(model: nn.Module) -> list[str]:
+    """The parameters diagnosed: 2-D ones under ``blocks.`` if any exist, else all with ndim >= 2."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    blocks = [n for n, p in named if n.startswith("blocks.") and p.ndim == 2]
+    if blocks:
+        return blocks
+    layers = [n for n, p in named if p.ndim >= 2]
+    if not layers:
+        raise ValueError("the model has no parameter with at least 2 dimensions to diagnose")
+    return layers
+
+
+def measure_sharpness(model: nn.Module, loss_fn: Callable[[], Tensor], layers: Sequence[str], iters: int,
+                      seed: int = 0, tol: float = 1e-4) -> dict[str, float]:
+    """Top eigenvalue of each named layer's Hessian block, exactly as ``layer_sharpness`` computes it
+    (one generator seeded with ``seed`` shared by the layers in order), restricted to ``layers``."""
+    params = dict(model.named_parameters())
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    # Hessian-vector products differentiate the backward: the fused attention kernels have no double
+    # backward, so scaled_dot_product_attention runs its (twice-differentiable) math kernel here
+    with sdpa_kernel([SDPBackend.MATH]):
+        return {name: top_eigenvalue(loss_fn, [params[name]], iters=iters, tol=tol, generator=gen)[0]
+                for name in layers}
+
+
+def _trial_generators(trial) -> list[torch.Generator]:
+    return [v for v in vars(trial).values() if isinstance(v, torch.Generator)]
+
+
+def _layer_groups(optimizers, params: dict[str, Tensor]) -> dict[str, tuple]:
+    """``{name: (optimizer, group)}`` for every parameter."""
+    by_id = {}
+    for opt in optimizers:
+        for group in opt.param_groups:
+            for p in group["params"]:
+                by_id[id(p)] = (opt, group)
+    return {name: by_id.get(id(p), (None, None)) for name, p in params.items()}
+
+
+def _geometry(opt, group):
+    """The group's geometry, or ``None`` for AdamW-style groups and non-steepest optimizers."""
+    if opt is None or not hasattr(opt, "geometry"):
+        return None
+    if group.get("transform") in ("adam", "diffgrad"):
+        return None
+    try:
+        return opt.geometry(group)
+    except Exception:  # pragma: no cover - foreign optimizer
+        return None
+
+
+def _frobenius(x: Tensor) -> Tensor:
+    return torch.linalg.vector_norm(x)
+
+
+def _grads(loss: Tensor, params: list[Tensor]) -> list[Tensor]:
+    out = torch.autograd.grad(loss, params, allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g.detach() for g, p in zip(out, params)]
+
+
+def _checkpoint(trial, model, peer, layers, geoms, sharpness_iters, seed) -> dict[str, dict]:
+    """Diagnostics at the current point (before the step); rewinds the trial's batch stream."""
+    params = dict(model.named_parameters())
+    plist = [params[n] for n in layers]
+    gens = _trial_generators(trial)
+    start = [g.get_state() for g in gens]
+    grads_a = dict(zip(layers, _grads(trial.train_loss(), plist)))
+    grads_b = dict(zip(layers, _grads(trial.train_loss(), plist)))
+
+    def fixed_loss() -> Tensor:  # batch a again
+        for g, s in zip(gens, start):
+            g.set_state(s)
+        return trial.train_loss()
+
+    sharp = measure_sharpness(model, fixed_loss, layers, sharpness_iters, seed=seed)
+    for g, s in zip(gens, start):  # training step s sees batch a, as without diagnostics
+        g.set_state(s)
+    out = {}
+    for name in layers:
+        geom = geoms[name]
+        norm = _frobenius if geom is None else geom.dual_norm
+        noise = gradient_noise({name: grads_a[name]}, {name: grads_b[name]}, norm)[name]
+        row = {"sharpness": sharp[name], "noise": noise,
+               "noise_norm": "frobenius" if geom is None else getattr(geom, "name", type(geom).__name__) + " dual",
+               "orthogonality_error": None, "lmo_rank": None}
+        if geom is not None and getattr(geom, "name", "") == "spectral" and grads_a[name].ndim >= 2:
+            g = grads_a[name]
+            mat = g.reshape(g.shape[0], -1).to(torch.float64)
+            # numerical rank at the gradient's own precision (float64 eps would count rounding noise)
+            rtol = max(mat.shape) * torch.finfo(g.dtype).eps
+            rank = int(torch.linalg.matrix_rank(mat, rtol=rtol)) if mat.abs().max() > 0 else 0
+            rank = min(rank, *mat.shape)
+            if rank >= 1:
+                row["orthogonality_error"] = orthogonality_error(geom.lmo(g), rank=rank)
+                row["lmo_rank"] = rank
+        out[name] = row
+    return out
+
+
+def _train_one(task, name: str, steps: int, every: int, seed: int, batch_size: int,
+               sharpness_iters: int) -> dict:
+    from ..bench.peers import build_peer
+
+    trial = task.trial(seed, batch_size)
+    model = trial.model
+    peer = build_peer(name, model, roles_override=getattr(trial, "roles", None),
+                      adamw_weight_decay=getattr(task, "adamw_weight_decay", 0.1))
+    layers = hidden_layers(model)
+    params = dict(model.named_parameters())
+    owners = _layer_groups(peer.optimizers, params)
+    geoms = {n: _geometry(*owners[n]) for n in layers}
+    check_steps = sorted({*range(every, steps + 1, every), steps})
+    t0 = time.perf_counter()
+    curve = [{"step": 0, **trial.evaluate()}]
+    diag_s = time.perf_counter() - t0
+    train_s = 0.0
+    checkpoints, status = [], "ok"
+    for step in range(1, steps + 1):
+        record = step in check_steps
+        if record:
+            t0 = time.perf_counter()
+            rows = _checkpoint(trial, model, peer, layers, geoms, sharpness_iters, seed)
+            before = {n: params[n].detach().clone() for n in layers}
+            diag_s += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        peer.zero_grad(set_to_none=True)
+        loss = trial.train_loss()
+        loss.backward()
+        try:
+            peer.step()
+            refused = False
+        except FloatingPointError:
+            refused = True
+        train_s += time.perf_counter() - t0
+        value = loss.item()
+        diverged = refused or not math.isfinite(value)
+        if record or diverged:
+            t0 = time.perf_counter()
+            metrics = trial.evaluate()
+            curve.append({"step": step, **metrics})
+            if record:
+                ups = update_stats(before, {n: params[n].detach() for n in layers})
+                for n in layers:
+                    rows[n]["update_rms"] = ups[n]["rms"]
+                    rows[n]["update_spectral"] = ups[n]["spectral"]
+                checkpoints.append({"step": step, "train_loss": value, "metric": metrics[task.metric],
+                                    "layers": rows})
+            diag_s += time.perf_counter() - t0
+        if diverged:
+            status = "diverged"
+            break
+    return {"status": status, "layers": layers,
+            "geometry": {n: ("adamw (frobenius)" if geoms[n] is None else geoms[n].describe()) for n in layers},
+            "checkpoints": checkpoints, "curve": curve,
+            "train_seconds": train_s, "diagnostics_seconds": diag_s}
+
+
+def _sanitize(x):
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _sanitize(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_sanitize(v) for v in x]
+    return x
+
+
+def run_diagnostics(task_name: str, optimizers: Sequence[str] | str = DEFAULT_OPTIMIZERS, steps: int | None = None,
+                    every: int = 10, seed: int = 0, budget: str = "quick", sharpness_iters: int = 10) -> dict:
+    """Train ``task_name`` with each optimizer and record per-layer diagnostics (module docstring).
+
+    Returns a JSON-ready dict (non-finite numbers become ``None``): ``task``, ``metric``,
+    ``budget``, ``steps``, ``every``, ``seed``, ``batch_size``, ``lr_schedule`` and ``optimizers``:
+    ``{name: {status, layers, geometry, checkpoints: [{step, train_loss, metric, layers: {layer:
+    {sharpness, noise, noise_norm, update_rms, update_spectral, orthogonality_error, lmo_rank}}}],
+    curve, train_seconds, diagnostics_seconds}}``.
+    """
+    from ..bench.peers import PEER_NAMES
+    from ..bench.tasks import make_task
+
+    if isinstance(optimizers, str):
+        optimizers = [o.strip() for o in optimizers.split(",") if o.strip()]
+    optimizers = list(optimizers)
+    if not optimizers:
+        raise ValueError("optimizers must name at least one optimizer")
+    for name in optimizers:
+        if name not in PEER_NAMES:
+            raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(PEER_NAMES)}")
+    if budget not in ("smoke", "quick", "full"):
+        raise ValueError(f"budget must be smoke, quick or full, got {budget!r}")
+    for label, value in (("every", every), ("sharpness_iters", sharpness_iters)) + ((("steps", steps),) if steps is not None else ()):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{label} must be a positive integer, got {value!r}")
+    task = make_task(task_name)
+    task.prepare()
+    b = task.budget(budget)
+    n_steps = steps if steps is not None else b.steps
+    start = time.perf_counter()
+    results = {
+        "task": task_name, "metric": task.metric, "metric_label": getattr(task, "metric_label", task.metric),
+        "budget": budget, "steps": n_steps, "every": every, "seed": seed, "batch_size": b.batch_size,
+        "sharpness_iters": sharpness_iters, "lr_schedule": LR_NOTE,
+        "optimizers": {name: _train_one(task, name, n_steps, every, seed, b.batch_size, sharpness_iters)
+                       for name in optimizers},
+    }
+    results["wall_seconds"] = time.perf_counter() - start
+    return _sanitize(results)
