@@ -23,6 +23,7 @@ from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import steepest
+from steepest.distributed.shutdown import exit_process_group
 from steepest.geometry import Spectral
 
 PARITY_PRESETS = ("muon", "normuon", "scion", "lanton", "lion")
@@ -323,18 +324,10 @@ def main() -> None:
     name, out, *args = sys.argv[1:]
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
-    try:
-        result = SCENARIOS[name](out, *args)
-        if dist.get_rank() == 0:
-            torch.save(result, os.path.join(out, "result.pt"))
-        dist.barrier()  # no rank tears gloo down while another still runs
-    finally:
-        dist.destroy_process_group()
-    # gloo's threads can still abort the interpreter's exit ("terminate called without an active
-    # exception", about 1 launch in 10 on this machine) after the work is done and saved
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    result = SCENARIOS[name](out, *args)
+    if dist.get_rank() == 0:
+        torch.save(result, os.path.join(out, "result.pt"))
+    exit_process_group()
 
 
 if __name__ == "__main__":

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import sys
 import time
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from ..distributed.shutdown import exit_process_group
 
 OPTIMIZERS = ("steepest-muon", "steepest-lanton", "torch-muon")
 MODES = ("ddp", "fsdp")
@@ -104,13 +104,7 @@ def main(argv: list[str] | None = None) -> None:
             json.dump({"world": world, "threads_per_rank": args.threads, "config": cfg.as_dict(),
                        "matrices": len(hidden_matrices(GPT(cfg, seed=0))), "shapes": shapes, "rows": rows},
                       handle, indent=1)
-    dist.barrier()
-    dist.destroy_process_group()
-    # gloo's threads can abort the interpreter's exit after the work is done and saved (about one
-    # launch in ten here); leave without running the C++ static destructors
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    exit_process_group()
 
 
 if __name__ == "__main__":
