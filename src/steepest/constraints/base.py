@@ -23,6 +23,11 @@ from torch import Tensor
 from ..distributed import is_dtensor
 
 
+def work_dtype(t: Tensor) -> torch.dtype:
+    """The dtype constrained maps are computed in: float64 for float64 tensors, float32 otherwise."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
 class Constraint(ABC):
     """Base class: subclasses set ``name`` and ``cost`` and implement ``_project`` and ``check``."""
 
@@ -43,7 +48,7 @@ class Constraint(ABC):
             raise ValueError(f"Constraint {self.name!r} needs a tensor with at least {self.min_ndim} dimensions, "
                              f"got shape {tuple(w.shape)}")
         work = w.detach()
-        work = work if work.dtype in (torch.float32, torch.float64) else work.float()
+        work = work.to(work_dtype(work))
         out = self._project(work.reshape(work.shape[0], -1) if work.ndim > 2 else work, step_size)
         return out.reshape(w.shape).to(w.dtype)
 

@@ -44,7 +44,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .base import Constraint
+from .base import Constraint, work_dtype
 
 __all__ = ["Birkhoff", "sinkhorn", "sinkhorn_vjp", "birkhoff_violation", "marginal_error", "SINKHORN_BACKWARDS"]
 
@@ -54,10 +54,6 @@ _NEWTON_RIDGE = 1e-12
 #: Armijo constant and most step halvings of the Newton line search
 _ARMIJO = 1e-4
 _HALVINGS = 40
-
-
-def _work_dtype(t: Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
 def marginal_error(L: Tensor) -> Tensor:
@@ -215,7 +211,7 @@ def sinkhorn(logits: Tensor, iters: int = 20, tol: float | None = None, *, newto
         raise ValueError(f"Invalid newton_steps: {newton_steps}; expected an integer >= 0")
     if backward not in SINKHORN_BACKWARDS:
         raise ValueError(f"Unknown backward {backward!r}; expected one of: {', '.join(SINKHORN_BACKWARDS)}")
-    L = logits.to(_work_dtype(logits))
+    L = logits.to(work_dtype(logits))
     if backward == "unrolled" or not (torch.is_grad_enabled() and L.requires_grad):
         return torch.exp(_iterate(L, iters, tol, newton_steps))
     return _ImplicitSinkhorn.apply(L, iters, tol, newton_steps)
@@ -223,7 +219,7 @@ def sinkhorn(logits: Tensor, iters: int = 20, tol: float | None = None, *, newto
 
 def birkhoff_violation(m: Tensor) -> float:
     """``max(|row sums - 1|, |column sums - 1|, max(0, -min entry))`` of a square matrix."""
-    w = m.to(_work_dtype(m))
+    w = m.to(work_dtype(m))
     if w.numel() == 0:
         return 0.0
     rows = (w.sum(-1) - 1).abs().max()

@@ -1,8 +1,9 @@
 """Argument checks and the working dtype shared by the modules of ``steepest.nn``."""
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from ..constraints.base import work_dtype
+
+__all__ = ["positive_int", "work_dtype"]
 
 
 def positive_int(name: str, value) -> int:
@@ -12,6 +13,3 @@ def positive_int(name: str, value) -> int:
     return value
 
 
-def work_dtype(t: Tensor) -> torch.dtype:
-    """float64 for float64 tensors, float32 otherwise (constrained maps are computed in float32)."""
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
