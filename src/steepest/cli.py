@@ -161,6 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--hyper-connections", type=_hyper_connections, default=None, metavar="N[:MIXER]",
                        help="widen the GPT tasks' residual stream to N streams with hyper-connections "
                             "(mixer birkhoff by default; identity, spectral_sphere, stiefel, grassmann)")
+    bench.add_argument("--diagnostics", action="store_true",
+                       help="record each hidden layer's sharpness and gradient noise at every evaluation of "
+                            "the first seed (the report's per-layer panel, diagnostics-<task>.png); costs 10 "
+                            "Hessian-vector products per hidden layer and evaluation, about 12 s per "
+                            "evaluation of the quick GPT on 2 cores")
     bench.add_argument("--ranks", type=_int_list, default=None, metavar="N,N,...",
                        help="distributed: world sizes to time (default 1,2)")
     bench.add_argument("--d-model", type=_positive_int, default=None,
@@ -249,6 +254,8 @@ def suite_config(args: argparse.Namespace):
         overrides["targets"] = dict(args.target)
     if args.hyper_connections:
         overrides["gpt_options"] = dict(args.hyper_connections)
+    if args.diagnostics:
+        overrides["diagnostics"] = True
     overrides["isolate"] = not args.in_process
     return SuiteConfig.preset(args.budget or "quick", **overrides)
 
@@ -259,7 +266,7 @@ _BENCH_OPTION_SCOPE = {
     ("lr_grid", "--lr-grid"): ("suite",), ("seeds", "--seeds"): ("suite",), ("lr", "--lr"): ("suite",),
     ("batch_size", "--batch-size"): ("suite",), ("eval_every", "--eval-every"): ("suite",),
     ("target", "--target"): ("suite",), ("in_process", "--in-process"): ("suite",),
-    ("hyper_connections", "--hyper-connections"): ("suite",),
+    ("hyper_connections", "--hyper-connections"): ("suite",), ("diagnostics", "--diagnostics"): ("suite",),
     ("budget", "--quick/--full/--smoke"): ("suite", "kernels"), ("steps", "--steps"): ("suite", "distributed"),
     ("threads", "--threads"): ("suite", "kernels", "distributed"), ("ranks", "--ranks"): ("distributed",),
     ("d_model", "--d-model"): ("distributed",), ("layers", "--layers"): ("distributed",),

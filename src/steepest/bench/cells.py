@@ -27,13 +27,18 @@ class Cell:
     lr: float
     seed: int
     budget: dict        # Budget.to_dict()
+    #: record per-layer sharpness and noise (``steepest bench --diagnostics``: the first seed of each lr)
+    diagnostics: bool = False
 
     @property
     def name(self) -> str:
         return f"{self.task_key}/{self.optimizer}/lrx{self.lr_multiplier:g}-seed{self.seed}"
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        values = asdict(self)
+        if not values["diagnostics"]:
+            del values["diagnostics"]  # cells planned without it keep matching their saved records
+        return values
 
 
 def write_json_atomic(path: Path, value) -> None:

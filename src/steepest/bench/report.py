@@ -9,7 +9,8 @@
 * ``curves-<task>.png``: the task's metric against steps and against training seconds (best lr,
   mean over seeds, a band for the spread). ``lr-sensitivity.png``: final metric against the lr
   multiplier, one panel per task. ``layer_lr.png``: the layerwise lr factors of noise-adaptive
-  optimizers (LANTON) over training.
+  optimizers (LANTON) over training. ``diagnostics-<task>.png`` (with ``--diagnostics``): each hidden
+  layer's sharpness and gradient noise over training (:mod:`.diagnostics_report`).
 
 Without matplotlib the PNGs are skipped and the report says so.
 """
@@ -19,6 +20,7 @@ import json
 import math
 from pathlib import Path
 
+from .diagnostics_report import diagnostics_lines, plot_diagnostics
 from .formatting import clean_json, markdown_table
 from .summary import REFERENCES, label, ratio_key
 
@@ -183,6 +185,9 @@ def render_markdown(results: dict) -> str:
     layer_lines = layer_stats_lines(results)
     if layer_lines:
         lines += ["## Noise-adaptive layerwise rates", ""] + layer_lines
+    diag_lines = diagnostics_lines(results)
+    if diag_lines:
+        lines += ["## Per-layer diagnostics", ""] + diag_lines
     lines += ["## Optimizers", ""]
     seen = set()
     for record in results["cells"]:
@@ -336,6 +341,11 @@ def write_report(results: dict, out_dir: str | Path) -> dict[str, Path]:
             paths["lr_plot"] = out / "lr-sensitivity.png"
         if plot_layer_stats(results, out / "layer_lr.png", plt):
             paths["layer_plot"] = out / "layer_lr.png"
+        for key, task in results["tasks"].items():
+            name = f"diagnostics-{key}.png"
+            if plot_diagnostics(key, task, results["cells"], out / name, plt):
+                task["diagnostics_plot"] = name
+                paths[f"diagnostics-{key}"] = out / name
     paths["results"].write_text(json.dumps(clean_json(results), indent=1), encoding="utf-8")
     paths["report"].write_text(render_markdown(results), encoding="utf-8")
     return paths

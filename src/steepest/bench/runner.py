@@ -66,6 +66,9 @@ class SuiteConfig:
     isolate: bool = True
     #: options of the GPT tasks (``shakespeare-char``, ``text:PATH``): ``hyper_connections``, ``hc_mixer``
     gpt_options: dict[str, object] = field(default_factory=dict)
+    #: per-layer sharpness and noise at every evaluation of the first seed of each lr (the report's
+    #: per-layer panel, ``diagnostics-<task>.png``)
+    diagnostics: bool = False
 
     def __post_init__(self) -> None:
         if self.budget not in BUDGETS:
@@ -104,8 +107,9 @@ class SuiteConfig:
 
     def to_dict(self) -> dict:
         values = asdict(self)
-        if not values["gpt_options"]:
-            del values["gpt_options"]  # suites without it keep their fingerprint (and run directory)
+        for key in ("gpt_options", "diagnostics"):
+            if not values[key]:
+                del values[key]  # suites without them keep their fingerprint (and run directory)
         return values
 
     @classmethod
@@ -130,7 +134,8 @@ def base_lr(config: SuiteConfig, optimizer: str) -> float:
 
 
 def plan_cells(config: SuiteConfig, tasks: dict[str, Task], optimizers: list[str]) -> list[Cell]:
-    """Every cell of the suite, ordered task, optimizer, lr multiplier, seed."""
+    """Every cell of the suite, ordered task, optimizer, lr multiplier, seed (with ``diagnostics``,
+    the first seed of each lr multiplier records them)."""
     cells = []
     for key, task in tasks.items():
         budget = config.task_budget(task).to_dict()
@@ -140,7 +145,8 @@ def plan_cells(config: SuiteConfig, tasks: dict[str, Task], optimizers: list[str
                 for seed in config.seeds:
                     cells.append(Cell(task_key=key, task=task.spec(), optimizer=optimizer,
                                       lr_multiplier=float(mult), lr=lr * mult, seed=int(seed),
-                                      budget=budget))
+                                      budget=budget,
+                                      diagnostics=bool(config.diagnostics and seed == config.seeds[0])))
     return cells
 
 
@@ -152,7 +158,8 @@ def run_cell(cell: Cell, task: Task, show_progress: bool = False) -> dict:
         peer = build_peer(cell.optimizer, trial.model, lr=cell.lr, roles_override=trial.roles,
                           adamw_weight_decay=task.adamw_weight_decay)
         label = f"{cell.optimizer} x{cell.lr_multiplier:g} s{cell.seed}"
-        record = train_trial(task, trial, peer, budget, label=label, show_progress=show_progress)
+        record = train_trial(task, trial, peer, budget, label=label, show_progress=show_progress,
+                             diagnostics=cell.diagnostics, seed=cell.seed)
         record.update(step_covers=peer.step_covers, hyperparameters=peer.hyperparameters,
                       explanation=peer.explanation)
         return record

@@ -11,6 +11,14 @@ forward, backward, optimizer step, schedule), forward+backward, and ``peer.step(
 keep every per-step time; summaries use medians over the steps after the first ``timing_skip``
 (warm-up). Evaluation time is excluded from the training clock ``train_seconds``.
 
+With ``diagnostics=True`` the trial also records, at step 0 and at every evaluation, each hidden
+layer's sharpness (top eigenvalue of its Hessian block on the next training batch, by
+:data:`DIAGNOSTIC_ITERS` power iterations) and gradient noise (``||G_a - G_b||`` of two independent
+batches, in the dual norm that steepest's default roles give the layer: nuclear for hidden matrices),
+through :func:`steepest.diagnostics.run.layer_checkpoint`. The batch stream is rewound afterwards,
+so the training curve is the one an undiagnosed run gives; the time goes to ``diagnostics_seconds``,
+not to the training clock.
+
 A non-finite training loss, or a non-finite gradient that a steepest optimizer refuses
 (``FloatingPointError``), ends the cell early with status ``diverged``; its metric is then treated
 as infinitely bad when learning rates are compared.
@@ -31,6 +39,8 @@ from .tasks import Budget, Task, Trial, lr_multiplier
 
 MIB = 1024.0 * 1024.0
 TIMING_SKIP = 3
+#: power iterations per layer for the ``diagnostics`` sharpness
+DIAGNOSTIC_ITERS = 10
 
 
 def peak_rss_mib() -> float:
@@ -55,14 +65,43 @@ def layer_stats(peer: Peer) -> list[dict]:
     return rows
 
 
+class _Diagnostics:
+    """Per-layer sharpness and noise snapshots of one trial (see the module docstring)."""
+
+    def __init__(self, trial: Trial, seed: int) -> None:
+        from ..diagnostics.run import dual_norm_label, hidden_layers, reference_geometries
+
+        self.trial, self.seed = trial, seed
+        self.layers = hidden_layers(trial.model)
+        self.geoms = reference_geometries(trial.model, self.layers, getattr(trial, "roles", None))
+        self.norms = {n: dual_norm_label(g) for n, g in self.geoms.items()}
+        self.snapshots: list[dict] = []
+        self.seconds = 0.0
+
+    def record(self, step: int) -> None:
+        from ..diagnostics.run import layer_checkpoint
+
+        t0 = time.perf_counter()
+        rows = layer_checkpoint(self.trial, self.trial.model, self.layers, self.geoms, DIAGNOSTIC_ITERS,
+                                seed=self.seed, orthogonality=False)
+        self.snapshots.append({"step": step, "layers": {n: {"sharpness": r["sharpness"], "noise": r["noise"]}
+                                                         for n, r in rows.items()}})
+        self.seconds += time.perf_counter() - t0
+
+    def result(self) -> dict:
+        return {"layers": self.layers, "norms": self.norms, "iters": DIAGNOSTIC_ITERS,
+                "snapshots": self.snapshots, "seconds": self.seconds}
+
+
 def train_trial(task: Task, trial: Trial, peer: Peer, budget: Budget, label: str = "",
-                show_progress: bool = False) -> dict:
+                show_progress: bool = False, diagnostics: bool = False, seed: int = 0) -> dict:
     """Train ``trial.model`` with ``peer`` for ``budget.steps`` steps and return the measurements.
 
     The record holds ``status`` (``ok`` or ``diverged``), ``curve`` (one dict per evaluation:
     ``step``, ``train_seconds`` and every metric of :meth:`Trial.evaluate`), ``final`` (the last
     evaluation's metrics), per-step losses and times, median times, the exact optimizer state size
-    and the process's peak RSS.
+    and the process's peak RSS; with ``diagnostics``, ``diagnostics`` holds the per-layer snapshots
+    (``seed`` seeds the power iterations' start vectors).
     """
     def schedule(step: int) -> float:
         return lr_multiplier(step, budget.steps, budget.warmup, budget.final_lr_fraction)
@@ -75,6 +114,9 @@ def train_trial(task: Task, trial: Trial, peer: Peer, budget: Budget, label: str
     train_seconds = 0.0
     diverged = False
     bar = Progress(label or task.key, budget.steps, enabled=show_progress)
+    diag = _Diagnostics(trial, seed) if diagnostics else None
+    if diag is not None:
+        diag.record(0)
     for step in range(1, budget.steps + 1):
         t0 = time.perf_counter()
         peer.zero_grad(set_to_none=True)
@@ -103,12 +145,15 @@ def train_trial(task: Task, trial: Trial, peer: Peer, budget: Budget, label: str
             rows = layer_stats(peer)
             if rows:
                 snapshots.append({"step": step, "layers": rows})
+            if diag is not None and not diverged:
+                diag.record(step)
             bar.update(step, value, metrics[task.metric])
         else:
             bar.update(step, value)
         if diverged:
             break
     bar.close()
+    extra = {"diagnostics": diag.result()} if diag is not None else {}
     final = {k: v for k, v in curve[-1].items() if k not in ("step", "train_seconds")}
     return {
         "status": "diverged" if diverged else "ok",
@@ -127,4 +172,5 @@ def train_trial(task: Task, trial: Trial, peer: Peer, budget: Budget, label: str
         "state_mib": state_bytes(peer.optimizers) / MIB,
         "peak_rss_mib": peak_rss_mib(),
         "torch_threads": torch.get_num_threads(),
+        **extra,
     }

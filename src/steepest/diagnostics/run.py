@@ -41,7 +41,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from .sharpness import top_eigenvalue
 from .updates import gradient_noise, orthogonality_error, update_stats
 
-__all__ = ["run_diagnostics", "hidden_layers", "measure_sharpness", "DEFAULT_OPTIMIZERS"]
+__all__ = ["run_diagnostics", "hidden_layers", "measure_sharpness", "layer_geometries", "reference_geometries",
+           "layer_checkpoint", "describe_geometry", "dual_norm_label", "DEFAULT_OPTIMIZERS"]
 
 DEFAULT_OPTIMIZERS = ("steepest-muon", "steepest-lanton")
 LR_NOTE = ("each optimizer at its benchmark base lr, held constant (no warm-up or cosine schedule)")
@@ -76,14 +77,28 @@ def _trial_generators(trial) -> list[torch.Generator]:
     return [v for v in vars(trial).values() if isinstance(v, torch.Generator)]
 
 
-def _layer_groups(optimizers, params: dict[str, Tensor]) -> dict[str, tuple]:
-    """``{name: (optimizer, group)}`` for every parameter."""
+def layer_geometries(optimizers, model: nn.Module, layers: Sequence[str]) -> dict:
+    """``{layer: geometry}`` for the named layers: the geometry of the steepest group that holds the
+    parameter, or ``None`` (AdamW-style groups, non-steepest optimizers, parameters of no group),
+    whose noise is then measured in the Frobenius norm."""
     by_id = {}
     for opt in optimizers:
         for group in opt.param_groups:
             for p in group["params"]:
                 by_id[id(p)] = (opt, group)
-    return {name: by_id.get(id(p), (None, None)) for name, p in params.items()}
+    params = dict(model.named_parameters())
+    return {name: _geometry(*by_id.get(id(params[name]), (None, None))) for name in layers}
+
+
+def reference_geometries(model: nn.Module, layers: Sequence[str], roles=None) -> dict:
+    """``{layer: geometry}`` that steepest's default roles give each layer (``for_model(model,
+    "muon")``: spectral for hidden matrices and convolutions, so noise is a nuclear norm). The
+    benchmark's panel measures every optimizer's layers in these norms, so that torch.optim.AdamW,
+    torch.optim.Muon and the steepest presets are compared in the same units."""
+    from ..factory import for_model
+
+    probe = for_model(model, "muon", roles=roles)
+    return layer_geometries([probe], model, layers)
 
 
 def _geometry(opt, group):
@@ -98,6 +113,24 @@ def _geometry(opt, group):
         return None
 
 
+#: the names of the dual norms that noise is measured in, by geometry name
+DUAL_NORM_NAMES = {"spectral": "nuclear", "sign": "l1", "frobenius": "frobenius"}
+
+
+def dual_norm_label(geometry) -> str:
+    """The name of the norm a layer's noise is measured in: ``nuclear`` for spectral layers,
+    ``frobenius`` for AdamW-style ones (``geometry`` ``None``), else ``dual of <geometry>``."""
+    if geometry is None:
+        return "frobenius"
+    name = getattr(geometry, "name", type(geometry).__name__)
+    return DUAL_NORM_NAMES.get(name, f"dual of {name}")
+
+
+def describe_geometry(geometry) -> str:
+    """How a layer's noise is measured, for reports."""
+    return "adamw (frobenius)" if geometry is None else geometry.describe()
+
+
 def _frobenius(x: Tensor) -> Tensor:
     return torch.linalg.vector_norm(x)
 
@@ -107,8 +140,15 @@ def _grads(loss: Tensor, params: list[Tensor]) -> list[Tensor]:
     return [torch.zeros_like(p) if g is None else g.detach() for g, p in zip(out, params)]
 
 
-def _checkpoint(trial, model, peer, layers, geoms, sharpness_iters, seed) -> dict[str, dict]:
-    """Diagnostics at the current point (before the step); rewinds the trial's batch stream."""
+def layer_checkpoint(trial, model: nn.Module, layers: Sequence[str], geoms: dict, sharpness_iters: int,
+                     seed: int = 0, orthogonality: bool = True) -> dict[str, dict]:
+    """Per-layer diagnostics at the current parameters (the module docstring's list), without
+    disturbing training: the trial's batch generators are rewound afterwards, so the next
+    ``trial.train_loss()`` draws the batch it would have drawn anyway, and ``.grad`` is not touched.
+
+    Returns ``{layer: {sharpness, noise, noise_norm, orthogonality_error, lmo_rank}}``
+    (``orthogonality_error`` only for spectral layers and when ``orthogonality`` is true).
+    """
     params = dict(model.named_parameters())
     plist = [params[n] for n in layers]
     gens = _trial_generators(trial)
@@ -130,9 +170,10 @@ def _checkpoint(trial, model, peer, layers, geoms, sharpness_iters, seed) -> dic
         norm = _frobenius if geom is None else geom.dual_norm
         noise = gradient_noise({name: grads_a[name]}, {name: grads_b[name]}, norm)[name]
         row = {"sharpness": sharp[name], "noise": noise,
-               "noise_norm": "frobenius" if geom is None else getattr(geom, "name", type(geom).__name__) + " dual",
+               "noise_norm": dual_norm_label(geom),
                "orthogonality_error": None, "lmo_rank": None}
-        if geom is not None and getattr(geom, "name", "") == "spectral" and grads_a[name].ndim >= 2:
+        if orthogonality and geom is not None and getattr(geom, "name", "") == "spectral" \
+                and grads_a[name].ndim >= 2:
             g = grads_a[name]
             mat = g.reshape(g.shape[0], -1).to(torch.float64)
             # numerical rank at the gradient's own precision (float64 eps would count rounding noise)
@@ -156,8 +197,7 @@ def _train_one(task, name: str, steps: int, every: int, seed: int, batch_size: i
                       adamw_weight_decay=getattr(task, "adamw_weight_decay", 0.1))
     layers = hidden_layers(model)
     params = dict(model.named_parameters())
-    owners = _layer_groups(peer.optimizers, params)
-    geoms = {n: _geometry(*owners[n]) for n in layers}
+    geoms = layer_geometries(peer.optimizers, model, layers)
     check_steps = sorted({*range(every, steps + 1, every), steps})
     t0 = time.perf_counter()
     curve = [{"step": 0, **trial.evaluate()}]
@@ -168,7 +208,7 @@ def _train_one(task, name: str, steps: int, every: int, seed: int, batch_size: i
         record = step in check_steps
         if record:
             t0 = time.perf_counter()
-            rows = _checkpoint(trial, model, peer, layers, geoms, sharpness_iters, seed)
+            rows = layer_checkpoint(trial, model, layers, geoms, sharpness_iters, seed)
             before = {n: params[n].detach().clone() for n in layers}
             diag_s += time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -199,7 +239,7 @@ def _train_one(task, name: str, steps: int, every: int, seed: int, batch_size: i
             status = "diverged"
             break
     return {"status": status, "layers": layers,
-            "geometry": {n: ("adamw (frobenius)" if geoms[n] is None else geoms[n].describe()) for n in layers},
+            "geometry": {n: describe_geometry(geoms[n]) for n in layers},
             "checkpoints": checkpoints, "curve": curve,
             "train_seconds": train_s, "diagnostics_seconds": diag_s}
 
