@@ -6,7 +6,7 @@ minimization oracle of the layer's norm ball, a step size, and decay. Start with
 """
 from . import constraints, diagnostics, geometry, nn, polar, roles
 from .explain import explain, explain_rows
-from .factory import for_model
+from .factory import create, for_model, names
 from .lipschitz import lipschitz_bound
 from .safestep import SafeStep
 from .optim import (LANTON, MFAC, PRESETS, AuON, DiffGrad, GeometryOptimizer, HybridAuON, Lion, LionK, Muon,
@@ -15,5 +15,5 @@ from .optim import (LANTON, MFAC, PRESETS, AuON, DiffGrad, GeometryOptimizer, Hy
 __version__ = "0.5.0"
 
 __all__ = ["Muon", "NorMuon", "Scion", "AuON", "HybridAuON", "Lion", "LionK", "Signum", "DiffGrad", "MFAC", "LANTON",
-           "GeometryOptimizer", "PRESETS", "for_model", "explain", "explain_rows", "geometry", "polar", "roles",
+           "GeometryOptimizer", "PRESETS", "create", "names", "for_model", "explain", "explain_rows", "geometry", "polar", "roles",
            "constraints", "nn", "diagnostics", "lipschitz_bound", "SafeStep", "__version__"]

@@ -1,4 +1,5 @@
-"""Build an optimizer for a model in one line: roles -> param groups -> preset.
+"""Build an optimizer for a model in one line: roles -> param groups -> preset; or by name
+(``create``) for config-driven trainers.
 
 ``for_model(model, "muon")`` labels every parameter with :func:`steepest.roles.classify`, puts each
 role in its own named param group (``role`` key set, ``param_names`` filled), applies per-role and
@@ -7,12 +8,12 @@ recipe (geometry, lr, weight decay). Every preset has default hyperparameters, s
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from torch import nn
 
 from .optim.engine import GeometryOptimizer
-from .optim.registry import preset_class
+from .optim.registry import PRESETS, preset_class
 from .roles import ROLES, classify
 
 
@@ -91,3 +92,41 @@ def constraint_keys(spec: Any) -> dict[str, Any]:
     raise TypeError(f"constraints= values must be a constraint name, (name, bound) or (name, bound, units); "
                     f"got {spec!r}")
 
+
+
+def names() -> list[str]:
+    """The optimizer names that :func:`create` accepts (the registered presets), in registry order."""
+    return list(PRESETS)
+
+
+def canonical_name(name: str) -> str:
+    """``name`` as registered: case-insensitive, with ``-`` and ``_`` interchangeable (``"Lion-K"`` ->
+    ``"lion_k"``); ``ValueError`` listing :func:`names` when it names no preset."""
+    if not isinstance(name, str):
+        raise TypeError(f"optimizer name must be a string, got {type(name).__name__}")
+    key = name.strip().lower().replace("-", "_")
+    if key not in PRESETS:
+        raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(PRESETS)}")
+    return key
+
+
+def create(name: str, model: nn.Module | Iterable[Any], **kwargs: Any) -> GeometryOptimizer:
+    """Build the optimizer called ``name`` (:func:`names`) for ``model``: the entry point for trainers
+    that pick optimizers by a string in a config file.
+
+    With an ``nn.Module`` this is ``for_model(model, name, **kwargs)``: every parameter gets its role's
+    recipe, and ``lr``, ``roles``, ``overrides``, ``constraints`` and the preset's keywords pass
+    through. With parameters or param groups (``model.parameters()``, a list of dicts) the preset is
+    called directly, ``Preset(params, **kwargs)``, as with any ``torch.optim`` class; groups then
+    need their ``role`` key set for role-specific recipes (see the preset's docstring).
+
+    >>> import torch, steepest
+    >>> model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+    >>> opt = steepest.create("Lion-K", model, lr=1e-4)
+    >>> type(opt).__name__, opt.param_groups[0]["lr"]
+    ('LionK', 0.0001)
+    """
+    cls = PRESETS[canonical_name(name)]
+    if isinstance(model, nn.Module):
+        return for_model(model, canonical_name(name), **kwargs)
+    return cls(model, **kwargs)
