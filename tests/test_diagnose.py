@@ -50,6 +50,76 @@ def test_diagnose_cli_writes_report(diag_run, capsys):
     md = (out / "diagnostics.md").read_text()
     assert "## steepest-muon" in md and "## steepest-lanton" in md and "orthogonality error" in md
     assert (out / "diagnostics.png").stat().st_size > 1000
+    # digits-cnn is a classifier: NC1-NC4 of its last layer at every checkpoint, in the report too
+    for res in data["optimizers"].values():
+        for cp in res["checkpoints"]:
+            assert set(cp["collapse"]) == {"nc1", "nc2", "nc2_equinorm", "nc2_equiangle", "nc3", "nc4"}
+            assert cp["collapse"]["nc1"] > 0 and 0 <= cp["collapse"]["nc4"] <= 1
+    assert "Neural collapse of the last layer on the training set" in md and "| step | nc1 | nc2 |" in md
+
+
+def test_digits_classifier_features_are_the_heads_inputs():
+    from steepest.bench.tasks import make_task
+    from steepest.diagnostics import neural_collapse
+
+    task = make_task("digits-cnn")
+    task.prepare()
+    trial = task.trial(0, 8)
+    features, labels, weight, bias = trial.classifier_features()
+    assert features.shape == (len(labels), 128) and weight.shape == (10, 128) and bias.shape == (10,)
+    assert trial.model.training  # left in training mode
+    # the classifier's own logits are W h + b: the features are exactly what the head sees
+    with torch.no_grad():
+        logits = trial.model(trial._x_train[:5])
+    assert torch.allclose(features[:5] @ weight.T + bias, logits, atol=1e-5)
+    nc = neural_collapse(features, labels, weight, bias)
+    assert nc["nc1"] > 0
+
+
+def test_diagnose_starts_from_a_checkpoint(tmp_path):
+    from steepest.bench.tasks import make_task
+    from steepest.diagnostics.run import run_diagnostics
+
+    task = make_task("digits-cnn")
+    task.prepare()
+    trial = task.trial(0, 8)
+    with torch.no_grad():
+        trial.model.head.weight.zero_()
+        trial.model.head.bias.zero_()
+    path = tmp_path / "model.pt"
+    torch.save({"model": trial.model.state_dict()}, path)
+    res = run_diagnostics("digits-cnn", ["steepest-muon"], steps=1, every=1, budget="smoke", checkpoint=path)
+    assert res["checkpoint"] == str(path)
+    # a zero head predicts the uniform distribution: the step-0 test loss is log(10)
+    assert res["optimizers"]["steepest-muon"]["curve"][0]["test_loss"] == pytest.approx(math.log(10), rel=1e-6)
+    plain = run_diagnostics("digits-cnn", ["steepest-muon"], steps=1, every=1, budget="smoke")
+    assert plain["optimizers"]["steepest-muon"]["curve"][0]["test_loss"] != pytest.approx(math.log(10), rel=1e-3)
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "checkpoint not found: "),
+    ({"step": 3}, "holds no state_dict (a dict of tensors, or one under 'model')"),
+    ({"conv1.weight": torch.zeros(1)}, "does not fit the task's model: missing ['conv1.bias'"),
+])
+def test_bad_checkpoints_fail_before_training(tmp_path, content, message, capsys):
+    path = tmp_path / "ckpt.pt"
+    if content is not None:
+        torch.save(content, path)
+    code = main(["diagnose", "--task", "digits-cnn", "--smoke", "--checkpoint", str(path), "--out", str(tmp_path / "o")])
+    assert code == 1
+    assert message in capsys.readouterr().err
+
+
+def test_checkpoint_with_a_wrong_shape_names_the_tensor(tmp_path):
+    from steepest.bench.tasks import make_task
+    from steepest.diagnostics.run import load_model_checkpoint
+
+    model = make_task("digits-cnn").trial(0, 8).model
+    state = model.state_dict()
+    state["head.bias"] = torch.zeros(11)
+    torch.save(state, tmp_path / "c.pt")
+    with pytest.raises(ValueError, match=r"head.bias has shape \(11,\), the task's model \(10,\)"):
+        load_model_checkpoint(tmp_path / "c.pt", model)
 
 
 def test_sharpness_matches_layer_sharpness_on_fixed_batch():

@@ -199,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose.add_argument("--seed", type=int, default=0, help="seed of init and data order (default 0)")
     diagnose.add_argument("--sharpness-iters", type=_positive_int, default=10,
                           help="power iterations per layer for sharpness (default 10)")
+    diagnose.add_argument("--checkpoint", metavar="PATH",
+                          help="start every optimizer from these weights: a state_dict of the task's model "
+                               "(torch.save(model.state_dict(), PATH)) or a dict holding one under 'model'")
     diagnose.add_argument("--out", metavar="DIR", help="output directory (default bench-out/diagnose-<task>)")
     dsize = diagnose.add_mutually_exclusive_group()
     dsize.add_argument("--quick", dest="budget", action="store_const", const="quick",
@@ -221,7 +224,8 @@ def _cmd_diagnose(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     optimizers = args.optimizers or list(DEFAULT_OPTIMIZERS)
     try:
         results = run_diagnostics(args.task, optimizers, steps=args.steps, every=args.every, seed=args.seed,
-                                  budget=args.budget, sharpness_iters=args.sharpness_iters)
+                                  budget=args.budget, sharpness_iters=args.sharpness_iters,
+                                  checkpoint=args.checkpoint)
     except (RuntimeError, ValueError, FileNotFoundError) as exc:
         print(f"steepest diagnose: error: {exc}", file=sys.stderr)
         return 1

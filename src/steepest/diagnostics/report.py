@@ -1,7 +1,8 @@
 """Write the results of :func:`steepest.diagnostics.run.run_diagnostics`: ``diagnostics.json``
 (strict JSON), ``diagnostics.md`` (per optimizer: a layer table at the last checkpoint and the
 metric curve) and ``diagnostics.png`` (sharpness and gradient noise over steps, one line per layer,
-one column per optimizer; skipped with a note when matplotlib is missing)."""
+one column per optimizer, and a third row with NC1-NC4 for classifier tasks; skipped with a note
+when matplotlib is missing)."""
 from __future__ import annotations
 
 import json
@@ -27,7 +28,9 @@ def diagnostics_markdown(results: dict, notes: list[str] | None = None) -> str:
     lines = [f"# steepest diagnose: {results['task']}", "",
              f"{results['steps']} steps ({results['budget']} budget, batch {results['batch_size']}), "
              f"checkpoints every {results['every']} steps, seed {results['seed']}, "
-             f"sharpness from {results['sharpness_iters']} power iterations; lr: {results['lr_schedule']}.", ""]
+             f"sharpness from {results['sharpness_iters']} power iterations; lr: {results['lr_schedule']}."
+             + (f" Every optimizer starts from the weights in {results['checkpoint']}." if results.get("checkpoint")
+                else ""), ""]
     for name, res in results["optimizers"].items():
         lines += [f"## {name}", ""]
         status = res["status"]
@@ -44,6 +47,17 @@ def diagnostics_markdown(results: dict, notes: list[str] | None = None) -> str:
             for layer, row in last["layers"].items():
                 lines.append(f"| {layer} | {res['geometry'].get(layer, '-')} | "
                              + " | ".join(_fmt(row.get(k)) for k, _ in COLUMNS) + " |")
+            lines.append("")
+        collapse = [c for c in res["checkpoints"] if c.get("collapse")]
+        if collapse:
+            keys = list(collapse[0]["collapse"])
+            lines.append("Neural collapse of the last layer on the training set (arXiv 2008.08186; 0 is "
+                         "perfect collapse):")
+            lines.append("")
+            lines.append("| step | " + " | ".join(keys) + " |")
+            lines.append("|---|" + "---|" * len(keys))
+            for c in collapse:
+                lines.append(f"| {c['step']} | " + " | ".join(_fmt(c["collapse"].get(k)) for k in keys) + " |")
             lines.append("")
         lines.append(f"Metric curve ({results['metric_label']}):")
         lines.append("")
@@ -65,7 +79,9 @@ def _plot(results: dict, path: Path) -> str | None:
     except ImportError:
         return "matplotlib is not installed: diagnostics.png was not written"
     names = list(results["optimizers"])
-    fig, axes = plt.subplots(2, len(names), figsize=(5 * len(names), 7), squeeze=False)
+    has_collapse = any(c.get("collapse") for res in results["optimizers"].values() for c in res["checkpoints"])
+    rows = 3 if has_collapse else 2
+    fig, axes = plt.subplots(rows, len(names), figsize=(5 * len(names), 3.5 * rows), squeeze=False)
     for col, name in enumerate(names):
         res = results["optimizers"][name]
         cps = res["checkpoints"]
@@ -85,6 +101,19 @@ def _plot(results: dict, path: Path) -> str | None:
             ax.set_ylabel(label)
             ax.grid(alpha=0.3)
         axes[0][col].legend(fontsize=6)
+        if has_collapse:
+            ax = axes[2][col]
+            cps_nc = [c for c in cps if c.get("collapse")]
+            for key in ("nc1", "nc2", "nc3", "nc4"):
+                values = [(c["step"], c["collapse"].get(key)) for c in cps_nc]
+                values = [(x, y) for x, y in values if y is not None and y > 0]
+                if values:
+                    ax.plot(*zip(*values), marker="o", ms=3, label=key)
+            ax.set_yscale("log")
+            ax.set_title(f"{name}: neural collapse (last layer)")
+            ax.set_xlabel("step")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -22,6 +22,14 @@ benchmark). At a checkpoint step ``s`` (every ``every`` steps and the last step)
 then step ``s`` is taken and **update_rms / update_spectral** of that step come from
 :func:`steepest.diagnostics.update_stats`; the task metric is evaluated after the step.
 
+Classifier tasks (trials with a ``classifier_features()`` method, e.g. ``digits-cnn``) also record
+the neural collapse metrics NC1-NC4 (:func:`steepest.diagnostics.neural_collapse`) of the last
+layer on the whole training set at every checkpoint, after the step.
+
+A ``checkpoint`` (a path to a ``state_dict`` of the task's model, e.g. saved with
+``torch.save(trial.model.state_dict(), path)``, or a dict holding one under ``"model"``) replaces
+the initial weights of every optimizer's trial, so a trained model can be diagnosed from where it is.
+
 Hidden layers: the 2-D parameters under ``blocks.`` when the model has such parameters (the
 benchmark GPT), otherwise every parameter with at least 2 dimensions.
 
@@ -38,11 +46,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from .collapse import neural_collapse
 from .sharpness import top_eigenvalue
 from .updates import gradient_noise, orthogonality_error, update_stats
 
-__all__ = ["run_diagnostics", "hidden_layers", "measure_sharpness", "layer_geometries", "reference_geometries",
-           "layer_checkpoint", "describe_geometry", "dual_norm_label", "DEFAULT_OPTIMIZERS"]
+__all__ = ["run_diagnostics", "load_model_checkpoint", "hidden_layers", "measure_sharpness", "layer_geometries",
+           "reference_geometries", "layer_checkpoint", "describe_geometry", "dual_norm_label", "DEFAULT_OPTIMIZERS"]
 
 DEFAULT_OPTIMIZERS = ("steepest-muon", "steepest-lanton")
 LR_NOTE = ("each optimizer at its benchmark base lr, held constant (no warm-up or cosine schedule)")
@@ -187,12 +196,46 @@ def layer_checkpoint(trial, model: nn.Module, layers: Sequence[str], geoms: dict
     return out
 
 
+def load_model_checkpoint(path, model: nn.Module) -> None:
+    """Load a ``state_dict`` (or a dict with a ``"model"`` state_dict) from ``path`` into ``model``,
+    strictly: a missing or unexpected key, or a shape mismatch, raises ``ValueError`` naming it."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ValueError(f"checkpoint not found: {path}") from None
+    except Exception as exc:
+        raise ValueError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
+    if isinstance(saved, dict) and isinstance(saved.get("model"), dict):
+        saved = saved["model"]
+    if not isinstance(saved, dict) or not all(isinstance(v, Tensor) for v in saved.values()):
+        raise ValueError(f"checkpoint {path} holds no state_dict (a dict of tensors, or one under 'model')")
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(saved)), sorted(set(saved) - set(own))
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {path} does not fit the task's model: missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]}")
+    for key, value in saved.items():
+        if value.shape != own[key].shape:
+            raise ValueError(f"checkpoint {path}: {key} has shape {tuple(value.shape)}, the task's model "
+                             f"{tuple(own[key].shape)}")
+    model.load_state_dict(saved)
+
+
+def _collapse(trial) -> dict | None:
+    if not hasattr(trial, "classifier_features"):
+        return None
+    features, labels, weight, bias = trial.classifier_features()
+    return neural_collapse(features, labels, weight, bias)
+
+
 def _train_one(task, name: str, steps: int, every: int, seed: int, batch_size: int,
-               sharpness_iters: int) -> dict:
+               sharpness_iters: int, checkpoint=None) -> dict:
     from ..bench.peers import build_peer
 
     trial = task.trial(seed, batch_size)
     model = trial.model
+    if checkpoint is not None:
+        load_model_checkpoint(checkpoint, model)
     peer = build_peer(name, model, roles_override=getattr(trial, "roles", None),
                       adamw_weight_decay=getattr(task, "adamw_weight_decay", 0.1))
     layers = hidden_layers(model)
@@ -232,8 +275,11 @@ def _train_one(task, name: str, steps: int, every: int, seed: int, batch_size: i
                 for n in layers:
                     rows[n]["update_rms"] = ups[n]["rms"]
                     rows[n]["update_spectral"] = ups[n]["spectral"]
-                checkpoints.append({"step": step, "train_loss": value, "metric": metrics[task.metric],
-                                    "layers": rows})
+                entry = {"step": step, "train_loss": value, "metric": metrics[task.metric], "layers": rows}
+                collapse = _collapse(trial)
+                if collapse is not None:
+                    entry["collapse"] = collapse
+                checkpoints.append(entry)
             diag_s += time.perf_counter() - t0
         if diverged:
             status = "diverged"
@@ -255,14 +301,16 @@ def _sanitize(x):
 
 
 def run_diagnostics(task_name: str, optimizers: Sequence[str] | str = DEFAULT_OPTIMIZERS, steps: int | None = None,
-                    every: int = 10, seed: int = 0, budget: str = "quick", sharpness_iters: int = 10) -> dict:
+                    every: int = 10, seed: int = 0, budget: str = "quick", sharpness_iters: int = 10,
+                    checkpoint=None) -> dict:
     """Train ``task_name`` with each optimizer and record per-layer diagnostics (module docstring).
 
     Returns a JSON-ready dict (non-finite numbers become ``None``): ``task``, ``metric``,
     ``budget``, ``steps``, ``every``, ``seed``, ``batch_size``, ``lr_schedule`` and ``optimizers``:
     ``{name: {status, layers, geometry, checkpoints: [{step, train_loss, metric, layers: {layer:
     {sharpness, noise, noise_norm, update_rms, update_spectral, orthogonality_error, lmo_rank}}}],
-    curve, train_seconds, diagnostics_seconds}}``.
+    collapse?}], curve, train_seconds, diagnostics_seconds}}`` (``collapse``: NC1-NC4, classifier
+    tasks only); ``checkpoint`` is the path of the initial weights, or ``None``.
     """
     from ..bench.peers import PEER_NAMES
     from ..bench.tasks import make_task
@@ -282,6 +330,8 @@ def run_diagnostics(task_name: str, optimizers: Sequence[str] | str = DEFAULT_OP
             raise ValueError(f"{label} must be a positive integer, got {value!r}")
     task = make_task(task_name)
     task.prepare()
+    if checkpoint is not None:  # fail before any training when it does not fit
+        load_model_checkpoint(checkpoint, task.trial(seed, task.budget(budget).batch_size).model)
     b = task.budget(budget)
     n_steps = steps if steps is not None else b.steps
     start = time.perf_counter()
@@ -289,7 +339,8 @@ def run_diagnostics(task_name: str, optimizers: Sequence[str] | str = DEFAULT_OP
         "task": task_name, "metric": task.metric, "metric_label": getattr(task, "metric_label", task.metric),
         "budget": budget, "steps": n_steps, "every": every, "seed": seed, "batch_size": b.batch_size,
         "sharpness_iters": sharpness_iters, "lr_schedule": LR_NOTE,
-        "optimizers": {name: _train_one(task, name, n_steps, every, seed, b.batch_size, sharpness_iters)
+        "checkpoint": None if checkpoint is None else str(checkpoint),
+        "optimizers": {name: _train_one(task, name, n_steps, every, seed, b.batch_size, sharpness_iters, checkpoint)
                        for name in optimizers},
     }
     results["wall_seconds"] = time.perf_counter() - start

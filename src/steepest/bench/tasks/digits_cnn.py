@@ -85,6 +85,22 @@ class DigitsTrial(Trial):
         return F.cross_entropy(self.model(self._x_train[index]), self._y_train[index])
 
     @torch.no_grad()
+    def classifier_features(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(features, labels, weight, bias)`` of the last layer on the whole training set: the
+        inputs of ``head`` (the penultimate ReLU features, ``N x 128``), the labels, and ``head``'s
+        weight and bias; what :func:`steepest.diagnostics.neural_collapse` measures."""
+        captured = []
+        hook = self.model.head.register_forward_hook(lambda module, inputs, output: captured.append(inputs[0]))
+        try:
+            self.model.eval()
+            self.model(self._x_train)
+        finally:
+            self.model.train()
+            hook.remove()
+        head = self.model.head
+        return captured[0], self._y_train, head.weight.detach(), head.bias.detach()
+
+    @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         self.model.eval()
         logits = self.model(self._x_test)
