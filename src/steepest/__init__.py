@@ -14,6 +14,16 @@ from .optim import (LANTON, MFAC, PRESETS, AuON, DiffGrad, GeometryOptimizer, Hy
 
 __version__ = "0.5.0"
 
+
+def __getattr__(name: str):
+    """``steepest.hf`` loads on first use, so ``import steepest`` never imports transformers."""
+    if name == "hf":
+        import importlib
+
+        return importlib.import_module(".hf", __name__)
+    raise AttributeError(f"module 'steepest' has no attribute {name!r}")
+
+
 __all__ = ["Muon", "NorMuon", "Scion", "AuON", "HybridAuON", "Lion", "LionK", "Signum", "DiffGrad", "MFAC", "LANTON",
            "GeometryOptimizer", "PRESETS", "create", "names", "for_model", "explain", "explain_rows", "geometry", "polar", "roles",
            "constraints", "nn", "diagnostics", "lipschitz_bound", "SafeStep", "__version__"]
