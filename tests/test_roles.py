@@ -119,3 +119,17 @@ def test_an_unknown_declared_role_is_an_error():
 
     with pytest.raises(ValueError, match="Unknown role 'gain' declared for parameter '0.mix'"):
         classify(nn.Sequential(Bad()))
+
+
+def test_a_frozen_copy_registered_last_does_not_take_the_head_label():
+    class WithTeacher(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.student = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+            self.teacher = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).requires_grad_(False)
+
+    labels = classify(WithTeacher())
+    assert labels["student.2.weight"] == "head" and labels["student.0.weight"] == "hidden"
+    assert labels["teacher.2.weight"] == "hidden"  # frozen: for_model leaves it out anyway
+    frozen = nn.Sequential(nn.Linear(8, 16), nn.Linear(16, 4)).requires_grad_(False)
+    assert classify(frozen)["1.weight"] == "head"  # nothing trainable: the last Linear as before

@@ -96,7 +96,10 @@ def classify(model: nn.Module, roles: Mapping[str, str] | None = None) -> dict[s
     tied = any(any(isinstance(m, _EMBEDDINGS) for _, _, m in os)
                and any(isinstance(m, nn.Linear) and a == "weight" for _, a, m in os) for os in owners.values())
     if not named_heads and linear_weights and not tied and not any(r == "head" for r in overrides.values()):
-        head_names = {linear_weights[-1][0]}
+        # the last *trainable* Linear: a frozen teacher or EMA copy registered after the model must not
+        # take the head label from the model's own output layer
+        trainable = [w for w in linear_weights if params[w[0]].requires_grad]
+        head_names = {(trainable or linear_weights)[-1][0]}
 
     result: dict[str, str] = {}
     for name, p in params.items():
