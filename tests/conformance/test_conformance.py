@@ -603,6 +603,8 @@ GENERIC_ERRORS = [
               group={"geometry": "spectral", "shape_scale": "nope"}),
     ErrorCase("on_nonfinite", {"on_nonfinite": "nope"}, ValueError,
               "Unknown on_nonfinite 'nope'; expected one of: raise, skip"),
+    ErrorCase("compile", {"compile": "yes"}, ValueError, "Unknown compile 'yes'; expected True, False or 'auto'"),
+    ErrorCase("compile_type", {"compile": 1}, TypeError, "Invalid type for compile: expected bool or 'auto', got int"),
     ErrorCase("weight_decay", {}, ValueError, "Invalid weight_decay value: -0.5", group={"weight_decay": -0.5}),
     ErrorCase("radius", {}, ValueError, "Invalid radius value: 0.0; expected a positive number",
               group={"radius": 0.0}),

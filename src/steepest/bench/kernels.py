@@ -58,6 +58,19 @@ largest, below the ~1e-3 relative floor the schedules are designed for, so Newto
 them far from 1 (max |sigma - 1| near 1 is expected there); ``keller`` is designed to land in
 ``[0.68, 1.13]``, not at 1; AuON's output is a unit-Frobenius matrix scaled by the brake, not an
 orthogonal one, so its numbers only show how far it is from the polar factor.
+
+Compiled against eager (``compile=True`` in the config, on in the quick and full presets): the
+kernels that the optimizers' ``compile`` setting compiles (:mod:`steepest.compiled`) are timed both
+ways on ``compile_shapes``, through the same process-wide compiled functions the optimizers use:
+``newton_schulz`` (Keller's 5 steps in float32, :func:`steepest.polar.polar` with ``compile``) and
+the elementwise state transforms of stage 1, ``momentum`` (Nesterov, 0.95), ``adam`` ((0.9, 0.95))
+and ``lion`` ((0.9, 0.99)), each on a parameter-sized tensor with state of its own for each side.
+The first compiled call is timed apart (it compiles, or reuses a dynamic-shape graph compiled for
+an earlier shape) and not counted; then eager and compiled calls alternate, so both see the same
+machine load, and the medians are compared (the run's ``deadline_s`` does not apply to this small,
+fixed set of measurements) (``speedup`` = eager / compiled: above 1, compiled is
+faster). The outputs of the first calls are compared too (largest difference relative to the
+largest entry): inductor reorders float operations, so they agree to rounding, not bit for bit.
 """
 from __future__ import annotations
 
@@ -86,10 +99,16 @@ NS_SCHEDULES: tuple[str, ...] = ("keller", "you", "quintic", "polar_express", "p
 BACKEND_NAMES: tuple[str, ...] = NS_SCHEDULES + ("svd", "auon", "hybrid_auon", "torch_muon")
 QUICK_SIZES = (128, 256, 512, 1024)
 FULL_SIZES = (128, 256, 512, 1024, 2048)
+#: the kernels timed compiled against eager, in report order
+COMPILE_KERNELS: tuple[str, ...] = ("newton_schulz", "momentum", "adam", "lion")
+#: a GPT matrix (tall, 49k entries) and a square with a million entries
+COMPILE_SHAPES = [(384, 128), (1024, 1024)]
 #: the settings of ``KernelConfig.quick_default()`` and ``full_default()``
 PRESET_SETTINGS = {
-    "quick": dict(quick=True, sizes=list(QUICK_SIZES), repeats=5, min_time_s=0.05, budget_s=2.0, deadline_s=120.0),
-    "full": dict(quick=False, sizes=list(FULL_SIZES), repeats=7, min_time_s=0.2, budget_s=8.0, deadline_s=600.0),
+    "quick": dict(quick=True, sizes=list(QUICK_SIZES), repeats=5, min_time_s=0.05, budget_s=2.0, deadline_s=120.0,
+                  compile=True),
+    "full": dict(quick=False, sizes=list(FULL_SIZES), repeats=7, min_time_s=0.2, budget_s=8.0, deadline_s=600.0,
+                 compile=True, compile_shapes=COMPILE_SHAPES + [(4096, 1024)]),
 }
 #: task classes whose model is the benchmark GPT, already covered by ``GPT(GPTConfig())``
 #: torch.optim.Muon's defaults, used when its signature cannot be read
@@ -122,6 +141,9 @@ class KernelConfig:
         seed: seed of the Gaussian inputs.
         accuracy: compute the singular-value and polar-distance errors (float64 SVDs).
         bf16_matmul: also time bfloat16 square matmuls (budget-guarded) for the roofline table.
+        compile: also time the compiled kernels against eager ones (see the module docstring; off
+            by default, on in the quick and full presets). Compiling costs seconds per kernel.
+        compile_shapes: the ``(m, n)`` shapes of that comparison.
     """
 
     quick: bool = True
@@ -137,6 +159,8 @@ class KernelConfig:
     seed: int = 0
     accuracy: bool = True
     bf16_matmul: bool = True
+    compile: bool = False
+    compile_shapes: list[tuple[int, int]] = field(default_factory=lambda: list(COMPILE_SHAPES))
 
     def __post_init__(self) -> None:
         self.sizes = [int(s) for s in self.sizes]
@@ -164,21 +188,29 @@ class KernelConfig:
             raise ValueError(f"deadline_s must be > 0 or None, got {self.deadline_s!r}")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise ValueError(f"threads must be a positive int or None, got {self.threads!r}")
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"compile must be a bool, got {self.compile!r}")
+        self.compile_shapes = [(int(m), int(n)) for m, n in self.compile_shapes]
+        if any(m < 1 or n < 1 for m, n in self.compile_shapes):
+            raise ValueError(f"compile_shapes must be positive, got {self.compile_shapes}")
 
     @classmethod
     def quick_default(cls, **overrides) -> "KernelConfig":
-        """Squares up to 1024, 5 repeats, 2 s per measurement: about 15 s on 2 idle cores."""
+        """Squares up to 1024, 5 repeats, 2 s per measurement, and the compiled-vs-eager comparison:
+        about a minute on 2 idle cores (most of it compiling)."""
         return cls(**{**PRESET_SETTINGS["quick"], **overrides})
 
     @classmethod
     def full_default(cls, **overrides) -> "KernelConfig":
-        """Squares up to 2048, 7 repeats, 8 s per measurement: a few minutes on 2 cores."""
+        """Squares up to 2048, 7 repeats, 8 s per measurement, compiled vs eager also on a 4096 x 1024
+        tensor: a few minutes on 2 cores."""
         return cls(**{**PRESET_SETTINGS["full"], **overrides})
 
     def to_dict(self) -> dict:
         d = asdict(self)
         if d["shapes"] is not None:
             d["shapes"] = [list(s) for s in d["shapes"]]
+        d["compile_shapes"] = [list(s) for s in d["compile_shapes"]]
         return d
 
 
@@ -479,6 +511,103 @@ def measure_products(m: int, n: int, config: KernelConfig) -> dict:
             "gflops": ns_flops(p, q, 1) / seconds / 1e9}
 
 
+def time_pair(first: Callable[[], object], second: Callable[[], object], repeats: int, budget_s: float,
+              min_time_s: float = 0.0) -> dict:
+    """Time two already warmed-up calls alternately (``first``, ``second``, ``first``, ...), so both
+    see the same machine load: at least ``repeats`` pairs, more (up to :data:`MAX_REPEATS`) until
+    the pairs add up to ``min_time_s``, stopping once they have used ``budget_s`` (after one pair).
+    Returns the medians ``first_s`` and ``second_s``, the fastest calls and the pair count."""
+    a: list[float] = []
+    b: list[float] = []
+    spent = 0.0
+    while len(a) < repeats or (spent < min_time_s and len(a) < MAX_REPEATS):
+        start = time.perf_counter()
+        first()
+        middle = time.perf_counter()
+        second()
+        end = time.perf_counter()
+        a.append(middle - start)
+        b.append(end - middle)
+        spent += end - start
+        if spent > budget_s:
+            break
+    return {"first_s": statistics.median(a), "second_s": statistics.median(b), "first_min_s": min(a),
+            "second_min_s": min(b), "repeats": len(a)}
+
+
+def _transform_case(name: str, m: int, n: int, seed: int) -> tuple[Callable[[bool], Callable[[], Tensor]], str]:
+    """``make(compile) -> call`` for one elementwise state transform on an ``m x n`` tensor (each call
+    of ``make`` gets state of its own, so eager and compiled runs do not share buffers), and a label."""
+    from ..optim.transforms import adam_signal, lion_signal, momentum_signal
+
+    grad = _gaussian(m, n, seed)
+
+    def make(compile: bool) -> Callable[[], Tensor]:
+        buf, buf_sq = torch.zeros_like(grad), torch.zeros_like(grad)
+        step = torch.tensor(0.0)
+        if name == "momentum":
+            return lambda: momentum_signal(buf, grad, 0.95, True, compile=compile)
+        if name == "adam":
+            return lambda: adam_signal(buf, buf_sq, step, grad, 0.9, 0.95, 1e-8, compile=compile)
+        return lambda: lion_signal(buf, grad, 0.9, 0.99, compile=compile)
+
+    labels = {"momentum": "momentum (Nesterov, 0.95)", "adam": "adam ((0.9, 0.95), eps 1e-8)",
+              "lion": "lion ((0.9, 0.99))"}
+    return make, labels[name]
+
+
+def _compile_case(name: str, m: int, n: int, seed: int) -> tuple[Callable[[bool], Callable[[], Tensor]], str]:
+    if name == "newton_schulz":
+        G = _gaussian(m, n, seed)
+
+        def make(compile: bool) -> Callable[[], Tensor]:
+            return lambda: polar(G, "keller", 5, torch.float32, NS_EPS, compile=compile)
+
+        return make, "Newton-Schulz (keller, 5 steps, float32)"
+    return _transform_case(name, m, n, seed)
+
+
+def measure_compiled(name: str, m: int, n: int, config: KernelConfig) -> dict:
+    """One kernel on one ``m x n`` shape, compiled against eager (see the module docstring)."""
+    entry: dict = {"kernel": name, "shape": _label(m, n), "m": m, "n": n}
+    make, entry["label"] = _compile_case(name, m, n, config.seed)
+    eager, fast = make(False), make(True)
+    try:
+        out_eager = eager()
+        start = time.perf_counter()
+        out_compiled = fast()
+        entry["first_call_s"] = time.perf_counter() - start
+    except Exception as exc:  # no C++ compiler, an unsupported platform, ...
+        entry.update(status="error", note=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        return entry
+    scale = out_eager.abs().max().item() or 1.0
+    entry["max_rel_diff"] = (out_eager.double() - out_compiled.double()).abs().max().item() / scale
+    timing = time_pair(eager, fast, config.repeats, config.budget_s, config.min_time_s)
+    entry.update(status="ok", eager_ms=timing["first_s"] * 1e3, compiled_ms=timing["second_s"] * 1e3,
+                 eager_min_ms=timing["first_min_s"] * 1e3, compiled_min_ms=timing["second_min_s"] * 1e3,
+                 repeats=timing["repeats"], speedup=timing["first_s"] / timing["second_s"])
+    return entry
+
+
+def run_compiled(config: KernelConfig, progress: bool = True) -> dict:
+    """The compiled-vs-eager section of the results (``entries`` in shape, then kernel order). It is
+    not cut short by ``deadline_s``: it is a fixed, small set (each measurement stops repeating at
+    ``budget_s``), and its ratios are the point of running it."""
+    entries = []
+    for m, n in config.compile_shapes:
+        for name in COMPILE_KERNELS:
+            entry = measure_compiled(name, m, n, config)
+            entries.append(entry)
+            if entry["status"] == "ok":
+                _say(progress, f"compile {name} {entry['shape']}: eager {_fmt_ms(entry['eager_ms'])}, compiled "
+                               f"{_fmt_ms(entry['compiled_ms'])} ({entry['speedup']:.2f}x), first compiled call "
+                               f"{entry['first_call_s']:.1f} s")
+            else:
+                _say(progress, f"compile {name} {entry['shape']}: {entry['status']} {entry.get('note', '')}")
+    return {"kernels": list(COMPILE_KERNELS), "settings": {"fullgraph": True, "dynamic": True},
+            "entries": entries}
+
+
 def _fmt_ms(ms: float) -> str:
     return f"{ms / 1e3:.3g} s" if ms >= 1000 else f"{ms:.3g} ms"
 
@@ -653,6 +782,11 @@ def _run(config: KernelConfig, progress: bool, started: float, started_at: str) 
             entry["pct_peak"] = 100.0 * entry["gflops"] / peak
     if late:
         notes.append(f"the run's time limit ({config.deadline_s:g} s) was reached: the costliest shapes were skipped")
+    compiled = run_compiled(config, progress) if config.compile else None
+    if compiled:
+        for e in compiled["entries"]:
+            if e["status"] == "error":
+                notes.append(f"compiled {e['kernel']} on {e['shape']}: error {e['note']}")
     load_end = _loadavg()
     environment["loadavg_start"], environment["loadavg_end"] = load_start, load_end
     if busy:
@@ -675,10 +809,12 @@ def _run(config: KernelConfig, progress: bool, started: float, started_at: str) 
         "roofline": {"square": square, "shape_products": products, "peak_gflops": peak, "peak_at": peak_at},
         "measurements": measurements,
         "input_accuracy": input_accuracy,
+        "compiled": compiled,
         "notes": notes,
     }
 
 
-__all__ = ["BACKEND_NAMES", "Backend", "KernelConfig", "NS_SCHEDULES", "build_backends", "discover_model_shapes",
-           "exact_polar64", "kernel_table", "measure_products", "ns_flops", "orthogonality_error", "run_kernels",
-           "singular_values64", "time_call", "write_kernel_report"]
+__all__ = ["BACKEND_NAMES", "Backend", "COMPILE_KERNELS", "KernelConfig", "NS_SCHEDULES", "build_backends",
+           "discover_model_shapes", "exact_polar64", "kernel_table", "measure_compiled", "measure_products", "ns_flops",
+           "orthogonality_error", "run_compiled", "run_kernels", "singular_values64", "time_call", "time_pair",
+           "write_kernel_report"]

@@ -137,18 +137,18 @@ class AuON(GeometryOptimizer):
     def __init__(self, params: Iterable[Any], lr: float = 0.055, momentum: float = 0.95, nesterov: bool = True,
                  weight_decay: float = 0.0, adamw_lr: float = 3e-4, adamw_betas: tuple[float, float] = (0.9, 0.95),
                  adamw_eps: float = 1e-10, adamw_weight_decay: float = 0.0, *, maximize: bool = False,
-                 on_nonfinite: str = "raise", distributed_mesh: Any = None):
+                 on_nonfinite: str = "raise", distributed_mesh: Any = None, compile: bool | str = "auto"):
         self._setup(params, {"geometry": "frobenius", "shape_scale": "original"}, lr, momentum, nesterov,
                     weight_decay, adamw_lr, adamw_betas, adamw_eps, adamw_weight_decay, maximize, on_nonfinite,
-                    distributed_mesh)
+                    distributed_mesh, compile)
 
     def _setup(self, params, geometry: dict[str, Any], lr, momentum, nesterov, weight_decay, adamw_lr, adamw_betas,
-               adamw_eps, adamw_weight_decay, maximize, on_nonfinite,
-                    distributed_mesh) -> None:
+               adamw_eps, adamw_weight_decay, maximize, on_nonfinite, distributed_mesh, compile) -> None:
         """Shared constructor body of AuON and HybridAuON (they differ only in stage 2)."""
         self._fallback = {**adamw_fallback(adamw_lr, adamw_betas, adamw_eps, adamw_weight_decay),
                           "cosh_brake": False}
-        GeometryOptimizer.__init__(self, params, on_nonfinite=on_nonfinite, distributed_mesh=distributed_mesh, lr=lr, momentum=momentum,
+        GeometryOptimizer.__init__(self, params, on_nonfinite=on_nonfinite, distributed_mesh=distributed_mesh,
+                                   compile=compile, lr=lr, momentum=momentum,
                                    nesterov=nesterov, weight_decay=weight_decay, transform="momentum",
                                    maximize=maximize, cosh_brake=True, **geometry)
 
@@ -219,9 +219,9 @@ class HybridAuON(AuON):
     def __init__(self, params: Iterable[Any], lr: float = 0.055, momentum: float = 0.95, nesterov: bool = True,
                  weight_decay: float = 0.0, ns: str = "keller", ns_steps: int | None = 1, ns_dtype: str = "auto",
                  adamw_lr: float = 3e-4, adamw_betas: tuple[float, float] = (0.9, 0.95), adamw_eps: float = 1e-10,
-                 adamw_weight_decay: float = 0.0, *, maximize: bool = False, on_nonfinite: str = "raise", distributed_mesh: Any = None):
+                 adamw_weight_decay: float = 0.0, *, maximize: bool = False, on_nonfinite: str = "raise",
+                 distributed_mesh: Any = None, compile: bool | str = "auto"):
         geometry = {"geometry": "spectral", "shape_scale": "original", "ns": ns, "ns_steps": ns_steps,
                     "ns_dtype": ns_dtype}
         self._setup(params, geometry, lr, momentum, nesterov, weight_decay, adamw_lr, adamw_betas, adamw_eps,
-                    adamw_weight_decay, maximize, on_nonfinite,
-                    distributed_mesh)
+                    adamw_weight_decay, maximize, on_nonfinite, distributed_mesh, compile)

@@ -42,8 +42,10 @@ class DiffGrad(GeometryOptimizer):
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, *, maximize: bool = False,
-                 on_nonfinite: str = "raise", distributed_mesh: Any = None):
-        super().__init__(params, on_nonfinite=on_nonfinite, distributed_mesh=distributed_mesh, lr=lr, betas=tuple(betas), eps=eps,
+                 on_nonfinite: str = "raise", distributed_mesh: Any = None,
+                 compile: bool | str = "auto"):
+        super().__init__(params, on_nonfinite=on_nonfinite, distributed_mesh=distributed_mesh,
+                         compile=compile, lr=lr, betas=tuple(betas), eps=eps,
                          weight_decay=weight_decay, transform="diffgrad", geometry="identity",
                          shape_scale=None, maximize=maximize)
 

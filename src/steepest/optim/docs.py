@@ -18,7 +18,12 @@ COMMON_DOC = """maximize: maximize the objective instead of minimizing it.
             ``optimizer.nonfinite_skips``).
         distributed_mesh: ``None`` (one process), the ``ProcessGroup`` of a DDP model, or the 1-D
             ``DeviceMesh`` of an FSDP2 (``fully_shard``) model; whole-matrix LMOs are then computed
-            once per matrix, on an owner rank (see ``steepest.distributed``)."""
+            once per matrix, on an owner rank (see ``steepest.distributed``).
+        compile: ``"auto"`` (default), ``True`` or ``False``: run the pure kernels (Newton-Schulz and
+            the elementwise state transforms) through ``torch.compile(fullgraph=True)``. ``"auto"``
+            compiles for CUDA tensors when Triton is available and stays eager on CPU, where it
+            does not pay (see ``steepest.compiled``). Compiled results agree with eager ones to
+            float rounding, not bit for bit."""
 
 
 NOISE_DOC = """noise_adaptive: LANTON's noise-adaptive layerwise learning rates on the groups whose

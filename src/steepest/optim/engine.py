@@ -53,9 +53,19 @@ runs once per matrix on its owner rank (``Topology.map_whole``), and every whole
 of the later stages (NorMuon's Frobenius norms, AuON's brake, the noise dual norms) is summed over
 the shards. The non-finite check and the set of parameters with gradients are agreed on by all
 ranks before anything is modified.
+
+Compilation (``compile``, a constructor setting like ``on_nonfinite``, not a group key): the pure
+kernels (the Newton-Schulz iteration of spectral groups and the elementwise state transforms of
+stage 1) run through ``torch.compile(fullgraph=True, dynamic=True)`` where the setting resolves to
+True for the tensor's device (``"auto"``: on CUDA with Triton, off elsewhere; see
+``steepest.compiled`` for the measurements behind that). The optimizer stores only the setting, so
+pickling, ``copy.deepcopy`` and ``state_dict`` are unaffected; the compiled kernels are cached per
+process. Compiled results agree with eager ones to float rounding (inductor fuses and reorders
+operations), not bit for bit.
 """
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from typing import Any, Callable, Iterable
@@ -64,11 +74,13 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from ..compiled import resolve_compile
 from ..distributed import is_dtensor, is_sharded, local, resolve_topology
 from ..geometry import Geometry, make_geometry
+from .compiled import compiled_lmo_many
 from .noise import dual_norms, layer_factors, noise_stds
 from .transforms import adam_signal, diffgrad_signal, lion_signal, momentum_signal
-from .validation import ON_NONFINITE, check_choice, check_group
+from .validation import ON_NONFINITE, check_choice, check_compile, check_group
 
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
 
@@ -117,6 +129,8 @@ class GeometryOptimizer(Optimizer):
         on_nonfinite: ``"raise"`` (default) or ``"skip"`` when a gradient holds NaN or Inf.
         distributed_mesh: ``None`` (one process), a ``ProcessGroup`` (DDP) or a 1-D ``DeviceMesh``
             (FSDP2); see ``steepest.distributed``.
+        compile: ``"auto"`` (default: compiled kernels for CUDA tensors when Triton is available,
+            eager elsewhere), ``True`` (always compile; on CPU this needs a C++ compiler) or ``False``.
         **defaults: values for any group key listed in the module docstring.
 
     Presets subclass this and implement :meth:`role_settings` to give each role its recipe; a
@@ -127,9 +141,15 @@ class GeometryOptimizer(Optimizer):
     #: Group keys a preset adds to the engine's, with their defaults.
     PRESET_KEYS: dict[str, Any] = {}
 
+    #: the ``compile`` setting (an instance attribute; this class default serves optimizers pickled
+    #: before the setting existed)
+    compile: bool | str = "auto"
+
     def __init__(self, params: Iterable[Any], *, on_nonfinite: str = "raise", distributed_mesh: Any = None,
-                 **defaults: Any):
+                 compile: bool | str = "auto", **defaults: Any):
         check_choice("on_nonfinite", on_nonfinite, ON_NONFINITE)
+        check_compile(compile)
+        self.compile = compile
         self._topology = resolve_topology(distributed_mesh)
         unknown = sorted(set(defaults) - set(ENGINE_DEFAULTS) - set(self.PRESET_KEYS))
         if unknown:
@@ -233,7 +253,7 @@ class GeometryOptimizer(Optimizer):
     #: Instance attributes that are settings, not tensors: torch's ``Optimizer.__getstate__`` keeps
     #: only defaults, state and param_groups, so these are carried explicitly through pickling and
     #: ``copy.deepcopy`` (presets add their role recipes).
-    _persistent_attrs: tuple[str, ...] = ("on_nonfinite", "nonfinite_skips")
+    _persistent_attrs: tuple[str, ...] = ("on_nonfinite", "nonfinite_skips", "compile")
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
@@ -416,9 +436,12 @@ class GeometryOptimizer(Optimizer):
         """Stage 2: the geometry's LMO of every signal; distributed, a whole-matrix LMO runs once per
         matrix on its owner rank, a row-wise one on the local shards."""
         geometry = self.geometry(group)
+        lmo_many = geometry.lmo_many
+        if self.compile is not False:
+            lmo_many = functools.partial(compiled_lmo_many, geometry, self.compiles)
         if self._topology is None or geometry.rowwise_lmo:
-            return geometry.lmo_many(signals)
-        return self._topology.map_whole(params, signals, geometry.lmo_many)
+            return lmo_many(signals)
+        return self._topology.map_whole(params, signals, lmo_many)
 
     def _sharded(self, params: list[Tensor]) -> bool:
         """Whether any of ``params`` is a shard (then whole-tensor reductions need the other ranks)."""
@@ -498,17 +521,24 @@ class GeometryOptimizer(Optimizer):
         """Stage 1 for one parameter: update its state with ``g`` and return the signal ``D``."""
         state = self._state_view(p)
         transform = group["transform"]
+        use_compile = self.compiles(g)
         if transform in ("adam", "diffgrad"):
             beta1, beta2 = group["betas"]
             if transform == "diffgrad":
                 return diffgrad_signal(state["exp_avg"], state["exp_avg_sq"], state["prev_grad"], state["step"],
-                                       g, beta1, beta2, group["eps"])
-            return adam_signal(state["exp_avg"], state["exp_avg_sq"], state["step"], g, beta1, beta2, group["eps"])
+                                       g, beta1, beta2, group["eps"], compile=use_compile)
+            return adam_signal(state["exp_avg"], state["exp_avg_sq"], state["step"], g, beta1, beta2, group["eps"],
+                               compile=use_compile)
         if transform == "lion":
             beta1, beta2 = group["betas"]
-            return lion_signal(state["exp_avg"], g, beta1, beta2)
+            return lion_signal(state["exp_avg"], g, beta1, beta2, compile=use_compile)
         beta = group["momentum"]
-        return momentum_signal(state.get("momentum_buffer") if beta > 0 else None, g, beta, group["nesterov"])
+        return momentum_signal(state.get("momentum_buffer") if beta > 0 else None, g, beta, group["nesterov"],
+                               compile=use_compile)
+
+    def compiles(self, tensor: Tensor) -> bool:
+        """Whether the kernels run compiled for ``tensor`` under this optimizer's ``compile`` setting."""
+        return resolve_compile(self.compile, tensor.device)
 
     def _adapt(self, group: dict[str, Any], params: list[Tensor], directions: list[Tensor]) -> list[Tensor]:
         """Stage 3, per-entry part: rescale directions entrywise (NorMuon's neuron normalization).

@@ -68,9 +68,11 @@ class LANTON(GeometryOptimizer):
                  nesterov: bool = False, weight_decay: float = 0.0, ns: str = "keller", ns_steps: int | None = None,
                  ns_dtype: str = "auto", *, noise_adaptive: bool = True, noise_beta: float = 0.9,
                  noise_source: str = "previous", noise_rule: str = "min_ratio", noise_ns: str = "quintic",
-                 maximize: bool = False, on_nonfinite: str = "raise", distributed_mesh: Any = None):
+                 maximize: bool = False, on_nonfinite: str = "raise", distributed_mesh: Any = None,
+                 compile: bool | str = "auto"):
         self._sign_lr = sign_lr
-        super().__init__(params, on_nonfinite=on_nonfinite, distributed_mesh=distributed_mesh, lr=lr, momentum=momentum, nesterov=nesterov,
+        super().__init__(params, on_nonfinite=on_nonfinite, distributed_mesh=distributed_mesh,
+                         compile=compile, lr=lr, momentum=momentum, nesterov=nesterov,
                          weight_decay=weight_decay, transform="momentum", geometry="spectral",
                          shape_scale="rms_to_rms", ns=ns, ns_steps=ns_steps, ns_dtype=ns_dtype,
                          noise_adaptive=noise_adaptive, noise_beta=noise_beta, noise_source=noise_source,

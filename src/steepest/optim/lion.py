@@ -40,8 +40,10 @@ class Lion(GeometryOptimizer):
     """)
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
-                 weight_decay: float = 0.0, *, maximize: bool = False, on_nonfinite: str = "raise", distributed_mesh: Any = None):
-        super().__init__(params, on_nonfinite=on_nonfinite, distributed_mesh=distributed_mesh, lr=lr, betas=tuple(betas), weight_decay=weight_decay,
+                 weight_decay: float = 0.0, *, maximize: bool = False, on_nonfinite: str = "raise", distributed_mesh: Any = None,
+                 compile: bool | str = "auto"):
+        super().__init__(params, on_nonfinite=on_nonfinite, distributed_mesh=distributed_mesh,
+                         compile=compile, lr=lr, betas=tuple(betas), weight_decay=weight_decay,
                          transform="lion", geometry="sign", shape_scale="none", maximize=maximize)
 
     def role_settings(self, role: str) -> dict[str, Any]:
@@ -96,10 +98,12 @@ class LionK(GeometryOptimizer):
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
                  weight_decay: float = 0.0, kappa: str = "nuclear", ns: str = "you", ns_steps: int | None = None,
-                 ns_dtype: str = "auto", *, maximize: bool = False, on_nonfinite: str = "raise", distributed_mesh: Any = None):
+                 ns_dtype: str = "auto", *, maximize: bool = False, on_nonfinite: str = "raise", distributed_mesh: Any = None,
+                 compile: bool | str = "auto"):
         check_choice("kappa", kappa, KAPPAS)
         self.kappa = kappa
-        super().__init__(params, on_nonfinite=on_nonfinite, distributed_mesh=distributed_mesh, lr=lr, betas=tuple(betas), weight_decay=weight_decay,
+        super().__init__(params, on_nonfinite=on_nonfinite, distributed_mesh=distributed_mesh,
+                         compile=compile, lr=lr, betas=tuple(betas), weight_decay=weight_decay,
                          transform="lion", geometry="sign", shape_scale="none", ns=ns, ns_steps=ns_steps,
                          ns_dtype=ns_dtype, maximize=maximize)
 

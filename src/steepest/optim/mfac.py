@@ -100,8 +100,10 @@ class MFAC(GeometryOptimizer):
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, momentum: float = 0.0, weight_decay: float = 0.0,
                  ngrads: int = DEFAULT_NGRADS, damp: float = 1e-5, *, maximize: bool = False,
-                 on_nonfinite: str = "raise", distributed_mesh: Any = None):
-        super().__init__(params, on_nonfinite=on_nonfinite, distributed_mesh=distributed_mesh, lr=lr, momentum=momentum, nesterov=False,
+                 on_nonfinite: str = "raise", distributed_mesh: Any = None,
+                 compile: bool | str = "auto"):
+        super().__init__(params, on_nonfinite=on_nonfinite, distributed_mesh=distributed_mesh,
+                         compile=compile, lr=lr, momentum=momentum, nesterov=False,
                          weight_decay=weight_decay, transform="momentum", geometry="identity",
                          shape_scale=None, ngrads=ngrads, damp=damp, maximize=maximize)
 

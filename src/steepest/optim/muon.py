@@ -67,11 +67,13 @@ class Muon(GeometryOptimizer):
                  adamw_betas: tuple[float, float] = (0.9, 0.95), adamw_eps: float = 1e-10,
                  adamw_weight_decay: float = 0.0, *, noise_adaptive: bool = False, noise_beta: float = 0.9,
                  noise_source: str = "previous", noise_rule: str = "min_ratio", maximize: bool = False,
-                 on_nonfinite: str = "raise", distributed_mesh: Any = None, preset_defaults: Mapping[str, Any] | None = None):
+                 on_nonfinite: str = "raise", distributed_mesh: Any = None,
+                 compile: bool | str = "auto", preset_defaults: Mapping[str, Any] | None = None):
         # preset_defaults: values of a subclass's PRESET_KEYS (NorMuon's beta2 and scale).
         check_choice("adjust_lr", adjust_lr, ADJUST_LR)
         self._fallback = adamw_fallback(adamw_lr, adamw_betas, adamw_eps, adamw_weight_decay)
-        super().__init__(params, on_nonfinite=on_nonfinite, distributed_mesh=distributed_mesh, lr=lr, momentum=momentum, nesterov=nesterov,
+        super().__init__(params, on_nonfinite=on_nonfinite, distributed_mesh=distributed_mesh,
+                         compile=compile, lr=lr, momentum=momentum, nesterov=nesterov,
                          weight_decay=weight_decay, transform="momentum", geometry="spectral",
                          shape_scale=adjust_lr, ns=ns, ns_steps=ns_steps, ns_dtype=ns_dtype, maximize=maximize,
                          noise_adaptive=noise_adaptive, noise_beta=noise_beta, noise_source=noise_source,

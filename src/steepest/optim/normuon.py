@@ -93,7 +93,8 @@ class NorMuon(Muon):
                  ns_dtype: str = "auto", adamw_lr: float = 3e-4, adamw_betas: tuple[float, float] = (0.9, 0.95),
                  adamw_eps: float = 1e-10, adamw_weight_decay: float = 0.0, *, noise_adaptive: bool = False,
                  noise_beta: float = 0.9, noise_source: str = "previous", noise_rule: str = "min_ratio",
-                 maximize: bool = False, on_nonfinite: str = "raise", distributed_mesh: Any = None):
+                 maximize: bool = False, on_nonfinite: str = "raise", distributed_mesh: Any = None,
+                 compile: bool | str = "auto"):
         check_choice("scale", scale, SCALES)
         if adjust_lr is None:
             adjust_lr = "original" if scale == "frobenius" else "none"
@@ -102,6 +103,7 @@ class NorMuon(Muon):
                          adamw_betas=adamw_betas, adamw_eps=adamw_eps, adamw_weight_decay=adamw_weight_decay,
                          noise_adaptive=noise_adaptive, noise_beta=noise_beta, noise_source=noise_source,
                          noise_rule=noise_rule, maximize=maximize, on_nonfinite=on_nonfinite, distributed_mesh=distributed_mesh,
+                         compile=compile,
                          preset_defaults={"beta2": beta2, "scale": scale})
 
     def _validate_group(self, group: dict[str, Any]) -> None:

@@ -70,7 +70,8 @@ class Scion(GeometryOptimizer):
                  head_radius: float = 10.0, vector_radius: float = 1.0, ns: str = "keller",
                  ns_steps: int | None = None, ns_dtype: str = "auto", *, noise_adaptive: bool = False,
                  noise_beta: float = 0.9, noise_source: str = "previous", noise_rule: str = "min_ratio",
-                 maximize: bool = False, on_nonfinite: str = "raise", distributed_mesh: Any = None):
+                 maximize: bool = False, on_nonfinite: str = "raise", distributed_mesh: Any = None,
+                 compile: bool | str = "auto"):
         radii = {"hidden": hidden_radius, "conv": hidden_radius, "embedding": embedding_radius,
                  "head": head_radius, "vector": vector_radius}
         for role in ("hidden", "embedding", "head", "vector"):
@@ -78,7 +79,8 @@ class Scion(GeometryOptimizer):
         if not isinstance(constrained, bool):
             raise TypeError(f"Invalid type for constrained: expected bool, got {type(constrained).__name__}")
         self._radii = radii
-        super().__init__(params, on_nonfinite=on_nonfinite, distributed_mesh=distributed_mesh, lr=lr, momentum=momentum, nesterov=nesterov,
+        super().__init__(params, on_nonfinite=on_nonfinite, distributed_mesh=distributed_mesh,
+                         compile=compile, lr=lr, momentum=momentum, nesterov=nesterov,
                          weight_decay=1.0 if constrained else 0.0, transform="momentum", geometry="spectral",
                          shape_scale="rms_to_rms", ns=ns, ns_steps=ns_steps, ns_dtype=ns_dtype,
                          noise_adaptive=noise_adaptive, noise_beta=noise_beta, noise_source=noise_source,

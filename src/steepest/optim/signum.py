@@ -34,8 +34,10 @@ class Signum(GeometryOptimizer):
     """)
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-4, momentum: float = 0.9, nesterov: bool = False,
-                 weight_decay: float = 0.0, *, maximize: bool = False, on_nonfinite: str = "raise", distributed_mesh: Any = None):
-        super().__init__(params, on_nonfinite=on_nonfinite, distributed_mesh=distributed_mesh, lr=lr, momentum=momentum, nesterov=nesterov,
+                 weight_decay: float = 0.0, *, maximize: bool = False, on_nonfinite: str = "raise", distributed_mesh: Any = None,
+                 compile: bool | str = "auto"):
+        super().__init__(params, on_nonfinite=on_nonfinite, distributed_mesh=distributed_mesh,
+                         compile=compile, lr=lr, momentum=momentum, nesterov=nesterov,
                          weight_decay=weight_decay, transform="momentum", geometry="sign", shape_scale="none",
                          maximize=maximize)
 

@@ -56,6 +56,15 @@ def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
         raise ValueError(f"Unknown {name} {value!r}; expected one of: {', '.join(choices)}")
 
 
+def check_compile(value: Any) -> None:
+    """The optimizers' ``compile`` setting: ``True``, ``False`` or ``"auto"``."""
+    if value is True or value is False or (isinstance(value, str) and value == "auto"):
+        return
+    if isinstance(value, str):
+        raise ValueError(f"Unknown compile {value!r}; expected True, False or 'auto'")
+    raise TypeError(f"Invalid type for compile: expected bool or 'auto', got {type(value).__name__}")
+
+
 def check_ns_steps(steps: Any) -> None:
     if steps is None:
         return

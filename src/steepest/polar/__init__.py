@@ -9,13 +9,14 @@ import torch
 from torch import Tensor
 
 from .dtype import NS_DTYPE_NAMES, resolve_ns_dtype
-from .newton_schulz import newton_schulz
+from .newton_schulz import newton_schulz, newton_schulz_wide
 from .schedules import SCHEDULE_NAMES, SCHEDULES, Schedule, get_schedule
 from .svd import svd_polar
 
 __all__ = [
     "polar",
     "newton_schulz",
+    "newton_schulz_wide",
     "svd_polar",
     "get_schedule",
     "resolve_ns_dtype",
@@ -27,7 +28,7 @@ __all__ = [
 
 
 def polar(G: Tensor, ns: str = "keller", steps: int | None = None, dtype: torch.dtype | None = None,
-          eps: float = 1e-7) -> Tensor:
+          eps: float = 1e-7, *, compile: bool = False) -> Tensor:
     """The polar factor of ``G`` (2-D, or 3-D for a batch of same-shape matrices).
 
     Args:
@@ -37,6 +38,8 @@ def polar(G: Tensor, ns: str = "keller", steps: int | None = None, dtype: torch.
         steps: iterations; ``None`` uses the schedule's default. Ignored by ``svd``.
         dtype: iteration dtype; ``None`` follows the device (float32 on CPU, bfloat16 on CUDA).
         eps: normalization guard for Newton-Schulz.
+        compile: run Newton-Schulz compiled (``torch.compile``, see :mod:`steepest.compiled`);
+            ignored by ``svd``.
 
     Returns:
         The (approximate) polar factor, in the iteration dtype.
@@ -46,4 +49,5 @@ def polar(G: Tensor, ns: str = "keller", steps: int | None = None, dtype: torch.
     if ns == "svd":
         return svd_polar(G, dtype)
     schedule = get_schedule(ns)
-    return newton_schulz(G, schedule, schedule.default_steps if steps is None else steps, dtype, eps)
+    return newton_schulz(G, schedule, schedule.default_steps if steps is None else steps, dtype, eps,
+                         compile=compile)

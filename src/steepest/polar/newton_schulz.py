@@ -11,18 +11,26 @@ FLOPs per iteration for a p x q matrix (p <= q): about 4 p^2 q + 2 p^3 (research
 
 For a single matrix the op sequence is exactly ``torch.optim.Muon``'s (cast, transpose tall inputs,
 divide by the clamped Frobenius norm, ``addmm`` with ``beta=b, alpha=c`` then ``beta=a``), so with
-the same coefficients, steps and dtype the two agree bit for bit. A stack of matrices runs the same
-iteration with ``baddbmm``.
+the same coefficients, steps and dtype the two agree bit for bit (the norm is multiplied by the
+schedule's input scale, which for ``1.0`` is exact). A stack of matrices runs the same iteration
+with ``baddbmm``.
+
+``compile=True`` runs the normalization and the iteration, :func:`newton_schulz_wide`, as one
+``torch.compile(fullgraph=True, dynamic=True)`` graph (:mod:`steepest.compiled`) on a contiguous
+copy of the wide orientation, so one graph serves every shape of a rank; the coefficients are
+constants of the graph (one graph per schedule and step count).
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from .schedules import Schedule
+from ..compiled import kernel
+from .schedules import Coefficients, Schedule
 
 
-def newton_schulz(G: Tensor, schedule: Schedule, steps: int, dtype: torch.dtype, eps: float = 1e-7) -> Tensor:
+def newton_schulz(G: Tensor, schedule: Schedule, steps: int, dtype: torch.dtype, eps: float = 1e-7, *,
+                  compile: bool = False) -> Tensor:
     """Approximate ``polar(G)`` for ``G`` of shape ``(m, n)`` or ``(batch, m, n)``.
 
     Args:
@@ -31,6 +39,10 @@ def newton_schulz(G: Tensor, schedule: Schedule, steps: int, dtype: torch.dtype,
         steps: number of quintic iterations.
         dtype: iteration dtype; the result is returned in this dtype.
         eps: guards the normalization, so a zero input returns zeros (never NaN).
+        compile: run the normalization and the iteration (:func:`newton_schulz_wide`) as one
+            ``torch.compile`` graph (see :mod:`steepest.compiled`); the cast and the transposes
+            stay eager. Inductor may fuse and reorder float operations, so the result agrees with
+            the eager one to rounding (about 1e-6 relative in float32), not bit for bit.
 
     Returns:
         A tensor shaped like ``G`` whose singular values lie in the schedule's band.
@@ -41,23 +53,31 @@ def newton_schulz(G: Tensor, schedule: Schedule, steps: int, dtype: torch.dtype,
     tall = G.size(-2) > G.size(-1)
     if tall:
         X = X.mT
-    if G.ndim == 2:
+    if compile:
+        X = X.contiguous()  # one graph for tall and wide inputs (a transposed view has other strides)
+    X = kernel(newton_schulz_wide, compile)(X, tuple(schedule.coefficients_for(steps)), schedule.input_scale, eps)
+    if tall:
+        X = X.mT
+    return X
+
+
+def newton_schulz_wide(X: Tensor, coefficients: tuple[Coefficients, ...], input_scale: float, eps: float) -> Tensor:
+    """The pure kernel of :func:`newton_schulz` on a wide (``m <= n``) matrix or stack ``X``, already
+    in the iteration dtype: ``X / max(input_scale * ||X||_F, eps)`` (per matrix of a stack), then one
+    quintic step per ``(a, b, c)`` of ``coefficients``. Never modifies ``X``."""
+    if X.ndim == 2:
         norm = X.norm()
     else:
         norm = torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True)
-    if schedule.input_scale != 1.0:
-        norm = norm * schedule.input_scale
-    X = X.div(norm.clamp(min=eps))
-    if G.ndim == 2:
-        for a, b, c in schedule.coefficients_for(steps):
+    X = X.div((norm * input_scale).clamp(min=eps))  # x * 1.0 is exact: unscaled schedules are unchanged
+    if X.ndim == 2:
+        for a, b, c in coefficients:
             A = X @ X.T
             B = torch.addmm(A, A, A, beta=b, alpha=c)
             X = torch.addmm(X, B, X, beta=a)
     else:
-        for a, b, c in schedule.coefficients_for(steps):
+        for a, b, c in coefficients:
             A = X @ X.mT
             B = torch.baddbmm(A, A, A, beta=b, alpha=c)
             X = torch.baddbmm(X, B, X, beta=a)
-    if tall:
-        X = X.mT
     return X
