@@ -14,7 +14,7 @@ from torch import nn
 
 from .optim.engine import GeometryOptimizer
 from .optim.registry import PRESETS, preset_class
-from .roles import ROLES, classify
+from .roles import ROLES, classify, in_out_weights
 
 
 def for_model(model: nn.Module, preset: str = "muon", *, lr: float | None = None,
@@ -23,6 +23,11 @@ def for_model(model: nn.Module, preset: str = "muon", *, lr: float | None = None
               constraints: Mapping[str, Any] | None = None,
               **preset_kwargs: Any) -> GeometryOptimizer:
     """Build a steepest optimizer for ``model`` with one param group per role.
+
+    Weights stored ``(in, out)`` instead of ``nn.Linear``'s ``(out, in)`` (Hugging Face's ``Conv1D``
+    in GPT-2 and its relatives, or attributes a module lists in ``steepest_layouts``; see
+    :func:`steepest.roles.in_out_weights`) get a group of their own with ``layout="in_out"``, so their
+    geometry acts on ``W^T`` and shape factors use the true fan-in and fan-out.
 
     Args:
         model: the model to optimize; only parameters with ``requires_grad`` are included.
@@ -53,23 +58,28 @@ def for_model(model: nn.Module, preset: str = "muon", *, lr: float | None = None
     if unknown:
         raise ValueError(f"overrides= keys must be role names ({', '.join(ROLES)}) or parameter names; "
                          f"unknown: {', '.join(unknown)}")
+    transposed = {n for n in in_out_weights(model) if labels.get(n) in ("hidden", "head", "embedding")}
     groups: list[dict[str, Any]] = []
-    by_role: dict[str, list] = {role: [] for role in ROLES}
+    by_role: dict[tuple[str, bool], list] = {(role, flip): [] for role in ROLES for flip in (False, True)}
     for name, role in labels.items():
         p = params[name]
         if not p.requires_grad:
             continue
         if name in overrides:
             group = {"params": [(name, p)], "role": role}
+            if name in transposed:
+                group["layout"] = "in_out"
             group.update(overrides.get(role, {}))
             group.update(overrides[name])
             groups.append(group)
         else:
-            by_role[role].append((name, p))
+            by_role[(role, name in transposed)].append((name, p))
     role_groups = []
-    for role, items in by_role.items():
+    for (role, flip), items in by_role.items():
         if items:
             group = {"params": items, "role": role}
+            if flip:  # weights stored (in, out), e.g. GPT-2's Conv1D: geometry on W^T
+                group["layout"] = "in_out"
             group.update(overrides.get(role, {}))
             role_groups.append(group)
     kwargs = dict(preset_kwargs)

@@ -138,3 +138,30 @@ def classify(model: nn.Module, roles: Mapping[str, str] | None = None) -> dict[s
         else:
             result[name] = "vector"
     return result
+
+
+def _is_hf_conv1d(module: nn.Module) -> bool:
+    """Hugging Face's ``Conv1D`` (GPT-2 family): ``y = x W + b`` with ``W`` stored ``(nx, nf)`` = (in, out)."""
+    weight = getattr(module, "weight", None)
+    return (type(module).__name__ == "Conv1D" and isinstance(getattr(module, "nx", None), int)
+            and isinstance(getattr(module, "nf", None), int) and isinstance(weight, torch.Tensor)
+            and tuple(weight.shape) == (module.nx, module.nf))
+
+
+def in_out_weights(model: nn.Module) -> set[str]:
+    """Names (as in ``named_parameters``) of the 2-D weights stored ``(in, out)`` rather than
+    ``nn.Linear``'s ``(out, in)``: those of Hugging Face ``Conv1D`` modules (GPT-2, its relatives),
+    and those a module declares in a class attribute ``steepest_layouts = {attribute: "in_out"}``.
+    :func:`steepest.for_model` gives them ``layout="in_out"`` (:mod:`steepest.geometry.transposed`),
+    so shape factors and row/column geometries use the true fan-in and fan-out."""
+    first_name, owners = _owners(model)
+    found = set()
+    for pid, os in owners.items():
+        for _, attr, module in os:
+            declared = getattr(module, "steepest_layouts", {}).get(attr)
+            if declared not in (None, "in_out", "out_in"):
+                raise ValueError(f"Unknown layout {declared!r} declared for parameter {first_name[pid]!r}; "
+                                 f"expected one of: out_in, in_out")
+            if declared == "in_out" or (declared is None and attr == "weight" and _is_hf_conv1d(module)):
+                found.add(first_name[pid])
+    return found

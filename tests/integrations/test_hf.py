@@ -220,3 +220,21 @@ def test_example_script_runs(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "transformer.h.0.mlp.c_fc.weight" in result.stdout
     assert "muon: loss " in result.stdout and " in 4 steps" in result.stdout
+
+
+def test_gpt2_conv1d_weights_get_their_true_fans():
+    transformers = pytest.importorskip("transformers")
+    import steepest
+
+    config = transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64, n_positions=16)
+    model = transformers.GPT2LMHeadModel(config)
+    opt = steepest.for_model(model, "muon", lr=0.02)
+    by_name = {n: (g, p) for g in opt.param_groups for n, p in zip(g["param_names"], g["params"])}
+    for name in ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight"):
+        group, _ = by_name[f"transformer.h.0.{name}"]
+        assert group["layout"] == "in_out" and group["role"] == "hidden"
+    # c_fc maps 32 -> 128 (stored 32 x 128): Muon's factor sqrt(max(1, 128/32)) = 2; c_proj 128 -> 32: 1
+    group, p = by_name["transformer.h.0.mlp.c_fc.weight"]
+    assert opt.effective_lr(group, p) == pytest.approx(0.04)
+    group, p = by_name["transformer.h.0.mlp.c_proj.weight"]
+    assert opt.effective_lr(group, p) == pytest.approx(0.02)

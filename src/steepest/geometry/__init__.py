@@ -10,6 +10,7 @@ from .frobenius import Frobenius
 from .rms import RMS, Identity
 from .sign import Sign
 from .spectral import Spectral
+from .transposed import LAYOUTS, Transposed
 
 GEOMETRIES: dict[str, type[Geometry]] = {
     "spectral": Spectral,
@@ -24,7 +25,7 @@ GEOMETRY_NAMES: tuple[str, ...] = tuple(GEOMETRIES)
 
 __all__ = [
     "Geometry", "Spectral", "Sign", "ColNorm", "RowNorm", "RMS", "Frobenius", "Identity",
-    "GEOMETRIES", "GEOMETRY_NAMES", "make_geometry", "as_matrix", "matrix_dims",
+    "GEOMETRIES", "GEOMETRY_NAMES", "make_geometry", "as_matrix", "matrix_dims", "Transposed", "LAYOUTS",
 ]
 
 
@@ -42,8 +43,17 @@ def make_geometry(group: Mapping[str, Any]) -> Geometry:
     """Build the geometry a parameter group describes with its flat keys.
 
     Keys read: ``geometry`` (name), ``shape_scale`` (mode or ``None`` for the geometry's default),
-    and for ``spectral`` also ``ns``, ``ns_steps``, ``ns_dtype``, ``ns_eps``.
+    for ``spectral`` also ``ns``, ``ns_steps``, ``ns_dtype``, ``ns_eps``, and ``layout``
+    (``"in_out"``: weights stored ``(in, out)`` get :class:`Transposed`).
     """
+    layout = group.get("layout", "out_in")
+    if layout not in LAYOUTS:
+        raise ValueError(f"Unknown layout {layout!r}; expected one of: {', '.join(LAYOUTS)}")
+    geometry = _make(group)
+    return Transposed(geometry) if layout == "in_out" else geometry
+
+
+def _make(group: Mapping[str, Any]) -> Geometry:
     cls = geometry_class(group["geometry"])
     shape_scale = group.get("shape_scale")
     if cls is Spectral:

@@ -26,8 +26,11 @@ works, and LR schedulers drive ``group["lr"]`` of every group, fallback groups i
 Group keys: ``lr``, ``weight_decay``, ``radius``, ``transform`` (``momentum`` | ``adam`` | ``lion`` |
 ``diffgrad``; see ``transforms.py``),
 ``momentum``, ``nesterov``, ``betas``, ``eps``, ``geometry`` (``spectral`` | ``sign`` | ``colnorm``
-| ``rownorm`` | ``rms`` | ``identity``), ``shape_scale`` (a mode of the geometry, ``None`` for its
-default; a group that names its ``geometry`` without a ``shape_scale`` gets the geometry's default), ``ns``, ``ns_steps``, ``ns_dtype``, ``ns_eps``, ``maximize``, ``role`` (informational:
+| ``rownorm`` | ``rms`` | ``frobenius`` | ``identity``), ``shape_scale`` (a mode of the geometry,
+``None`` for its default; a group that names its ``geometry`` without a ``shape_scale`` gets the
+geometry's default), ``ns``, ``ns_steps``, ``ns_dtype``, ``ns_eps``, ``layout`` (``out_in``, as
+``nn.Linear`` stores weights, or ``in_out`` for weights stored transposed, such as GPT-2's ``Conv1D``:
+the geometry then acts on ``W^T``, ``steepest.geometry.transposed``), ``maximize``, ``role`` (informational:
 ``hidden``, ``conv``, ``embedding``, ``head``, ``vector`` or ``""``), and the noise-adaptive
 layerwise rates of LANTON (``noise.py``): ``noise_adaptive`` (bool), ``noise_beta`` (EMA of the
 squared noise), ``noise_source`` (``previous`` | ``second``), ``noise_rule`` (``min_ratio`` |
@@ -100,6 +103,7 @@ ENGINE_DEFAULTS: dict[str, Any] = {
     "ns_steps": None,
     "ns_dtype": "auto",
     "ns_eps": 1e-7,
+    "layout": "out_in",
     "maximize": False,
     "role": "",
     "noise_adaptive": False,
@@ -113,7 +117,7 @@ ENGINE_DEFAULTS: dict[str, Any] = {
     "constraint_units": "spectral",
 }
 
-_GEOMETRY_KEYS = ("geometry", "shape_scale", "ns", "ns_steps", "ns_dtype", "ns_eps")
+_GEOMETRY_KEYS = ("geometry", "shape_scale", "ns", "ns_steps", "ns_dtype", "ns_eps", "layout")
 
 
 def default_role(p: Tensor) -> str:
@@ -408,14 +412,22 @@ class GeometryOptimizer(Optimizer):
             return
         scale = self.geometry(group).lmo_spectral_norm()  # the update's spectral norm per unit step
         steps = [None if scale is None else s * scale for s in steps]
+        if group.get("layout", "out_in") == "in_out":  # the constraint sees the (out, in) matrix W^T
+            def project(w: Tensor, step_size: float | None) -> Tensor:
+                return constraint.project(w.mT, step_size=step_size).mT
+        else:
+            project = constraint.project
         if self._topology is None:
             for p, s in zip(params, steps):
-                constraint.project_(p, step_size=s)
+                if group.get("layout", "out_in") == "in_out":
+                    p.copy_(project(p, s))
+                else:
+                    constraint.project_(p, step_size=s)
             return
         step_of = {i: s for i, s in enumerate(steps)}
         projected = self._topology.map_whole(
             params, [local(p) for p in params],
-            lambda owned, wholes: [constraint.project(w, step_size=step_of[i]) for i, w in zip(owned, wholes)],
+            lambda owned, wholes: [project(w, step_of[i]) for i, w in zip(owned, wholes)],
             with_index=True)
         for p, w in zip(params, projected):
             local(p).copy_(w)

@@ -45,7 +45,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from ..geometry import Geometry, Spectral
+from ..geometry import Geometry, Spectral, Transposed
 
 NOISE_SOURCES = ("previous", "second")
 NOISE_RULES = ("min_ratio", "gmean_ratio")
@@ -67,6 +67,8 @@ def nuclear_norm_estimate(xs: list[Tensor], ns: str, ns_dtype: str = "auto") -> 
 
 def dual_norms(geometry: Geometry, deltas: list[Tensor], ns: str, ns_dtype: str = "auto") -> list[Tensor]:
     """The unscaled dual norm ``||Delta||_*`` of each tensor under ``geometry`` (0-d tensors)."""
+    if isinstance(geometry, Transposed):  # weights stored (in, out): the norm of the transpose
+        geometry, deltas = geometry.inner, [d.mT for d in deltas]
     if isinstance(geometry, Spectral):
         return nuclear_norm_estimate(deltas, ns, ns_dtype)
     return [geometry.dual_norm(d) for d in deltas]

@@ -108,6 +108,9 @@ class NorMuon(Muon):
 
     def _validate_group(self, group: dict[str, Any]) -> None:
         super()._validate_group(group)
+        if group.get("layout", "out_in") == "in_out" and self._topology is not None and group["geometry"] == "spectral":
+            raise ValueError("NorMuon's neuron statistics of layout='in_out' weights run on one process only; "
+                             "distributed_mesh supports layout='out_in' (nn.Linear) weights")
         beta2 = group["beta2"]
         if isinstance(beta2, bool) or not isinstance(beta2, (int, float)):
             raise TypeError(f"Invalid type for beta2: expected a real number, got {type(beta2).__name__}")
@@ -119,6 +122,9 @@ class NorMuon(Muon):
         """Stage 3's per-entry factor: the neuron normalization of every spectral group."""
         if group["geometry"] != "spectral":
             return directions
+        if group.get("layout", "out_in") == "in_out":  # neurons are the columns of a (in, out) weight
+            return [neuron_normalize(d.mT, self.state[p]["row_sq"], group["beta2"], group["scale"]).mT
+                    for p, d in zip(params, directions)]
         if not self._sharded(params):
             return [neuron_normalize(as_matrix(d), self.state[p]["row_sq"], group["beta2"], group["scale"]).view_as(d)
                     for p, d in zip(params, directions)]
@@ -136,7 +142,10 @@ class NorMuon(Muon):
     def _ensure_state(self, group: dict[str, Any], p: Tensor) -> None:
         super()._ensure_state(group, p)
         if group["geometry"] == "spectral" and "row_sq" not in self.state[p]:
-            self.state[p]["row_sq"] = rows_like(p, self.state_dtype(p))
+            if group.get("layout", "out_in") == "in_out":  # one entry per output neuron: dim 1
+                self.state[p]["row_sq"] = torch.zeros(p.shape[1], dtype=self.state_dtype(p), device=p.device)
+            else:
+                self.state[p]["row_sq"] = rows_like(p, self.state_dtype(p))
 
     def describe_update(self, group: dict[str, Any]) -> str:
         base = super().describe_update(group)

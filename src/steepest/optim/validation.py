@@ -8,7 +8,7 @@ from __future__ import annotations
 import numbers
 from typing import Any, Mapping
 
-from ..geometry import GEOMETRY_NAMES, geometry_class
+from ..geometry import GEOMETRY_NAMES, LAYOUTS, geometry_class
 from ..polar import NS_DTYPE_NAMES, SCHEDULE_NAMES
 from ..roles import ROLES
 from .noise import NOISE_RULES, NOISE_SOURCES
@@ -125,6 +125,7 @@ def check_group(group: Mapping[str, Any]) -> None:
     if group["shape_scale"] is not None and group["shape_scale"] not in cls.shape_scales:
         raise ValueError(f"Unknown shape_scale {group['shape_scale']!r} for geometry {group['geometry']!r}; "
                          f"expected one of: {', '.join(cls.shape_scales)}")
+    check_choice("layout", group.get("layout", "out_in"), LAYOUTS)
     check_noise_keys(group)
     check_constraint_keys(group)
     if not isinstance(group["maximize"], bool):
