@@ -1,7 +1,7 @@
 """Write the results of :func:`steepest.diagnostics.run.run_diagnostics`: ``diagnostics.json``
 (strict JSON), ``diagnostics.md`` (per optimizer: a layer table at the last checkpoint and the
 metric curve) and ``diagnostics.png`` (sharpness and gradient noise over steps, one line per layer,
-one column per optimizer, and a third row with NC1-NC4 for classifier tasks; skipped with a note
+one column per optimizer, colour by depth (dark: first layer), a shared y-range per row, and a third row with NC1-NC4 for classifier tasks; skipped with a note
 when matplotlib is missing)."""
 from __future__ import annotations
 
@@ -81,21 +81,34 @@ def _plot(results: dict, path: Path) -> str | None:
     names = list(results["optimizers"])
     has_collapse = any(c.get("collapse") for res in results["optimizers"].values() for c in res["checkpoints"])
     rows = 3 if has_collapse else 2
-    fig, axes = plt.subplots(rows, len(names), figsize=(5 * len(names), 3.5 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, len(names), figsize=(5.5 * len(names), 3.6 * rows), squeeze=False)
+    cmap = plt.get_cmap("viridis")
+    styles = ("-", "--", ":", "-.")
+    for r in range(2):  # one y-range per metric across optimizers, so columns compare at a glance
+        values = [c["layers"][l][key] for res in results["optimizers"].values() for c in res["checkpoints"]
+                  for l in res["layers"] for key in (("sharpness", "noise")[r],)
+                  if c["layers"][l].get(key) is not None]
+        if values:
+            low, high = min(values), max(values)
+            pad = 0.05 * (high - low or abs(high) or 1.0)
+            for ax in axes[r]:
+                if r == 1 and low > 0:
+                    ax.set_yscale("log")
+                    ax.set_ylim(low / 1.2, high * 1.2)
+                else:
+                    ax.set_ylim(low - pad, high + pad)
     for col, name in enumerate(names):
         res = results["optimizers"][name]
         cps = res["checkpoints"]
+        layers = res["layers"]
         for r, (key, label) in enumerate((("sharpness", "sharpness (top Hessian-block eigenvalue)"),
                                           ("noise", "gradient noise (dual norm)"))):
             ax = axes[r][col]
-            for layer in res["layers"]:
+            for i, layer in enumerate(layers):
                 xs = [c["step"] for c in cps if c["layers"][layer].get(key) is not None]
                 ys = [c["layers"][layer][key] for c in cps if c["layers"][layer].get(key) is not None]
-                ax.plot(xs, ys, marker="o", ms=3, label=layer)
-            positive = [c["layers"][l][key] for c in cps for l in res["layers"]
-                        if c["layers"][l].get(key) is not None]
-            if key == "noise" and positive and all(v > 0 for v in positive):
-                ax.set_yscale("log")
+                ax.plot(xs, ys, styles[i % len(styles)], color=cmap(i / max(1, len(layers) - 1)), marker="o",
+                        ms=2.5, linewidth=1.1, label=layer)
             ax.set_title(f"{name}: {key}")
             ax.set_xlabel("step")
             ax.set_ylabel(label)
