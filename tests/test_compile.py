@@ -39,12 +39,7 @@ COMPARED = ["muon", "normuon", "lanton", "lion", "scion", "diffgrad"]
 RTOL, ATOL = 1e-5, 1e-6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def exact(message: str) -> str:

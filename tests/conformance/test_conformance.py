@@ -33,13 +33,7 @@ PRESET_NAMES = list(PRESETS)
 VOCAB, DIM, HIDDEN, CLASSES, SEQ = 32, 16, 32, 10, 6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run ~5x faster on one thread (and results do not depend on thread count)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # -- the problem -------------------------------------------------------------------------------
