@@ -18,7 +18,7 @@ SCION_ROLE_GEOMETRY: dict[str, tuple[str, str | None]] = {
 
 
 class Scion(GeometryOptimizer):
-    __doc__ = fill_doc(r"""Scion (Pethick, Xie, Erdogan, Mertikopoulos, Cevher; arXiv 2502.07529).
+    __doc__ = fill_doc(r"""Scion (Pethick, Xie, Antonakopoulos, Zhu, Silveti-Falls, Cevher; arXiv 2502.07529).
 
     Stochastic conditional gradient with a norm ball chosen per layer. With the averaged gradient
     ``d`` and the LMO of the layer's ball of radius ``rho`` (times the geometry's shape factor):
