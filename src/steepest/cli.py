@@ -31,6 +31,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -161,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--hyper-connections", type=_hyper_connections, default=None, metavar="N[:MIXER]",
                        help="widen the GPT tasks' residual stream to N streams with hyper-connections "
                             "(mixer birkhoff by default; identity, spectral_sphere, stiefel, grassmann)")
+    bench.add_argument("--checkpoint-every", type=_nonnegative_int, default=None, metavar="N",
+                       help="save a crash-safe checkpoint of the running cell every N steps (default: after "
+                            "every evaluation; 0: never); a killed run resumes mid-cell with the exact curve")
     bench.add_argument("--diagnostics", action="store_true",
                        help="record each hidden layer's sharpness and gradient noise at every evaluation of "
                             "the first seed (the report's per-layer panel, diagnostics-<task>.png); costs 10 "
@@ -249,7 +262,8 @@ def suite_config(args: argparse.Namespace):
         overrides["tasks"] = tasks
     for key, value in (("optimizers", args.optimizers), ("lr_multipliers", args.lr_grid),
                        ("seeds", args.seeds), ("steps", args.steps), ("batch_size", args.batch_size),
-                       ("eval_every", args.eval_every), ("threads", args.threads)):
+                       ("eval_every", args.eval_every), ("threads", args.threads),
+                       ("checkpoint_every", args.checkpoint_every)):
         if value is not None:
             overrides[key] = value
     if args.lr:
@@ -271,6 +285,7 @@ _BENCH_OPTION_SCOPE = {
     ("batch_size", "--batch-size"): ("suite",), ("eval_every", "--eval-every"): ("suite",),
     ("target", "--target"): ("suite",), ("in_process", "--in-process"): ("suite",),
     ("hyper_connections", "--hyper-connections"): ("suite",), ("diagnostics", "--diagnostics"): ("suite",),
+    ("checkpoint_every", "--checkpoint-every"): ("suite",),
     ("budget", "--quick/--full/--smoke"): ("suite", "kernels"), ("steps", "--steps"): ("suite", "distributed"),
     ("threads", "--threads"): ("suite", "kernels", "distributed"), ("ranks", "--ranks"): ("distributed",),
     ("d_model", "--d-model"): ("distributed",), ("layers", "--layers"): ("distributed",),

@@ -124,7 +124,7 @@ def test_rerun_resumes_and_reruns_only_missing_or_replanned_cells(tmp_path, monk
 
     calls = []
     real = runner.run_cell
-    monkeypatch.setattr(runner, "run_cell", lambda cell, task, show_progress=False: calls.append(cell.name) or real(cell, task))
+    monkeypatch.setattr(runner, "run_cell", lambda cell, task, show_progress=False, **kw: calls.append(cell.name) or real(cell, task, **kw))
     again = runner.run_suite(config, run_dir, show_progress=False)
     assert calls == [] and again["cells_resumed"] == 4
     assert any(note.startswith("resumed: 4 of 4 cells") for note in again["notes"])
@@ -142,11 +142,11 @@ def test_a_run_killed_mid_way_keeps_finished_cells(tmp_path, monkeypatch):
     config = text_suite(tmp_path, seeds=[0, 1, 2])
     real, calls = runner.run_cell, []
 
-    def dies_on_third(cell, task, show_progress=False):
+    def dies_on_third(cell, task, show_progress=False, **kw):
         calls.append(cell.name)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return real(cell, task)
+        return real(cell, task, **kw)
 
     monkeypatch.setattr(runner, "run_cell", dies_on_third)
     with pytest.raises(KeyboardInterrupt):
@@ -154,7 +154,7 @@ def test_a_run_killed_mid_way_keeps_finished_cells(tmp_path, monkeypatch):
     saved = sorted(p.name for p in (tmp_path / "run" / "cells").rglob("*.json"))
     assert saved == ["lrx1-seed0.json", "lrx1-seed1.json"]
     assert not list((tmp_path / "run" / "cells").rglob("*.part"))
-    monkeypatch.setattr(runner, "run_cell", lambda cell, task, show_progress=False: calls.append(cell.name) or real(cell, task))
+    monkeypatch.setattr(runner, "run_cell", lambda cell, task, show_progress=False, **kw: calls.append(cell.name) or real(cell, task, **kw))
     results = runner.run_suite(config, tmp_path / "run", show_progress=False)
     assert calls[3:] == [f"text-tiny/{o}/lrx1-seed{s}" for o, s in
                          (("adamw", 2), ("steepest-muon", 0), ("steepest-muon", 1), ("steepest-muon", 2))]

@@ -12,7 +12,9 @@ the seeds and the budget (``smoke``, ``quick`` or ``full``, each task's :class:`
 4. loads every cell and summarizes them (:mod:`.summary`).
 
 Re-running the same command finds the same run directory (its name holds a hash of the suite), skips
-the finished cells and resumes with the first unfinished one.
+the finished cells and resumes with the first unfinished one. Within a cell, a partial checkpoint
+(``SuiteConfig.checkpoint_every``, on by default; :mod:`.checkpoint`) lets that first unfinished cell
+continue from its last saved step instead of starting over, with a bit-identical loss curve.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from . import checkpoint as checkpoints
 from .cells import Cell, CellStore, write_json_atomic
 from .environment import machine_info
 from .external_peers import EXTERNAL_BUILDERS
@@ -69,6 +72,10 @@ class SuiteConfig:
     #: per-layer sharpness and noise at every evaluation of the first seed of each lr (the report's
     #: per-layer panel, ``diagnostics-<task>.png``)
     diagnostics: bool = False
+    #: save a crash-safe partial checkpoint of the running cell every N steps (:mod:`.checkpoint`);
+    #: ``None``: after every evaluation; 0: never. It does not change any result, so it is not part
+    #: of the suite's fingerprint.
+    checkpoint_every: int | None = None
 
     def __post_init__(self) -> None:
         if self.budget not in BUDGETS:
@@ -89,6 +96,8 @@ class SuiteConfig:
             value = getattr(self, name)
             if value is not None and int(value) < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
+        if self.checkpoint_every is not None and int(self.checkpoint_every) < 0:
+            raise ValueError(f"checkpoint_every must be >= 0 (0: no checkpoints), got {self.checkpoint_every}")
 
     @classmethod
     def preset(cls, budget: str, **overrides) -> "SuiteConfig":
@@ -110,6 +119,8 @@ class SuiteConfig:
         for key in ("gpt_options", "diagnostics"):
             if not values[key]:
                 del values[key]  # suites without them keep their fingerprint (and run directory)
+        if values["checkpoint_every"] is None:
+            del values["checkpoint_every"]
         return values
 
     @classmethod
@@ -119,7 +130,9 @@ class SuiteConfig:
 
     def fingerprint(self) -> str:
         """8 hex digits that identify this suite (the default run directory's suffix)."""
-        text = json.dumps(self.to_dict(), sort_keys=True)
+        values = self.to_dict()
+        values.pop("checkpoint_every", None)  # how often to checkpoint changes no result
+        text = json.dumps(values, sort_keys=True)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
 
 
@@ -150,8 +163,11 @@ def plan_cells(config: SuiteConfig, tasks: dict[str, Task], optimizers: list[str
     return cells
 
 
-def run_cell(cell: Cell, task: Task, show_progress: bool = False) -> dict:
-    """Train one cell in this process and return its record (failures become records too)."""
+def run_cell(cell: Cell, task: Task, show_progress: bool = False,
+             checkpoint: checkpoints.CellCheckpoint | None = None) -> dict:
+    """Train one cell in this process and return its record (failures become records too); with
+    ``checkpoint`` (:func:`.checkpoint.for_cell`) the cell saves itself as it goes and resumes from
+    a valid partial checkpoint."""
     try:
         budget = Budget(**cell.budget)
         trial = task.trial(cell.seed, budget.batch_size)
@@ -159,7 +175,8 @@ def run_cell(cell: Cell, task: Task, show_progress: bool = False) -> dict:
                           adamw_weight_decay=task.adamw_weight_decay)
         label = f"{cell.optimizer} x{cell.lr_multiplier:g} s{cell.seed}"
         record = train_trial(task, trial, peer, budget, label=label, show_progress=show_progress,
-                             diagnostics=cell.diagnostics, seed=cell.seed)
+                             diagnostics=cell.diagnostics, seed=cell.seed,
+                             checkpoint=checkpoint)
         record.update(step_covers=peer.step_covers, hyperparameters=peer.hyperparameters,
                       explanation=peer.explanation)
         return record
@@ -170,15 +187,21 @@ def run_cell(cell: Cell, task: Task, show_progress: bool = False) -> dict:
                 "traceback": traceback.format_exc()}
 
 
-def run_pair(run_dir: Path, cells: list[Cell], task: Task, show_progress: bool = False) -> None:
-    """Run the unfinished ``cells`` (one task and optimizer) in this process, saving each at once."""
+def run_pair(run_dir: Path, cells: list[Cell], task: Task, show_progress: bool = False,
+             checkpoint_every: int | None = None) -> None:
+    """Run the unfinished ``cells`` (one task and optimizer) in this process, saving each at once.
+
+    Each cell checkpoints itself every ``checkpoint_every`` steps (``None``: after every evaluation;
+    0: never) and resumes from its checkpoint; the checkpoint is deleted once the result is saved.
+    ``cell_seconds`` is the wall time of this (last) segment of the cell."""
     store = CellStore(run_dir)
     for cell in store.pending(cells):
         started = time.time()
-        record = run_cell(cell, task, show_progress)
+        record = run_cell(cell, task, show_progress, checkpoint=checkpoints.for_cell(run_dir, cell, checkpoint_every))
         record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime())
         record["cell_seconds"] = time.time() - started
         store.save(cell, record)
+        checkpoints.discard(checkpoints.partial_path(run_dir, cell))
 
 
 def _child_env() -> dict:
@@ -256,11 +279,24 @@ def run_suite(config: SuiteConfig, run_dir: str | Path, show_progress: bool = Tr
                 notes.append(note)
         else:
             run_pair(run_dir, [c for c in pending if (c.task_key, c.optimizer) == (key, optimizer)],
-                     tasks[key], show_progress)
+                     tasks[key], show_progress, checkpoint_every=config.checkpoint_every)
     records = [(cell, store.load(cell)) for cell in cells]
+    for cell, record in records:  # a run killed between saving a result and deleting its checkpoint
+        if record is not None:
+            checkpoints.discard(checkpoints.partial_path(run_dir, cell))
     if resumed:
         notes.append(f"resumed: {resumed} of {len(cells)} cells were finished by an earlier run of "
                      f"this command (their timings come from that run)")
+    continued = [c.name for c, r in records if r and r.get("resumed_from_step")]
+    if continued:
+        notes.append(f"{len(continued)} cells continued from a partial checkpoint after an interruption "
+                     f"({', '.join(continued[:3])}{', ...' if len(continued) > 3 else ''}): their loss "
+                     f"curves are exact, their timings span several processes")
+    restarted = [c.name for c, r in records if r and (r.get("checkpoint") or {}).get("notes")]
+    if restarted:
+        notes.append(f"{len(restarted)} cells had an unusable partial checkpoint and started over "
+                     f"({', '.join(restarted[:3])}{', ...' if len(restarted) > 3 else ''}; see the "
+                     f"cells' checkpoint notes)")
     if not config.isolate:
         notes.append("all cells ran in one process: peak RSS is cumulative, not per optimizer")
     machine = machine_info()
@@ -299,5 +335,6 @@ def worker_main(argv: list[str] | None = None) -> int:
     if not cells:
         print(f"no cells for task {args.task!r} and optimizer {args.optimizer!r} in {run_dir}", file=sys.stderr)
         return 2
-    run_pair(run_dir, cells, task_from_spec(cells[0].task), show_progress=not args.quiet)
+    run_pair(run_dir, cells, task_from_spec(cells[0].task), show_progress=not args.quiet,
+             checkpoint_every=config.checkpoint_every)
     return 0

@@ -22,6 +22,12 @@ not to the training clock.
 A non-finite training loss, or a non-finite gradient that a steepest optimizer refuses
 (``FloatingPointError``), ends the cell early with status ``diverged``; its metric is then treated
 as infinitely bad when learning rates are compared.
+
+With a ``checkpoint`` (:class:`steepest.bench.checkpoint.CellCheckpoint`, which the runner gives
+every cell by default) the loop saves its whole state atomically every few steps and, when a
+usable checkpoint of the same cell exists, resumes from it at the saved step + 1: the per-step
+losses and the evaluation curve then equal an uninterrupted run's bit for bit
+(:mod:`steepest.bench.checkpoint`). Saving time is excluded from ``train_seconds``.
 """
 from __future__ import annotations
 
@@ -33,6 +39,7 @@ import time
 
 import torch
 
+from .checkpoint import CellCheckpoint, capture_state, restore_state
 from .peers import Peer, state_bytes
 from .progress import Progress
 from .tasks import Budget, Task, Trial, lr_multiplier
@@ -93,31 +100,74 @@ class _Diagnostics:
                 "snapshots": self.snapshots, "seconds": self.seconds}
 
 
+#: the loop's per-step records, saved in a checkpoint and restored on resume
+_RECORD_KEYS = ("curve", "layer_stats", "train_loss", "step_s", "fwd_bwd_s", "opt_s", "train_seconds",
+                "segments")
+
+
+def _resume(checkpoint: CellCheckpoint, trial: Trial, peer: Peer, schedulers: list,
+            diag: _Diagnostics | None) -> tuple[int, dict] | None:
+    """Restore the cell from its checkpoint: ``(step reached, records)``, or ``None`` (start over,
+    with a note when a checkpoint existed but was not usable)."""
+    payload = checkpoint.load()
+    if payload is None:
+        return None
+    records = payload["records"]
+    try:
+        if any(key not in records for key in _RECORD_KEYS) or len(records["train_loss"]) != payload["step"] \
+                or (diag is not None) != isinstance(records.get("diagnostics"), dict):
+            raise ValueError("its records are incomplete")
+        restore_state(trial, peer, schedulers, payload["state"])
+    except (ValueError, KeyError, TypeError) as exc:
+        checkpoint.note(f"partial checkpoint {checkpoint.path} cannot be resumed ({exc}); "
+                         f"the cell started over")
+        return None
+    if diag is not None:
+        diag.snapshots = list(records["diagnostics"]["snapshots"])
+        diag.seconds = float(records["diagnostics"]["seconds"])
+    checkpoint.saves += int(records.get("checkpoint_saves", 0)) + 1  # + the save resumed from
+    checkpoint.seconds += float(records.get("checkpoint_seconds", 0.0))
+    return payload["step"], records
+
+
 def train_trial(task: Task, trial: Trial, peer: Peer, budget: Budget, label: str = "",
-                show_progress: bool = False, diagnostics: bool = False, seed: int = 0) -> dict:
+                show_progress: bool = False, diagnostics: bool = False, seed: int = 0,
+                checkpoint: CellCheckpoint | None = None) -> dict:
     """Train ``trial.model`` with ``peer`` for ``budget.steps`` steps and return the measurements.
 
     The record holds ``status`` (``ok`` or ``diverged``), ``curve`` (one dict per evaluation:
     ``step``, ``train_seconds`` and every metric of :meth:`Trial.evaluate`), ``final`` (the last
     evaluation's metrics), per-step losses and times, median times, the exact optimizer state size
     and the process's peak RSS; with ``diagnostics``, ``diagnostics`` holds the per-layer snapshots
-    (``seed`` seeds the power iterations' start vectors).
+    (``seed`` seeds the power iterations' start vectors). With ``checkpoint`` the loop saves and
+    resumes as the module docstring says, and the record adds ``resumed_from_step`` (``None`` for a
+    cell trained in one go) and ``checkpoint`` (interval, saves, their seconds, segments, notes).
     """
     def schedule(step: int) -> float:
         return lr_multiplier(step, budget.steps, budget.warmup, budget.final_lr_fraction)
 
     schedulers = [torch.optim.lr_scheduler.LambdaLR(opt, schedule) for opt in peer.optimizers]
     evals = set(budget.eval_steps())
-    curve = [{"step": 0, "train_seconds": 0.0, **trial.evaluate()}]
-    snapshots: list[dict] = []
-    step_s, fwd_bwd_s, opt_s, losses = [], [], [], []
-    train_seconds = 0.0
+    diag = _Diagnostics(trial, seed) if diagnostics else None
+    resumed = _resume(checkpoint, trial, peer, schedulers, diag) if checkpoint is not None else None
+    if resumed is None:
+        start = 1
+        rec = {"curve": [{"step": 0, "train_seconds": 0.0, **trial.evaluate()}], "layer_stats": [],
+               "train_loss": [], "step_s": [], "fwd_bwd_s": [], "opt_s": [], "train_seconds": 0.0,
+               "segments": 1}
+        if diag is not None:
+            diag.record(0)
+    else:
+        reached, rec = resumed
+        start = reached + 1
+        rec = {key: rec[key] for key in _RECORD_KEYS}
+        rec["segments"] += 1
+    curve, snapshots, losses = rec["curve"], rec["layer_stats"], rec["train_loss"]
+    step_s, fwd_bwd_s, opt_s = rec["step_s"], rec["fwd_bwd_s"], rec["opt_s"]
+    train_seconds = rec["train_seconds"]
     diverged = False
     bar = Progress(label or task.key, budget.steps, enabled=show_progress)
-    diag = _Diagnostics(trial, seed) if diagnostics else None
-    if diag is not None:
-        diag.record(0)
-    for step in range(1, budget.steps + 1):
+    for step in range(start, budget.steps + 1):
         t0 = time.perf_counter()
         peer.zero_grad(set_to_none=True)
         loss = trial.train_loss()
@@ -152,8 +202,20 @@ def train_trial(task: Task, trial: Trial, peer: Peer, budget: Budget, label: str
             bar.update(step, value)
         if diverged:
             break
+        if checkpoint is not None and checkpoint.due(step, budget.steps, evals):
+            rec["train_seconds"] = train_seconds
+            records = {**rec, "checkpoint_saves": checkpoint.saves,
+                       "checkpoint_seconds": checkpoint.seconds}
+            if diag is not None:
+                records["diagnostics"] = {"snapshots": diag.snapshots, "seconds": diag.seconds}
+            checkpoint.save(step, capture_state(trial, peer, schedulers), records)
     bar.close()
     extra = {"diagnostics": diag.result()} if diag is not None else {}
+    if checkpoint is not None:
+        extra["resumed_from_step"] = None if resumed is None else resumed[0]
+        extra["checkpoint"] = {"every": checkpoint.every if checkpoint.every is not None else "eval",
+                               "saves": checkpoint.saves, "seconds": checkpoint.seconds,
+                               "segments": rec["segments"], "notes": list(checkpoint.notes)}
     final = {k: v for k, v in curve[-1].items() if k not in ("step", "train_seconds")}
     return {
         "status": "diverged" if diverged else "ok",
