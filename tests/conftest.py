@@ -13,3 +13,21 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# -- property-based tests (tests/test_properties.py) ----------------------------------------------
+_PROPERTY_CASES = pytest.StashKey[dict]()
+
+
+@pytest.fixture(scope="session")
+def property_cases(request):
+    """``{property: [generated cases, parametrizations]}`` of tests/test_properties.py, filled as its
+    properties run and printed in the terminal summary below."""
+    return request.config.stash.setdefault(_PROPERTY_CASES, {})
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    counts = config.stash.get(_PROPERTY_CASES, None)
+    if counts:
+        parts = [f"{name} {cases} cases ({runs} parametrizations)" for name, (cases, runs) in counts.items()]
+        terminalreporter.write_line("properties (hypothesis, derandomized): " + ", ".join(parts))
