@@ -202,47 +202,6 @@ KNOWN_BUGS: dict[str, Bug] = {
         repro="p = nn.Parameter(torch.zeros(4, 4)); opt = steepest.Muon([p], ns_dtype='float16')\n"
               "p.grad = torch.full((4, 4), 1e7); opt.step(); p  # NaN",
         fix="normalize in the input dtype (X / ||X||_F, scaled as in ns_norm_overflow), then cast"),
-    "noise_state_reload_dtype": Bug(
-        "noise_sq/noise_count/noise_prev_valid are float32 0-d state, but torch's load_state_dict "
-        "casts state to a float64 parameter's dtype (GeometryOptimizer.load_state_dict restores "
-        "float32 only for bfloat16/float16 parameters): after a reload the noise EMA runs in float64 "
-        "and the steps differ from the original optimizer's",
-        (AssertionError,),
-        _ids("resume", list(PRESETS), ["float64"], ["noise_on"]),
-        repro="ps = [nn.Parameter(torch.randn(4, 3, dtype=torch.float64)) for _ in range(2)]\n"
-              "opt = steepest.LANTON([{'params': ps, 'role': 'hidden'}]); step 3 times; copy ps to qs;\n"
-              "opt2 = steepest.LANTON([{'params': qs, 'role': 'hidden'}]); opt2.load_state_dict(opt.state_dict())\n"
-              "opt2.state[qs[0]]['noise_sq'].dtype  # float64; 3 more identical steps: |ps - qs| ~ 1e-2",
-        fix="in load_state_dict, restore the saved dtype of every state tensor that is not the "
-            "parameter's (the noise keys, like 'step'), for all parameter dtypes"),
-    "nan_accepted": Bug(
-        "check_lr and check_nonnegative test `value < 0.0`, which is False for NaN: lr=nan, "
-        "weight_decay=nan and noise_eps=nan are accepted and the first step writes NaN into every "
-        "parameter (torch.optim rejects lr=nan with `not 0.0 <= lr`)",
-        (pytest.fail.Exception,),
-        _ids("invalid", ["lr_nan", "weight_decay_nan", "noise_eps_nan"], ["constructor", "add_param_group"]),
-        repro="p = nn.Parameter(torch.randn(4, 3)); opt = steepest.Muon([p], lr=float('nan'))  # accepted\n"
-              "p.grad = torch.randn(4, 3); opt.step(); p  # NaN",
-        fix="`if not _number(name, value) >= 0.0: raise ValueError(...)` in check_lr / check_nonnegative"),
-    "ns_eps_unvalidated": Bug(
-        "ns_eps is never validated: 0, negative or NaN values are accepted, and a zero gradient of a "
-        "spectral group then gives 0/0 = NaN parameters (a non-number fails only at the first step, "
-        "with torch's clamp() TypeError)",
-        (pytest.fail.Exception,),
-        _ids("invalid", ["ns_eps_invalid"], ["constructor", "add_param_group"]),
-        repro="p = nn.Parameter(torch.randn(4, 3)); opt = steepest.Muon([{'params': [p], 'role': 'hidden', "
-              "'ns_eps': 0.0}])\np.grad = torch.zeros(4, 3); opt.step(); p  # NaN",
-        fix="check_positive('ns_eps', group['ns_eps']) in check_group (spectral groups)"),
-    "betas_tuple_before_validation": Bug(
-        "Lion, LionK, DiffGrad (betas) and the Muon family (adamw_betas) call tuple() on it before "
-        "validating it: a value that is not a "
-        "sequence raises Python's \"'float' object is not iterable\" instead of the documented "
-        "'Invalid betas: expected a pair of numbers, got ...'",
-        (AssertionError,),
-        _ids("invalid", ["betas_not_a_sequence", "adamw_betas_not_a_sequence"], ["constructor"]),
-        repro="steepest.Lion([nn.Parameter(torch.randn(3))], betas=0.9)  # TypeError: 'float' object is not iterable\n"
-              "steepest.Muon([nn.Parameter(torch.randn(3))], adamw_betas=0.9)  # the same (muon.adamw_fallback)",
-        fix="call check_betas(betas) before tuple(betas) (Lion, LionK, DiffGrad, muon.adamw_fallback)"),
 }
 
 _XFAIL: dict[tuple[str, str], Bug] = {case: bug for bug in KNOWN_BUGS.values() for case in bug.cases}

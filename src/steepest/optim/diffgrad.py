@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from .docs import fill_doc
+from .validation import as_betas
 from .engine import GeometryOptimizer
 
 
@@ -45,7 +46,7 @@ class DiffGrad(GeometryOptimizer):
                  on_nonfinite: str = "raise", distributed_mesh: Any = None,
                  compile: bool | str = "auto"):
         super().__init__(params, on_nonfinite=on_nonfinite, distributed_mesh=distributed_mesh,
-                         compile=compile, lr=lr, betas=tuple(betas), eps=eps,
+                         compile=compile, lr=lr, betas=as_betas(betas), eps=eps,
                          weight_decay=weight_decay, transform="diffgrad", geometry="identity",
                          shape_scale=None, maximize=maximize)
 

@@ -238,21 +238,31 @@ class GeometryOptimizer(Optimizer):
         """Step size of stage 3 for ``p`` at the group's current lr: ``lr * radius * shape_scale``."""
         return float(group["lr"]) * group["radius"] * self.geometry(group).shape_scale(p.shape)
 
+    #: state kept on the CPU whatever the parameter's device (counters read on the host every step)
+    _HOST_STATE = ("noise_count", "noise_prev_valid")
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """torch.optim's loader, except that the float32 state of bfloat16/float16 parameters stays
-        float32 (torch casts state to the parameter's dtype, which would lose precision and break
-        the float32 update), so continuing after a reload is bit-identical."""
+        """torch.optim's loader, except that every state tensor keeps the dtype it was saved with
+        (torch casts floating state to the parameter's dtype: the float32 state of bfloat16 weights
+        would lose precision, and LANTON's float32 noise EMA of float64 weights would change its
+        rounding) and the host-side counters (:attr:`_HOST_STATE`) stay on the CPU, so continuing
+        after a reload is bit-identical on any device."""
         saved_groups = state_dict["param_groups"]
         saved_state = state_dict["state"]
         super().load_state_dict(state_dict)
         saved_ids = [i for g in saved_groups for i in g["params"]]
         params = [p for g in self.param_groups for p in g["params"]]
         for saved_id, p in zip(saved_ids, params):
-            if p.dtype not in _LOW_PRECISION or saved_id not in saved_state:
+            if saved_id not in saved_state:
                 continue
             for key, value in saved_state[saved_id].items():
-                if isinstance(value, Tensor) and key != "step" and value.is_floating_point():
-                    self.state[p][key] = value.to(device=p.device, copy=True)
+                if not isinstance(value, Tensor) or key == "step" or not value.is_floating_point():
+                    continue
+                loaded = self.state[p].get(key)
+                if key in self._HOST_STATE:
+                    self.state[p][key] = value.to(device="cpu", copy=True)
+                elif isinstance(loaded, Tensor) and loaded.dtype != value.dtype:
+                    self.state[p][key] = value.to(device=loaded.device, copy=True)
 
     #: Instance attributes that are settings, not tensors: torch's ``Optimizer.__getstate__`` keeps
     #: only defaults, state and param_groups, so these are carried explicitly through pickling and

@@ -5,7 +5,7 @@ from typing import Any, Iterable
 
 from .docs import fill_doc
 from .engine import GeometryOptimizer
-from .validation import check_choice
+from .validation import as_betas, check_choice
 
 KAPPAS = ("l1", "l2", "nuclear")
 _MATRIX_ROLES = ("hidden", "conv", "embedding", "head")
@@ -43,7 +43,7 @@ class Lion(GeometryOptimizer):
                  weight_decay: float = 0.0, *, maximize: bool = False, on_nonfinite: str = "raise", distributed_mesh: Any = None,
                  compile: bool | str = "auto"):
         super().__init__(params, on_nonfinite=on_nonfinite, distributed_mesh=distributed_mesh,
-                         compile=compile, lr=lr, betas=tuple(betas), weight_decay=weight_decay,
+                         compile=compile, lr=lr, betas=as_betas(betas), weight_decay=weight_decay,
                          transform="lion", geometry="sign", shape_scale="none", maximize=maximize)
 
     def role_settings(self, role: str) -> dict[str, Any]:
@@ -103,7 +103,7 @@ class LionK(GeometryOptimizer):
         check_choice("kappa", kappa, KAPPAS)
         self.kappa = kappa
         super().__init__(params, on_nonfinite=on_nonfinite, distributed_mesh=distributed_mesh,
-                         compile=compile, lr=lr, betas=tuple(betas), weight_decay=weight_decay,
+                         compile=compile, lr=lr, betas=as_betas(betas), weight_decay=weight_decay,
                          transform="lion", geometry="sign", shape_scale="none", ns=ns, ns_steps=ns_steps,
                          ns_dtype=ns_dtype, maximize=maximize)
 

@@ -5,7 +5,7 @@ from typing import Any, Iterable, Mapping
 
 from .docs import fill_doc
 from .engine import GeometryOptimizer
-from .validation import check_choice
+from .validation import as_betas, check_choice
 
 ADJUST_LR = ("original", "match_rms_adamw", "rms_to_rms", "none")
 MATRIX_ROLES = ("hidden", "conv")
@@ -14,7 +14,7 @@ MATRIX_ROLES = ("hidden", "conv")
 def adamw_fallback(lr: float, betas: tuple[float, float], eps: float, weight_decay: float) -> dict[str, Any]:
     """Group keys of the AdamW-style fallback that matrix presets give embeddings, heads and vectors."""
     return {"transform": "adam", "geometry": "identity", "shape_scale": None, "lr": lr,
-            "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay}
+            "betas": as_betas(betas), "eps": eps, "weight_decay": weight_decay}
 
 
 class Muon(GeometryOptimizer):

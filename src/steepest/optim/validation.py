@@ -24,7 +24,7 @@ def _number(name: str, value: Any) -> float:
 
 
 def check_lr(lr: Any) -> None:
-    if _number("lr", lr) < 0.0:
+    if not _number("lr", lr) >= 0.0:  # "not >=": NaN is rejected too
         raise ValueError(f"Invalid learning rate: {lr}")
 
 
@@ -41,8 +41,14 @@ def check_betas(betas: Any) -> None:
             raise ValueError(f"Invalid beta parameter at index {i}: {b}")
 
 
+def as_betas(betas: Any) -> tuple[float, float]:
+    """``betas`` validated (:func:`check_betas`), as a tuple."""
+    check_betas(betas)
+    return tuple(betas)
+
+
 def check_nonnegative(name: str, value: Any) -> None:
-    if _number(name, value) < 0.0:
+    if not _number(name, value) >= 0.0:  # "not >=": NaN is rejected too
         raise ValueError(f"Invalid {name} value: {value}")
 
 
@@ -121,6 +127,7 @@ def check_group(group: Mapping[str, Any]) -> None:
         check_choice("Newton-Schulz schedule", group["ns"], SCHEDULE_NAMES)
         check_ns_steps(group["ns_steps"])
         check_choice("ns_dtype", group["ns_dtype"], NS_DTYPE_NAMES)
+        check_positive("ns_eps", group["ns_eps"])
     cls = geometry_class(group["geometry"])
     if group["shape_scale"] is not None and group["shape_scale"] not in cls.shape_scales:
         raise ValueError(f"Unknown shape_scale {group['shape_scale']!r} for geometry {group['geometry']!r}; "
