@@ -117,20 +117,6 @@ KNOWN_BUGS: dict[str, Bug] = {
         repro="RMS().lmo(torch.tensor([1e-30, 0.0], dtype=torch.float64))  # [1, 0], RMS 0.71 (want [1.41, 0])\n"
               "ColNorm().lmo(torch.tensor([[1e-30, 1e-31]], dtype=torch.float64))  # [[1, 0.1]] (want [[1, 1]])",
         fix="divide only where the norm is positive: torch.where(n > 0, x / n, 0) (or clamp at finfo.tiny)"),
-    "empty_shape_scale": Bug(
-        "shape_scale divides by fan_in (spectral 'original'/'rms_to_rms', frobenius 'original', sign "
-        "'fan_in', rownorm 'rms_to_linf'): ZeroDivisionError at step() for a zero-size parameter with "
-        "fan_in == 0; ColNorm/RowNorm.norm take amax of an empty vector of column/row norms "
-        "(RuntimeError); svd_polar takes S.amax over an empty dimension (IndexError)",
-        (ZeroDivisionError, RuntimeError, IndexError),
-        _ids("lmo", ["spectral", "sign", "colnorm", "rownorm", "frobenius"], list(DTYPES), ["empty"])
-        + _ids("finite", SHAPE_FACTOR_PRESETS, list(DTYPES), ["empty"]),
-        repro="p = nn.Parameter(torch.zeros(3, 0)); opt = steepest.Muon([p]); p.grad = torch.zeros(3, 0)\n"
-              "opt.step()                                      # ZeroDivisionError (spectral.py shape_scale)\n"
-              "Spectral(ns='svd').lmo(torch.zeros(0, 3))        # IndexError (svd.py amax)\n"
-              "ColNorm().norm(torch.zeros(3, 0))                # RuntimeError (colrow.py amax)",
-        fix="return 1.0 (any finite factor) when a fan is 0; return zeros early in svd_polar for numel 0; "
-            "norm of an empty tensor is 0 (as Sign.norm does)"),
     "ns_eps_absolute": Bug(
         "newton_schulz divides by max(input_scale * ||X||_F, ns_eps) with the absolute ns_eps = 1e-7: "
         "for ||X||_F below it the iteration starts from X / 1e-7 instead of a unit-norm matrix, so the "
@@ -176,14 +162,6 @@ KNOWN_BUGS: dict[str, Bug] = {
               "for g in (1e20, -1e20): p.grad = torch.full((4,), g, dtype=torch.float64); opt.step()\n"
               "opt.state[p]['noise_sq']  # inf",
         fix="keep noise_sq in float64 (it is one scalar per parameter), or store the noise std (not its square)"),
-    "normuon_empty_rows": Bug(
-        "NorMuon's row second moment takes mean(o * o) over zero columns: row_sq is NaN for an (m, 0) "
-        "matrix or an (m, 0, k, k) filter (neuron_normalize / normalize_rows in normuon.py)",
-        (AssertionError,),
-        _ids("zero_size", ["normuon"], list(DTYPES)),
-        repro="p = nn.Parameter(torch.zeros(3, 0)); opt = steepest.NorMuon([p], adjust_lr='none')\n"
-              "p.grad = torch.zeros(3, 0); opt.step(); opt.state[p]['row_sq']  # [nan, nan, nan]",
-        fix="skip the update of row_sq (or use sum / max(n, 1)) when the matrix has no columns"),
     "eps_rounds_to_zero": Bug(
         "check_positive accepts any eps > 0, but an eps below float32's smallest subnormal (1.4e-45) "
         "is 0 when added to the float32 state of float32/bfloat16 parameters: a zero gradient entry "

@@ -96,6 +96,13 @@ def as_matrix(x: Tensor) -> Tensor:
     return x if x.ndim == 2 else x.reshape(x.shape[0], math.prod(x.shape[1:]))  # explicit: shards may be empty
 
 
+def shape_fans(shape: torch.Size | tuple[int, ...]) -> tuple[int, int]:
+    """``(fan_out, fan_in)`` for shape factors: :func:`matrix_dims` with each fan at least 1, so a
+    0-size parameter (which has no entries to scale) gets a finite factor instead of a division by 0."""
+    m, n = matrix_dims(shape)
+    return max(1, m), max(1, n)
+
+
 def matrix_dims(shape: torch.Size | tuple[int, ...]) -> tuple[int, int]:
     """``(fan_out, fan_in)`` of a parameter viewed as a matrix; vectors are ``(1, numel)``."""
     if len(shape) == 0:

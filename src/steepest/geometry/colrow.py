@@ -19,7 +19,7 @@ import math
 import torch
 from torch import Tensor
 
-from .base import Geometry, as_matrix, matrix_dims
+from .base import Geometry, as_matrix, shape_fans
 
 _TINY = 1e-30
 
@@ -55,7 +55,8 @@ class _AxisNorm(Geometry):
         return _norms_along(x, self.axis).sum()
 
     def norm(self, w: Tensor) -> Tensor:
-        return _norms_along(w, self.axis).amax()
+        norms = _norms_along(w, self.axis)
+        return norms.amax() if norms.numel() else norms.sum()  # an empty matrix has norm 0
 
     def init_(self, w: Tensor, scale: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
         """Gaussian vectors (columns or rows) normalized to l2 norm ``scale``."""
@@ -71,7 +72,7 @@ class ColNorm(_AxisNorm):
     axis = 0
 
     def shape_scale(self, shape) -> float:
-        return math.sqrt(matrix_dims(shape)[0]) if self.shape_scale_mode == "rms" else 1.0
+        return math.sqrt(shape_fans(shape)[0]) if self.shape_scale_mode == "rms" else 1.0
 
 
 class RowNorm(_AxisNorm):
@@ -82,7 +83,7 @@ class RowNorm(_AxisNorm):
     axis = 1
 
     def shape_scale(self, shape) -> float:
-        n = matrix_dims(shape)[1]
+        n = shape_fans(shape)[1]
         if self.shape_scale_mode == "rms":
             return math.sqrt(n)
         if self.shape_scale_mode == "rms_to_linf":

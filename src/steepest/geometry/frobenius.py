@@ -15,7 +15,7 @@ import math
 import torch
 from torch import Tensor
 
-from .base import Geometry, matrix_dims
+from .base import Geometry, shape_fans
 
 _TINY = 1e-30
 
@@ -44,7 +44,7 @@ class Frobenius(Geometry):
 
     def shape_scale(self, shape) -> float:
         if self.shape_scale_mode == "original":
-            m, n = matrix_dims(shape)
+            m, n = shape_fans(shape)
             return math.sqrt(max(1.0, m / n))
         return 1.0
 

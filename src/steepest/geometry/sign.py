@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Geometry, matrix_dims
+from .base import Geometry, shape_fans
 
 
 class Sign(Geometry):
@@ -32,7 +32,7 @@ class Sign(Geometry):
 
     def shape_scale(self, shape) -> float:
         if self.shape_scale_mode == "fan_in":
-            return 1.0 / matrix_dims(shape)[1]
+            return 1.0 / shape_fans(shape)[1]
         return 1.0
 
     def init_(self, w: Tensor, scale: float = 1.0, generator: torch.Generator | None = None) -> Tensor:

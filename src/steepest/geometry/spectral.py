@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from ..polar import get_schedule, polar, resolve_ns_dtype
-from .base import Geometry, as_matrix, matrix_dims
+from .base import Geometry, as_matrix, shape_fans
 
 
 class Spectral(Geometry):
@@ -93,7 +93,7 @@ class Spectral(Geometry):
         return torch.linalg.matrix_norm(work, ord=2)
 
     def shape_scale(self, shape) -> float:
-        m, n = matrix_dims(shape)
+        m, n = shape_fans(shape)
         mode = self.shape_scale_mode
         if mode == "original":
             return math.sqrt(max(1.0, m / n))

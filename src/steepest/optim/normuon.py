@@ -35,7 +35,10 @@ def neuron_normalize(o: Tensor, row_sq: Tensor, beta2: float, scale: str, eps: f
 
 def normalize_rows(o: Tensor, row_sq: Tensor, beta2: float, eps: float = NEURON_EPS) -> Tensor:
     """The row-wise half of :func:`neuron_normalize` (``o / (sqrt(v) + eps)`` after updating ``v``
-    in place); it needs only whole rows, so it runs on dim-0 shards as it is."""
+    in place); it needs only whole rows, so it runs on dim-0 shards as it is. A matrix without
+    columns has nothing to normalize and leaves ``v`` as it is."""
+    if o.shape[1] == 0:
+        return o
     row_sq.mul_(beta2).add_(o.square().mean(dim=1).to(row_sq.dtype), alpha=1 - beta2)
     return o / (row_sq.sqrt() + eps).to(o.dtype).unsqueeze(1)
 

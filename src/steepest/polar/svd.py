@@ -16,6 +16,8 @@ def svd_polar(G: Tensor, dtype: torch.dtype) -> Tensor:
     """Exact polar factor of ``G`` (``(m, n)`` or ``(batch, m, n)``), computed in ``dtype``
     (promoted to at least float32, since LAPACK has no half-precision SVD)."""
     work = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+    if G.numel() == 0:  # an empty matrix's polar factor is empty
+        return torch.zeros(G.shape, dtype=work, device=G.device)
     X = G.to(work)
     wide = X.size(-2) < X.size(-1)
     if wide:
