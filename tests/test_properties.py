@@ -109,14 +109,6 @@ KNOWN_BUGS: dict[str, Bug] = {
               "Frobenius().lmo(torch.full((2, 2), 1e-25))       # all 1e5 (want 0.5)",
         fix="reduce in float64 for float32/bfloat16 inputs (w.double()), or scale by the max: "
             "a = x.abs().amax(); n = a * vector_norm(x / a)"),
-    "tiny_clamp": Bug(
-        "colrow.py/rms.py clamp the norm at the absolute _TINY = 1e-30: a float64 column, row or tensor "
-        "whose l2 norm (RMS for 'rms') is below 1e-30 is divided by 1e-30, so lmo(x) is not unit-norm",
-        (AssertionError,),
-        _ids("lmo", ["colnorm", "rownorm", "rms"], ["float64"], ["tiny"]),
-        repro="RMS().lmo(torch.tensor([1e-30, 0.0], dtype=torch.float64))  # [1, 0], RMS 0.71 (want [1.41, 0])\n"
-              "ColNorm().lmo(torch.tensor([[1e-30, 1e-31]], dtype=torch.float64))  # [[1, 0.1]] (want [[1, 1]])",
-        fix="divide only where the norm is positive: torch.where(n > 0, x / n, 0) (or clamp at finfo.tiny)"),
     "ns_eps_absolute": Bug(
         "newton_schulz divides by max(input_scale * ||X||_F, ns_eps) with the absolute ns_eps = 1e-7: "
         "for ||X||_F below it the iteration starts from X / 1e-7 instead of a unit-norm matrix, so the "

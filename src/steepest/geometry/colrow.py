@@ -28,7 +28,9 @@ def _normalize_along(x: Tensor, dim: int) -> Tensor:
     m = as_matrix(x)
     work = m if m.dtype in (torch.float32, torch.float64) else m.float()
     norms = torch.linalg.vector_norm(work, dim=dim, keepdim=True)
-    return (work / norms.clamp(min=_TINY)).reshape(x.shape)
+    # divide where the norm is positive (a zero column stays zero); an absolute floor such as 1e-30
+    # would leave a float64 column of norm below it short of unit norm
+    return (work / torch.where(norms > 0, norms, 1.0)).reshape(x.shape)
 
 
 def _norms_along(x: Tensor, dim: int) -> Tensor:

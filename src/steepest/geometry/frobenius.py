@@ -30,7 +30,8 @@ class Frobenius(Geometry):
 
     def lmo(self, x: Tensor) -> Tensor:
         w = _work(x)
-        return w / torch.linalg.vector_norm(w).clamp(min=_TINY)
+        norm = torch.linalg.vector_norm(w)
+        return w / torch.where(norm > 0, norm, 1.0)  # zero stays zero; no absolute floor (float64)
 
     def dual_norm(self, x: Tensor) -> Tensor:
         return torch.linalg.vector_norm(_work(x))

@@ -16,7 +16,6 @@ from torch import Tensor
 
 from .base import Geometry
 
-_TINY = 1e-30
 
 
 def _work(x: Tensor) -> Tensor:
@@ -31,7 +30,7 @@ class RMS(Geometry):
         if w.numel() == 0:
             return w.clone()
         rms = torch.linalg.vector_norm(w) / math.sqrt(w.numel())
-        return w / rms.clamp(min=_TINY)
+        return w / torch.where(rms > 0, rms, 1.0)  # zero stays zero; no absolute floor (float64)
 
     def dual_norm(self, x: Tensor) -> Tensor:
         w = _work(x)
