@@ -17,7 +17,6 @@ from torch import Tensor
 from .base import Geometry
 
 
-
 def _work(x: Tensor) -> Tensor:
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
