@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import torch
 from torch import Tensor
@@ -48,8 +48,10 @@ class Geometry(ABC):
     def lmo(self, x: Tensor) -> Tensor:
         """Unit-norm direction maximizing ``<x, d>``; zeros for a zero input."""
 
-    def lmo_many(self, xs: list[Tensor]) -> list[Tensor]:
-        """``lmo`` over a list (geometries that can batch override this)."""
+    def lmo_many(self, xs: list[Tensor], compiles: Callable[[Tensor], bool] | None = None) -> list[Tensor]:
+        """``lmo`` over a list (geometries that can batch override this). ``compiles(x)`` says whether
+        the kernels for ``x`` may run compiled (the optimizer's ``compile`` setting); geometries
+        without a compiled kernel ignore it."""
         return [self.lmo(x) for x in xs]
 
     @abstractmethod

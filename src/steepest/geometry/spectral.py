@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import math
 
+from typing import Callable
+
 import torch
 from torch import Tensor
 
@@ -61,23 +63,25 @@ class Spectral(Geometry):
     def _dtype(self, x: Tensor) -> torch.dtype:
         return resolve_ns_dtype(self.ns_dtype, x.device)
 
-    def lmo(self, x: Tensor) -> Tensor:
+    def lmo(self, x: Tensor, compile: bool = False) -> Tensor:
         m = as_matrix(x)
-        return polar(m, self.ns, self.ns_steps, self._dtype(x), self.eps).reshape(x.shape)
+        return polar(m, self.ns, self.ns_steps, self._dtype(x), self.eps, compile=compile).reshape(x.shape)
 
-    def lmo_many(self, xs: list[Tensor]) -> list[Tensor]:
-        """Polar factors of every tensor, one batched call per (shape, dtype, device) bucket."""
+    def lmo_many(self, xs: list[Tensor], compiles: Callable[[Tensor], bool] | None = None) -> list[Tensor]:
+        """Polar factors of every tensor, one batched call per (shape, dtype, device) bucket, with
+        Newton-Schulz compiled for the buckets where ``compiles(x)`` holds (never for ``svd``)."""
         out: list[Tensor | None] = [None] * len(xs)
         buckets: dict[tuple, list[int]] = {}
         for i, x in enumerate(xs):
             buckets.setdefault((tuple(x.shape), x.dtype, x.device), []).append(i)
         for idx in buckets.values():
-            if len(idx) == 1:
-                out[idx[0]] = self.lmo(xs[idx[0]])
-                continue
             first = xs[idx[0]]
+            compile = compiles is not None and self.ns != "svd" and compiles(first)
+            if len(idx) == 1:
+                out[idx[0]] = self.lmo(first, compile=compile)
+                continue
             stack = torch.stack([as_matrix(xs[i]) for i in idx])
-            result = polar(stack, self.ns, self.ns_steps, self._dtype(first), self.eps)
+            result = polar(stack, self.ns, self.ns_steps, self._dtype(first), self.eps, compile=compile)
             for k, i in enumerate(idx):
                 out[i] = result[k].reshape(first.shape)
         return out  # type: ignore[return-value]

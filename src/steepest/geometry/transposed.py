@@ -22,6 +22,8 @@ for ``Conv1D``-style modules by itself.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor
 
@@ -54,8 +56,8 @@ class Transposed(Geometry):
     def lmo(self, x: Tensor) -> Tensor:
         return _t(self.inner.lmo(_t(x)))
 
-    def lmo_many(self, xs: list[Tensor]) -> list[Tensor]:
-        return [_t(o) for o in self.inner.lmo_many([_t(x) for x in xs])]
+    def lmo_many(self, xs: list[Tensor], compiles: Callable[[Tensor], bool] | None = None) -> list[Tensor]:
+        return [_t(o) for o in self.inner.lmo_many([_t(x) for x in xs], compiles)]
 
     def dual_norm(self, x: Tensor) -> Tensor:
         return self.inner.dual_norm(_t(x))

@@ -80,7 +80,6 @@ from torch.optim import Optimizer
 from ..compiled import resolve_compile
 from ..distributed import is_dtensor, is_sharded, local, resolve_topology
 from ..geometry import Geometry, make_geometry
-from .compiled import compiled_lmo_many
 from .noise import dual_norms, layer_factors, noise_stds
 from .transforms import adam_signal, diffgrad_signal, lion_signal, momentum_signal
 from .validation import ON_NONFINITE, check_choice, check_compile, check_group
@@ -422,14 +421,15 @@ class GeometryOptimizer(Optimizer):
             return
         scale = self.geometry(group).lmo_spectral_norm()  # the update's spectral norm per unit step
         steps = [None if scale is None else s * scale for s in steps]
-        if group.get("layout", "out_in") == "in_out":  # the constraint sees the (out, in) matrix W^T
+        transposed = group.get("layout", "out_in") == "in_out"
+        if transposed:  # the constraint sees the (out, in) matrix W^T
             def project(w: Tensor, step_size: float | None) -> Tensor:
                 return constraint.project(w.mT, step_size=step_size).mT
         else:
             project = constraint.project
         if self._topology is None:
             for p, s in zip(params, steps):
-                if group.get("layout", "out_in") == "in_out":
+                if transposed:
                     p.copy_(project(p, s))
                 else:
                     constraint.project_(p, step_size=s)
@@ -460,7 +460,7 @@ class GeometryOptimizer(Optimizer):
         geometry = self.geometry(group)
         lmo_many = geometry.lmo_many
         if self.compile is not False:
-            lmo_many = functools.partial(compiled_lmo_many, geometry, self.compiles)
+            lmo_many = functools.partial(geometry.lmo_many, compiles=self.compiles)
         if self._topology is None or geometry.rowwise_lmo:
             return lmo_many(signals)
         return self._topology.map_whole(params, signals, lmo_many)
