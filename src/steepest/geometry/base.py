@@ -112,3 +112,12 @@ def matrix_dims(shape: torch.Size | tuple[int, ...]) -> tuple[int, int]:
     if len(shape) == 1:
         return 1, int(shape[0])
     return int(shape[0]), int(math.prod(shape[1:]))
+
+
+def sum_over_rows(row_values: Tensor) -> Tensor:
+    """The float64 sum of per-row (or per-entry) values: the last step of every dual norm that is a
+    sum over rows (``rowwise_dual_norm``). Sharded by rows, a tensor's dual norm is the sum of its
+    shards' (``steepest.distributed`` adds them in float64); summing in float64 here too makes the
+    two agree to float64 rounding, so both round to the same float32 value, and the sum cannot
+    overflow for float32 inputs."""
+    return row_values.to(torch.float64).sum()

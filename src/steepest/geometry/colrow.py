@@ -19,24 +19,20 @@ import math
 import torch
 from torch import Tensor
 
-from .base import Geometry, as_matrix, shape_fans
+from ..numerics import l2_norm, l2_normalize
+from .base import Geometry, as_matrix, shape_fans, sum_over_rows
 
 _TINY = 1e-30
 
 
 def _normalize_along(x: Tensor, dim: int) -> Tensor:
-    m = as_matrix(x)
-    work = m if m.dtype in (torch.float32, torch.float64) else m.float()
-    norms = torch.linalg.vector_norm(work, dim=dim, keepdim=True)
-    # divide where the norm is positive (a zero column stays zero); an absolute floor such as 1e-30
-    # would leave a float64 column of norm below it short of unit norm
-    return (work / torch.where(norms > 0, norms, 1.0)).reshape(x.shape)
+    # range-safe (steepest.numerics): a column of entries above ~1e19 or below ~1e-19 is unit too,
+    # and a zero column stays zero
+    return l2_normalize(as_matrix(x), dim=dim).reshape(x.shape)
 
 
 def _norms_along(x: Tensor, dim: int) -> Tensor:
-    m = as_matrix(x)
-    work = m if m.dtype in (torch.float32, torch.float64) else m.float()
-    return torch.linalg.vector_norm(work, dim=dim)
+    return l2_norm(as_matrix(x), dim=dim)
 
 
 def _gaussian_unit(shape, dim: int, generator, device) -> Tensor:
@@ -54,7 +50,7 @@ class _AxisNorm(Geometry):
         return _normalize_along(x, self.axis)
 
     def dual_norm(self, x: Tensor) -> Tensor:
-        return _norms_along(x, self.axis).sum()
+        return sum_over_rows(_norms_along(x, self.axis))
 
     def norm(self, w: Tensor) -> Tensor:
         norms = _norms_along(w, self.axis)

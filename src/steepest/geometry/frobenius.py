@@ -15,13 +15,10 @@ import math
 import torch
 from torch import Tensor
 
+from ..numerics import l2_norm, l2_normalize
 from .base import Geometry, shape_fans
 
 _TINY = 1e-30
-
-
-def _work(x: Tensor) -> Tensor:
-    return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
 class Frobenius(Geometry):
@@ -29,15 +26,13 @@ class Frobenius(Geometry):
     shape_scales = ("none", "original")
 
     def lmo(self, x: Tensor) -> Tensor:
-        w = _work(x)
-        norm = torch.linalg.vector_norm(w)
-        return w / torch.where(norm > 0, norm, 1.0)  # zero stays zero; no absolute floor (float64)
+        return l2_normalize(x)  # range-safe (steepest.numerics); zero stays zero
 
     def dual_norm(self, x: Tensor) -> Tensor:
-        return torch.linalg.vector_norm(_work(x))
+        return l2_norm(x)
 
     def norm(self, w: Tensor) -> Tensor:
-        return torch.linalg.vector_norm(_work(w))
+        return l2_norm(w)
 
     def lmo_spectral_norm(self) -> float:
         """A unit-Frobenius matrix has spectral norm at most 1."""

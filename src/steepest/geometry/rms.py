@@ -14,30 +14,22 @@ import math
 import torch
 from torch import Tensor
 
+from ..numerics import l2_norm, l2_normalize
 from .base import Geometry
-
-
-def _work(x: Tensor) -> Tensor:
-    return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
 class RMS(Geometry):
     name = "rms"
 
     def lmo(self, x: Tensor) -> Tensor:
-        w = _work(x)
-        if w.numel() == 0:
-            return w.clone()
-        rms = torch.linalg.vector_norm(w) / math.sqrt(w.numel())
-        return w / torch.where(rms > 0, rms, 1.0)  # zero stays zero; no absolute floor (float64)
+        # x / RMS(x) = sqrt(numel) x / ||x||_2, range-safe (steepest.numerics); zero stays zero
+        return l2_normalize(x).mul_(math.sqrt(max(x.numel(), 1)))
 
     def dual_norm(self, x: Tensor) -> Tensor:
-        w = _work(x)
-        return torch.linalg.vector_norm(w) * math.sqrt(max(w.numel(), 1))
+        return l2_norm(x) * math.sqrt(max(x.numel(), 1))
 
     def norm(self, w: Tensor) -> Tensor:
-        v = _work(w)
-        return torch.linalg.vector_norm(v) / math.sqrt(max(v.numel(), 1))
+        return l2_norm(w) / math.sqrt(max(w.numel(), 1))
 
     def init_(self, w: Tensor, scale: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
         """Constant ``scale`` (RMS ``scale``; ones, the usual gain init, at ``scale=1``)."""
@@ -54,10 +46,10 @@ class Identity(Geometry):
         return x
 
     def dual_norm(self, x: Tensor) -> Tensor:
-        return torch.linalg.vector_norm(_work(x))
+        return l2_norm(x)
 
     def norm(self, w: Tensor) -> Tensor:
-        return torch.linalg.vector_norm(_work(w))
+        return l2_norm(w)
 
     def init_(self, w: Tensor, scale: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
         """Leaves ``w`` unchanged (the identity has no preferred point)."""

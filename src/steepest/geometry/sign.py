@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Geometry, shape_fans
+from .base import Geometry, shape_fans, sum_over_rows
 
 
 class Sign(Geometry):
@@ -25,7 +25,9 @@ class Sign(Geometry):
         return torch.sign(x)
 
     def dual_norm(self, x: Tensor) -> Tensor:
-        return x.abs().sum()
+        a = x.abs() if x.dtype in (torch.float32, torch.float64) else x.float().abs()
+        rows = a.flatten(1).sum(dim=1) if a.ndim >= 2 else a  # a row shard's rows are whole
+        return sum_over_rows(rows)
 
     def norm(self, w: Tensor) -> Tensor:
         return w.abs().amax() if w.numel() else w.new_zeros(())
