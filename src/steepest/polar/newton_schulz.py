@@ -3,17 +3,27 @@
 For ``G = U S V^T`` the polar factor is ``polar(G) = U V^T``: the linear minimization oracle of the
 spectral-norm ball (Muon's direction). Newton-Schulz approximates it with matmuls only:
 
-    X_0 = G / (s ||G||_F + eps)          # sigma_max(X_0) <= 1 since ||G||_F >= ||G||_2
+    G'  = G * 2^-e                       # exact: max |G'| in [0.5, 1) (steepest.numerics)
+    X_0 = G' / (s ||G'||_F + eps)        # sigma_max(X_0) <= 1 since ||G||_F >= ||G||_2
     A   = X X^T                          # on the wide orientation, so A is the smaller Gram
     X  <- a X + (b A + c A^2) X          # per singular value: x <- a x + b x^3 + c x^5
 
 FLOPs per iteration for a p x q matrix (p <= q): about 4 p^2 q + 2 p^3 (research/algorithms.md 0.1).
 
-For a single matrix the op sequence is exactly ``torch.optim.Muon``'s (cast, transpose tall inputs,
-divide by the clamped Frobenius norm, ``addmm`` with ``beta=b, alpha=c`` then ``beta=a``), so with
-the same coefficients, steps and dtype the two agree bit for bit (the norm is multiplied by the
-schedule's input scale, which for ``1.0`` is exact). A stack of matrices runs the same iteration
-with ``baddbmm``.
+The power-of-two prescale runs in the input's dtype before the cast to the iteration dtype, per
+matrix of a stack. It makes the step independent of the gradient's scale over the whole floating
+range: without it the Frobenius norm's square overflows in float32/bfloat16 above ~1.8e19 (the
+"polar factor" is then exactly 0), a norm below ``eps`` divides by ``eps`` (singular values far
+below the band), and a float16 iteration turns entries above 65504 into inf. Multiplying by a
+power of two is exact and every later step is invariant to it, so in the normal range nothing
+changes, bit for bit.
+
+For a single matrix the op sequence is otherwise exactly ``torch.optim.Muon``'s (cast, transpose
+tall inputs, divide by the clamped Frobenius norm, ``addmm`` with ``beta=b, alpha=c`` then
+``beta=a``), so with the same coefficients, steps and dtype the two agree bit for bit whenever
+``||G||_F >= eps`` (the norm is multiplied by the schedule's input scale, which for ``1.0`` is
+exact; below ``eps`` torch.optim.Muon returns a step far shorter than the polar factor). A stack of
+matrices runs the same iteration with ``baddbmm``.
 
 ``compile=True`` runs the normalization and the iteration, :func:`newton_schulz_wide`, as one
 ``torch.compile(fullgraph=True, dynamic=True)`` graph (:mod:`steepest.compiled`) on a contiguous
@@ -26,6 +36,7 @@ import torch
 from torch import Tensor
 
 from ..compiled import kernel
+from ..numerics import power_of_two_scale
 from .schedules import Coefficients, Schedule
 
 
@@ -38,7 +49,9 @@ def newton_schulz(G: Tensor, schedule: Schedule, steps: int, dtype: torch.dtype,
         schedule: coefficients and input scale (see :mod:`steepest.polar.schedules`).
         steps: number of quintic iterations.
         dtype: iteration dtype; the result is returned in this dtype.
-        eps: guards the normalization, so a zero input returns zeros (never NaN).
+        eps: guards the normalization, so a zero input returns zeros (never NaN). After the
+            power-of-two prescale a nonzero input has ``||G'||_F >= 0.5``, so an ``eps`` below
+            0.5 (the default is 1e-7) only ever acts on the zero matrix.
         compile: run the normalization and the iteration (:func:`newton_schulz_wide`) as one
             ``torch.compile`` graph (see :mod:`steepest.compiled`); the cast and the transposes
             stay eager. Inductor may fuse and reorder float operations, so the result agrees with
@@ -49,12 +62,16 @@ def newton_schulz(G: Tensor, schedule: Schedule, steps: int, dtype: torch.dtype,
     """
     if G.ndim not in (2, 3):
         raise ValueError(f"newton_schulz expects a 2-D or 3-D tensor, got shape {tuple(G.shape)}")
-    X = G.to(dtype)
+    X = G * power_of_two_scale(G, dims=(-2, -1))  # exact; see the module docstring
+    X = X.to(dtype)
     tall = G.size(-2) > G.size(-1)
     if tall:
         X = X.mT
     if compile:
         X = X.contiguous()  # one graph for tall and wide inputs (a transposed view has other strides)
+    # the guard must survive in the iteration dtype (float16's smallest normal is 6.1e-5: a smaller
+    # eps would round the zero matrix's divisor to 0, and 0/0 is NaN)
+    eps = max(float(eps), torch.finfo(dtype).tiny)
     X = kernel(newton_schulz_wide, compile)(X, tuple(schedule.coefficients_for(steps)), schedule.input_scale, eps)
     if tall:
         X = X.mT
