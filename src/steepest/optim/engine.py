@@ -80,6 +80,7 @@ from torch.optim import Optimizer
 from ..compiled import resolve_compile
 from ..distributed import is_dtensor, is_sharded, local, resolve_topology
 from ..geometry import Geometry, make_geometry
+from ..numerics import wide_float
 from .noise import dual_norms, layer_factors, noise_stds
 from .transforms import adam_signal, diffgrad_signal, lion_signal, momentum_signal
 from .validation import ON_NONFINITE, check_choice, check_compile, check_group
@@ -123,6 +124,18 @@ def default_role(p: Tensor) -> str:
     """Role of a parameter that arrives without one: ``conv`` (>= 3-D), ``hidden`` (2-D), ``vector``."""
     return "conv" if p.ndim >= 3 else "hidden" if p.ndim == 2 else "vector"
 
+
+
+def _upgrade_state(state: dict[str, Any]) -> None:
+    """Convert one parameter's state from the layout of steepest 0.6 and earlier in place:
+    ``exp_avg_sq`` (Adam/diffGrad's ``v``) to ``exp_avg_rms = sqrt(v)``, and a float32 ``noise_sq``
+    (LANTON) or ``gram`` (M-FAC) to :func:`steepest.numerics.wide_float`."""
+    if "exp_avg_sq" in state:
+        state["exp_avg_rms"] = state.pop("exp_avg_sq").sqrt()
+    for key in ("noise_sq", "gram"):
+        value = state.get(key)
+        if isinstance(value, Tensor) and value.dtype != wide_float(value.device):
+            state[key] = value.to(wide_float(value.device))
 
 class GeometryOptimizer(Optimizer):
     """Steepest descent under a geometry chosen per parameter group (see the module docstring).
@@ -240,15 +253,30 @@ class GeometryOptimizer(Optimizer):
     #: state kept on the CPU whatever the parameter's device (counters read on the host every step)
     _HOST_STATE = ("noise_count", "noise_prev_valid")
 
+    def state_dict(self) -> dict[str, Any]:
+        """torch.optim's state dict plus ``nonfinite_skips``, the number of steps skipped for a
+        non-finite gradient, so the count continues after a resume (a plain int: it loads with
+        ``torch.load(weights_only=True)``; loaders that keep only ``state`` and ``param_groups``,
+        such as ``torch.distributed.checkpoint``'s, leave the count as it is)."""
+        state_dict = super().state_dict()
+        state_dict["nonfinite_skips"] = self.nonfinite_skips
+        return state_dict
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch.optim's loader, except that every state tensor keeps the dtype it was saved with
         (torch casts floating state to the parameter's dtype: the float32 state of bfloat16 weights
         would lose precision, and LANTON's float32 noise EMA of float64 weights would change its
         rounding) and the host-side counters (:attr:`_HOST_STATE`) stay on the CPU, so continuing
-        after a reload is bit-identical on any device."""
+        after a reload is bit-identical on any device.
+
+        State saved by steepest 0.6 and earlier is converted: Adam's second moment ``exp_avg_sq``
+        becomes ``exp_avg_rms = sqrt(exp_avg_sq)`` and a float32 ``noise_sq`` becomes float64
+        (see :func:`_upgrade_state`)."""
         saved_groups = state_dict["param_groups"]
         saved_state = state_dict["state"]
         super().load_state_dict(state_dict)
+        if "nonfinite_skips" in state_dict:
+            self.nonfinite_skips = int(state_dict["nonfinite_skips"])
         saved_ids = [i for g in saved_groups for i in g["params"]]
         params = [p for g in self.param_groups for p in g["params"]]
         for saved_id, p in zip(saved_ids, params):
@@ -262,6 +290,9 @@ class GeometryOptimizer(Optimizer):
                     self.state[p][key] = value.to(device="cpu", copy=True)
                 elif isinstance(loaded, Tensor) and loaded.dtype != value.dtype:
                     self.state[p][key] = value.to(device=loaded.device, copy=True)
+        for p in params:
+            if p in self.state:
+                _upgrade_state(self.state[p])
 
     #: Instance attributes that are settings, not tensors: torch's ``Optimizer.__getstate__`` keeps
     #: only defaults, state and param_groups, so these are carried explicitly through pickling and
@@ -503,7 +534,7 @@ class GeometryOptimizer(Optimizer):
             if "step" not in state:
                 state["step"] = torch.tensor(0.0, dtype=torch.float32)
                 state["exp_avg"] = self._zeros_state(p)
-                state["exp_avg_sq"] = self._zeros_state(p)
+                state["exp_avg_rms"] = self._zeros_state(p)
             if transform == "diffgrad" and "prev_grad" not in state:
                 state["prev_grad"] = self._zeros_state(p)
         elif transform == "lion":
@@ -513,7 +544,8 @@ class GeometryOptimizer(Optimizer):
             state["momentum_buffer"] = self._zeros_state(p)
         if self._noise_active(group):
             if "noise_sq" not in state:
-                state["noise_sq"] = torch.zeros((), dtype=torch.float32, device=local(p).device)
+                device = local(p).device
+                state["noise_sq"] = torch.zeros((), dtype=wide_float(device), device=device)
                 state["noise_count"] = torch.zeros((), dtype=torch.float32)
             if group["noise_source"] == "previous" and "noise_prev_valid" not in state:
                 # 1 once noise_prev_grad holds a gradient (a state saved before this key existed does)
@@ -547,9 +579,9 @@ class GeometryOptimizer(Optimizer):
         if transform in ("adam", "diffgrad"):
             beta1, beta2 = group["betas"]
             if transform == "diffgrad":
-                return diffgrad_signal(state["exp_avg"], state["exp_avg_sq"], state["prev_grad"], state["step"],
+                return diffgrad_signal(state["exp_avg"], state["exp_avg_rms"], state["prev_grad"], state["step"],
                                        g, beta1, beta2, group["eps"], compile=use_compile)
-            return adam_signal(state["exp_avg"], state["exp_avg_sq"], state["step"], g, beta1, beta2, group["eps"],
+            return adam_signal(state["exp_avg"], state["exp_avg_rms"], state["step"], g, beta1, beta2, group["eps"],
                                compile=use_compile)
         if transform == "lion":
             beta1, beta2 = group["betas"]
@@ -620,7 +652,11 @@ class GeometryOptimizer(Optimizer):
         for p, norm in zip(measured, norms):
             state = self.state[p]
             scale = group["radius"] * geometry.shape_scale(p.shape)
-            state["noise_sq"].mul_(beta).add_((scale * norm.float()) ** 2, alpha=1 - beta)
+            noise_sq = state["noise_sq"]
+            # the norm in p's working precision (a sharded run sums shards in float64: rounding it
+            # back keeps ranks and one process identical), then squared in noise_sq's float64
+            norm = norm.to(self.state_dtype(p)).to(noise_sq.dtype)
+            noise_sq.mul_(beta).add_((scale * norm) ** 2, alpha=1 - beta)
             state["noise_count"] += 1
 
     def _dual_norms(self, group: dict[str, Any], params: list[Tensor], deltas: list[Tensor]) -> list[Tensor]:

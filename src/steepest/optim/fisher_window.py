@@ -19,8 +19,7 @@ G^T (m lambda I + K)^{-1} G``.
 The window is stored per parameter tensor (``G = [G_1 | G_2 | ...]``, one ``m x n_p`` block per
 parameter), so ``G x = sum_p G_p x_p`` and ``G^T y`` is ``G_p^T y`` block by block; nothing of
 length ``d`` is ever concatenated. Each parameter also keeps its partial Gram matrix
-``K_p = G_p G_p^T`` in the window's dtype (its entries are products computed in that dtype, so
-storing them there loses nothing) and ``K = sum_p K_p`` is summed in float64.
+``K_p = G_p G_p^T`` in float64 and ``K = sum_p K_p`` is summed in float64.
 
 Costs: inserting a gradient overwrites one row of every ``G_p`` and recomputes row/column ``r`` of
 every ``K_p`` with one product ``G_p g_p`` (O(dm) in all); the product ``F^{-1} x`` is O(dm) for
@@ -29,7 +28,11 @@ dynamic algorithm refactorizes after each insertion too: O(dm + m^3) per inserti
 product with a cached factor). For the gradient just inserted, ``G g`` is exactly the product the
 insertion computed, so a step costs two passes over the window.
 
-Numerics: the sum ``K`` and the ``m x m`` solve are float64. The window itself is in the parameters' state
+Numerics: the products ``G_p x_p`` are formed in the window's dtype with ``x_p`` first multiplied by
+the power of two that brings its largest entry into ``[0.5, 1)`` (exact, and undone in float64), so
+they neither overflow nor underflow for any gradient the window can hold: in float32, ``|g| ~ 1e19``
+gave ``G g`` and ``K`` entries of inf and NaN parameters before. The Grams, their sum ``K`` and the
+``m x m`` solve are float64. The window itself is in the parameters' state
 dtype (float32 for float32/bfloat16 parameters); since the inserted gradient lies in the window's
 span, ``x - G^T y`` cancels to a fraction of about ``m lambda / ||g||^2`` of ``x``, so a float32
 window gives ``F^{-1} g`` to a relative accuracy of roughly ``eps_32 ||g||^2 / (m lambda)`` (the
@@ -42,12 +45,24 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from ..numerics import power_of_two_scale
+
+
+def window_product(w: Tensor, x: Tensor) -> Tensor:
+    """``w @ x`` for an ``(m, n)`` window and a length-``n`` vector, as float64, without overflow or
+    underflow in the window's dtype: ``x`` is multiplied by the power of two ``s`` that brings its
+    largest entry into ``[0.5, 1)``, and the float64 result divided by ``s`` (both exact). In the
+    normal range this equals ``torch.mv(w, x).double()`` bit for bit."""
+    x = x.reshape(-1).to(w.dtype)
+    s = power_of_two_scale(x)
+    return torch.mv(w, x * s).double() / s.double()
+
 
 def window_products(windows: list[Tensor], xs: list[Tensor]) -> Tensor:
     """``G x = sum_p G_p x_p`` as a float64 vector of length ``m`` (``xs`` flattened, in the windows' dtypes)."""
     total = None
     for w, x in zip(windows, xs):
-        part = torch.mv(w, x.reshape(-1).to(w.dtype)).double()
+        part = window_product(w, x)
         total = part if total is None else total + part.to(total.device)
     if total is None:
         raise ValueError("window_products needs at least one window")
@@ -58,7 +73,7 @@ def insert_gradient(windows: list[Tensor], grams: list[Tensor], grads: list[Tens
                     whole_sums: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """Write ``grads`` (one tensor per parameter) into ring slot ``row`` of every window, in place.
 
-    Updates row and column ``row`` of each partial Gram ``K_p = G_p G_p^T`` and returns
+    Updates row and column ``row`` of each partial Gram ``K_p = G_p G_p^T`` (float64) and returns
     ``G g = sum_p G_p g_p`` (float64, length ``m``) of the window after the insertion, which is
     also the right-hand side ``F^{-1} g`` needs.
 
@@ -71,15 +86,15 @@ def insert_gradient(windows: list[Tensor], grams: list[Tensor], grads: list[Tens
     parts = []
     for w, g in zip(windows, grads):
         w[row].copy_(g.reshape(-1))
-        parts.append(torch.mv(w, w[row]))
+        parts.append(window_product(w, w[row]))
     if whole_sums is not None:
-        summed = whole_sums(torch.stack([part.double().to(parts[0].device) for part in parts]))
-        parts = [s.to(device=part.device, dtype=part.dtype) for s, part in zip(summed.unbind(0), parts)]
+        summed = whole_sums(torch.stack([part.to(parts[0].device) for part in parts]))
+        parts = [s.to(device=part.device) for s, part in zip(summed.unbind(0), parts)]
     total = None
     for k, part in zip(grams, parts):
         k[row].copy_(part)
         k[:, row].copy_(part)
-        part = part.double()
+        part = k[row].double()
         total = part if total is None else total + part.to(total.device)
     return total
 

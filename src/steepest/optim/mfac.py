@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 
 from ..distributed import local, rows_stack_like
+from ..numerics import wide_float
 from .docs import fill_doc
 from .engine import GeometryOptimizer
 from .fisher_window import insert_gradient, inverse_fisher_apply, solve_window_system
@@ -67,8 +68,8 @@ class MFAC(GeometryOptimizer):
 
     Memory: ``m * numel`` floats per parameter (``grad_window``, in the state dtype: float32 for
     float32 and bfloat16 parameters) plus an ``m x m`` partial Gram ``gram = G_p G_p^T`` per
-    parameter in the same dtype (its entries are computed as products in that dtype, so it holds
-    them exactly; ``K`` is their sum, formed in float64), a 0-d ``step`` counter (insertions; the
+    parameter in float64 (its entries are products of float32 rows, which would overflow float32
+    for gradients above ~1e19; ``K`` is their sum), a 0-d ``step`` counter (insertions; the
     ring slot is ``step mod m``) and, with momentum, ``momentum_buffer``. All state is per
     parameter, so ``state_dict``, ``deepcopy`` and ``torch.load(weights_only=True)`` work.
 
@@ -189,7 +190,8 @@ class MFAC(GeometryOptimizer):
         if "grad_window" not in state or (float(state["step"]) == 0 and state["grad_window"].shape[0] != m):
             state["step"] = torch.tensor(0.0, dtype=torch.float32)
             state["grad_window"] = rows_stack_like(p, m, self.state_dtype(p))
-            state["gram"] = torch.zeros(m, m, dtype=self.state_dtype(p), device=local(p).device)
+            device = local(p).device
+            state["gram"] = torch.zeros(m, m, dtype=wide_float(device), device=device)
 
     def _signals(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> list[Tensor]:
         """Stage 1: insert the group's gradient into its window and return the blocks of

@@ -13,6 +13,13 @@ arXiv 1711.05101, as torch.optim.AdamW computes it):
     m <- beta1 m + (1 - beta1) g ;  v <- beta2 v + (1 - beta2) g^2 ;  t <- t + 1
     D  = (m / (1 - beta1^t)) / (sqrt(v) / sqrt(1 - beta2^t) + eps)
 
+The state holds ``r = sqrt(v)`` (key ``exp_avg_rms``), not ``v``, updated without ever squaring:
+    r <- hypot(sqrt(beta2) r, sqrt(1 - beta2) g)
+so the second moment of float32/bfloat16 parameters stays finite for every finite gradient (``v``
+in float32 overflows once ``|g| > ~1.8e19 / sqrt(1 - beta2)``: torch.optim.Adam then holds inf
+and the layer never moves again). ``r`` is ``sqrt(v)`` to rounding, so the direction matches
+torch.optim.AdamW to about 1e-7 relative in float32.
+
 ``lion`` (Chen et al., arXiv 2302.06675): the signal interpolates with the fast beta1 and the
 buffer tracks the gradient with the slow beta2 (Lion / Lion-K; the sign or other LMO is stage 2),
     D  = beta1 m + (1 - beta1) g ;  m <- beta2 m + (1 - beta2) g
@@ -20,7 +27,8 @@ buffer tracks the gradient with the slow beta2 (Lion / Lion-K; the sign or other
 ``diffgrad`` (Dubey et al., arXiv 1909.11015): Adam's moments with the "friction" coefficient
     xi = sigmoid(|g_prev - g|)  (elementwise, in [0.5, 1)) ;  g_prev <- copy of g
     D  = sqrt(1 - beta2^t) / (1 - beta1^t) * xi * m / (sqrt(v) + eps)
-(the reference code's step-size folding: eps is added to the uncorrected sqrt(v)). The published
+(the reference code's step-size folding: eps is added to the uncorrected sqrt(v); ``sqrt(v)`` is
+kept as ``exp_avg_rms``, as for ``adam``). The published
 code kept a reference to the gradient tensor instead of a copy, so with in-place gradient
 accumulation g_prev aliased g and xi was 0.5 everywhere; here g_prev is a buffer of its own.
 
@@ -57,24 +65,30 @@ def momentum_update(buf: Tensor, grad: Tensor, beta: float, nesterov: bool) -> T
     return grad.lerp(buf, beta) if nesterov else buf
 
 
-def adam_signal(exp_avg: Tensor, exp_avg_sq: Tensor, step: Tensor, grad: Tensor, beta1: float,
+def adam_signal(exp_avg: Tensor, exp_avg_rms: Tensor, step: Tensor, grad: Tensor, beta1: float,
                 beta2: float, eps: float, *, compile: bool = False) -> Tensor:
     """Update Adam's moments and step counter in place and return the bias-corrected direction."""
     step += 1
     t = float(step)
     bias1 = 1 - beta1**t
     bias2_sqrt = math.sqrt(1 - beta2**t)
-    return kernel(adam_update, compile)(exp_avg, exp_avg_sq, grad, beta1, beta2, eps, bias1, bias2_sqrt)
+    return kernel(adam_update, compile)(exp_avg, exp_avg_rms, grad, beta1, beta2, eps, bias1, bias2_sqrt)
 
 
-def adam_update(exp_avg: Tensor, exp_avg_sq: Tensor, grad: Tensor, beta1: float, beta2: float, eps: float,
+def adam_update(exp_avg: Tensor, exp_avg_rms: Tensor, grad: Tensor, beta1: float, beta2: float, eps: float,
                 bias1: float, bias2_sqrt: float) -> Tensor:
     """The kernel of :func:`adam_signal`, given the bias corrections ``1 - beta1^t`` and
     ``sqrt(1 - beta2^t)`` of the new step ``t``."""
     exp_avg.lerp_(grad, 1 - beta1)
-    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-    denom = (exp_avg_sq.sqrt() / bias2_sqrt).add_(eps)
+    rms_update(exp_avg_rms, grad, beta2)
+    denom = (exp_avg_rms / bias2_sqrt).add_(eps)
     return (exp_avg / bias1).div_(denom)
+
+
+def rms_update(exp_avg_rms: Tensor, grad: Tensor, beta2: float) -> None:
+    """``r <- sqrt(beta2 r^2 + (1 - beta2) g^2)`` in place, as ``hypot`` of the two scaled terms:
+    nothing is squared, so it is finite for every finite ``r`` and ``g``."""
+    exp_avg_rms.mul_(math.sqrt(beta2)).hypot_(grad * math.sqrt(1 - beta2))
 
 
 def lion_signal(exp_avg: Tensor, grad: Tensor, beta1: float, beta2: float, *, compile: bool = False) -> Tensor:
@@ -89,20 +103,20 @@ def lion_update(exp_avg: Tensor, grad: Tensor, beta1: float, beta2: float) -> Te
     return signal
 
 
-def diffgrad_signal(exp_avg: Tensor, exp_avg_sq: Tensor, prev_grad: Tensor, step: Tensor, grad: Tensor,
+def diffgrad_signal(exp_avg: Tensor, exp_avg_rms: Tensor, prev_grad: Tensor, step: Tensor, grad: Tensor,
                     beta1: float, beta2: float, eps: float, *, compile: bool = False) -> Tensor:
     """Update diffGrad's moments, previous gradient and step in place; return the friction-scaled direction."""
     step += 1
     t = float(step)
     step_scale = math.sqrt(1 - beta2**t) / (1 - beta1**t)
-    return kernel(diffgrad_update, compile)(exp_avg, exp_avg_sq, prev_grad, grad, beta1, beta2, eps, step_scale)
+    return kernel(diffgrad_update, compile)(exp_avg, exp_avg_rms, prev_grad, grad, beta1, beta2, eps, step_scale)
 
 
-def diffgrad_update(exp_avg: Tensor, exp_avg_sq: Tensor, prev_grad: Tensor, grad: Tensor, beta1: float,
+def diffgrad_update(exp_avg: Tensor, exp_avg_rms: Tensor, prev_grad: Tensor, grad: Tensor, beta1: float,
                     beta2: float, eps: float, step_scale: float) -> Tensor:
     """The kernel of :func:`diffgrad_signal`, given ``sqrt(1 - beta2^t) / (1 - beta1^t)`` of the new step ``t``."""
     friction = torch.sigmoid((prev_grad - grad).abs_())
     prev_grad.copy_(grad)
     exp_avg.lerp_(grad, 1 - beta1)
-    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-    return friction.mul_(exp_avg).div_(exp_avg_sq.sqrt().add_(eps)).mul_(step_scale)
+    rms_update(exp_avg_rms, grad, beta2)
+    return friction.mul_(exp_avg).div_(exp_avg_rms.add(eps)).mul_(step_scale)
