@@ -16,6 +16,11 @@ from .noise import NOISE_RULES, NOISE_SOURCES
 TRANSFORMS = ("momentum", "adam", "lion", "diffgrad")
 ON_NONFINITE = ("raise", "skip")
 
+#: The smallest Adam/diffGrad ``eps``: float32's smallest normal number, 2**-126. A smaller eps is
+#: added to the float32 state of float32/bfloat16 parameters as 0 (below float32's smallest
+#: subnormal) or as a subnormal that GPUs flush to 0, and a zero gradient entry then gives 0/0.
+MIN_EPS = 2.0 ** -126
+
 
 def _number(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -55,6 +60,14 @@ def check_nonnegative(name: str, value: Any) -> None:
 def check_positive(name: str, value: Any) -> None:
     if not _number(name, value) > 0.0:
         raise ValueError(f"Invalid {name} value: {value}; expected a positive number")
+
+
+def check_eps(name: str, value: Any) -> None:
+    """A denominator guard added to float32 state: positive and at least :data:`MIN_EPS`."""
+    check_positive(name, value)
+    if float(value) < MIN_EPS:
+        raise ValueError(f"Invalid {name} value: {value}; expected at least {MIN_EPS!r} (float32's smallest "
+                         f"normal number: a smaller eps rounds to 0 in float32 optimizer state)")
 
 
 def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -121,7 +134,7 @@ def check_group(group: Mapping[str, Any]) -> None:
     else:
         check_betas(group["betas"])
         if group["transform"] != "lion":
-            check_positive("eps", group["eps"])  # eps = 0 would turn a zero gradient into 0/0
+            check_eps("eps", group["eps"])  # eps = 0 would turn a zero gradient into 0/0
     check_choice("geometry", group["geometry"], GEOMETRY_NAMES)
     if group["geometry"] == "spectral":
         check_choice("Newton-Schulz schedule", group["ns"], SCHEDULE_NAMES)
