@@ -24,9 +24,10 @@ Every property runs derandomized (``tests/properties/runner.py``): the cases are
 run and machine, so CI is reproducible. The number of generated cases per property is printed in
 the terminal summary (``tests/conftest.py``).
 
-Known library bugs are marked ``xfail(strict=True)`` on exactly the parametrizations they break
-(``KNOWN_BUGS`` below, one entry per bug with its cause): the properties stay strict, the suite
-stays green, and a fix turns the marked cases into XPASS failures that ask for the mark's removal.
+A library bug these properties find is marked ``xfail(strict=True)`` on exactly the parametrizations
+it breaks (``KNOWN_BUGS`` below, one entry per bug with its cause) until it is fixed: the properties
+stay strict, the suite stays green, and the fix turns the marked cases into XPASS failures that ask
+for the mark's removal. The 15 bugs found so far are all fixed (CHANGELOG 0.6.0 and 0.7.0).
 """
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ from steepest.constraints.registry import CONSTRAINT_NAMES
 from steepest.geometry import GEOMETRIES, GEOMETRY_NAMES, LAYOUTS, Spectral, Transposed
 from steepest.optim import MFAC, PRESETS
 from steepest.optim.noise import NOISE_RULES, NOISE_SOURCES
-from steepest.optim.validation import CONSTRAINT_UNITS, TRANSFORMS
+from steepest.optim.validation import CONSTRAINT_UNITS, MIN_EPS, TRANSFORMS
 from steepest.polar import NS_DTYPE_NAMES, SCHEDULE_NAMES, SCHEDULES, polar
 from steepest.roles import ROLES
 
@@ -93,86 +94,7 @@ def _ids(test: str, *parts: list[str] | tuple[str, ...]) -> tuple[tuple[str, str
     return tuple((test, "-".join(combo)) for combo in out)
 
 
-NARROW = ("float32", "bfloat16")
-ADAM_PRESETS = ("muon", "normuon", "auon", "hybrid_auon", "diffgrad")  # Adam state on some role
-SHAPE_FACTOR_PRESETS = ("muon", "normuon", "auon", "hybrid_auon", "scion", "lanton")  # divide by fan_in
-
-KNOWN_BUGS: dict[str, Bug] = {
-    "vector_norm_range": Bug(
-        "colnorm/rownorm/rms/frobenius (and identity's dual norm) use torch.linalg.vector_norm in float32 "
-        "for float32/bfloat16 inputs, which squares without scaling: above ~1.8e19 the norm is inf "
-        "(dual_norm = inf from a finite input, lmo = x/inf = 0) and below ~1e-19 it underflows to 0 "
-        "(dual_norm = 0, lmo = x/1e-30, not unit-norm)",
-        (AssertionError,),
-        _ids("lmo", ["colnorm", "rownorm", "rms", "frobenius", "identity"], NARROW, ["tiny", "huge"]),
-        repro="Frobenius().dual_norm(torch.full((2, 2), 1e20))  # inf; lmo(...) is all 0 (want 0.5)\n"
-              "Frobenius().lmo(torch.full((2, 2), 1e-25))       # all 1e5 (want 0.5)",
-        fix="reduce in float64 for float32/bfloat16 inputs (w.double()), or scale by the max: "
-            "a = x.abs().amax(); n = a * vector_norm(x / a)"),
-    "ns_eps_absolute": Bug(
-        "newton_schulz divides by max(input_scale * ||X||_F, ns_eps) with the absolute ns_eps = 1e-7: "
-        "for ||X||_F below it the iteration starts from X / 1e-7 instead of a unit-norm matrix, so the "
-        "output's singular values are far below the band (the polar factor depends on the scale)",
-        (AssertionError,),
-        _ids("polar_scale", list(DTYPES), ["tiny"]),
-        repro="torch.linalg.svdvals(polar(torch.eye(4) * 1e-11, 'keller'))  # 0.048 each (band [0.68, 1.14]); "
-              "1e-12: 0.0048",
-        fix="guard only the zero matrix: X / torch.where(norm > 0, norm * s, 1) (or clamp at finfo(dtype).tiny); "
-            "torch.optim.Muon parity is unaffected for ||X||_F >= 1e-7"),
-    "ns_norm_overflow": Bug(
-        "newton_schulz computes ||X||_F in the iteration dtype: in float32/bfloat16 its square overflows "
-        "for ||X||_F > ~1.8e19, X is divided by inf and the 'polar factor' is exactly 0",
-        (AssertionError,),
-        _ids("polar_scale", NARROW, ["huge"]),
-        repro="polar(torch.eye(4) * 1e20, 'keller')  # all zeros (Muon then takes a zero step)",
-        fix="compute the norm scaled (a = X.abs().amax(); a * (X / a).norm()) or in float64, before the cast"),
-    "adam_second_moment_overflow": Bug(
-        "Adam's/diffGrad's second moment of float32/bfloat16 parameters is float32: (1 - beta2) g^2 "
-        "overflows to inf for |g| > ~1.8e19 / sqrt(1 - beta2) (the state holds inf, the step is 0)",
-        (AssertionError,),
-        _ids("finite", ADAM_PRESETS, NARROW, ["huge"]),
-        repro="p = nn.Parameter(torch.zeros(4)); opt = steepest.Muon([p])  # vector -> AdamW fallback\n"
-              "p.grad = torch.full((4,), 1e20); opt.step(); opt.state[p]['exp_avg_sq']  # inf",
-        fix="documented limit at least; or keep v of float32/bfloat16 parameters as (g / s)^2 with a "
-            "running scale s, or in float64 (torch.optim.Adam shares the overflow)"),
-    "mfac_window_overflow": Bug(
-        "M-FAC's window products G g (and the Gram G G^T) of float32/bfloat16 parameters are float32: "
-        "they overflow for |g| ~> 1e19, the float64 solve gets inf and NaN reaches the parameters",
-        (AssertionError,),
-        _ids("finite", ["mfac"], NARROW, ["huge"]),
-        repro="p = nn.Parameter(torch.zeros(4)); opt = steepest.MFAC([p])\n"
-              "p.grad = torch.full((4,), 1e20); opt.step(); p  # NaN",
-        fix="form G g and the Gram in float64 (torch.mv(w.double(), g.double())), or scale the window; "
-            "at least refuse a non-finite Gram instead of writing NaN into the parameters"),
-    "noise_sq_overflow": Bug(
-        "the noise-adaptive EMA noise_sq is a float32 0-d tensor for every parameter dtype: "
-        "(radius * shape * ||Delta||_*)^2 overflows to inf once the gradient difference's dual norm "
-        "exceeds ~1.8e19, float64 parameters included",
-        (AssertionError,),
-        _ids("finite", ["lanton"], list(DTYPES), ["huge"]),
-        repro="p = nn.Parameter(torch.zeros(4, dtype=torch.float64)); opt = steepest.LANTON([p])\n"
-              "for g in (1e20, -1e20): p.grad = torch.full((4,), g, dtype=torch.float64); opt.step()\n"
-              "opt.state[p]['noise_sq']  # inf",
-        fix="keep noise_sq in float64 (it is one scalar per parameter), or store the noise std (not its square)"),
-    "eps_rounds_to_zero": Bug(
-        "check_positive accepts any eps > 0, but an eps below float32's smallest subnormal (1.4e-45) "
-        "is 0 when added to the float32 state of float32/bfloat16 parameters: a zero gradient entry "
-        "gives 0/0 = NaN in the parameters",
-        (AssertionError,),
-        _ids("finite_edge", ["adam_eps_tiny"], NARROW),
-        repro="p = nn.Parameter(torch.zeros(3)); opt = steepest.DiffGrad([p], eps=1e-50)\n"
-              "p.grad = torch.zeros(3); opt.step(); p  # NaN",
-        fix="validate eps >= torch.finfo(torch.float32).tiny (or clamp it there for float32 state)"),
-    "ns_float16_range": Bug(
-        "ns_dtype='float16' casts the raw gradient to float16 before normalizing it: entries above 65504 "
-        "become inf and the update is NaN (any parameter dtype); a Frobenius norm above 65504 with "
-        "smaller entries gives a silent zero update",
-        (AssertionError,),
-        _ids("finite_edge", ["ns_dtype_float16"], list(DTYPES)),
-        repro="p = nn.Parameter(torch.zeros(4, 4)); opt = steepest.Muon([p], ns_dtype='float16')\n"
-              "p.grad = torch.full((4, 4), 1e7); opt.step(); p  # NaN",
-        fix="normalize in the input dtype (X / ||X||_F, scaled as in ns_norm_overflow), then cast"),
-}
+KNOWN_BUGS: dict[str, Bug] = {}  # every bug these properties found is fixed (CHANGELOG 0.6.0, 0.7.0)
 
 _XFAIL: dict[tuple[str, str], Bug] = {case: bug for bug in KNOWN_BUGS.values() for case in bug.cases}
 
@@ -527,15 +449,17 @@ def test_finite_updates_zero_size_without_shape_factor(preset, dtype, request, p
 
 
 EDGE_COMBOS = [(e, d) for e in ("adam_eps_tiny", "ns_dtype_float16") for d in DTYPES]
-#: eps > 0 is the documented range: the smallest positive floats first (they are the simplest cases).
-TINY_EPS = st.one_of(st.sampled_from([5e-324, 1e-300, 1e-46]), st.floats(1e-45, 1e-12))
+#: eps >= MIN_EPS (float32's smallest normal number) is the documented range: its smallest values
+#: first (they are the simplest cases).
+TINY_EPS = st.one_of(st.sampled_from([MIN_EPS, 1e-37]), st.floats(MIN_EPS, 1e-12))
 
 
 @parametrized("finite_edge", "edge,dtype", EDGE_COMBOS)
 def test_finite_updates_edge_hyperparameters(edge, dtype, request, property_cases):
-    """Valid hyperparameters that the main strategy leaves out because they break (see KNOWN_BUGS):
-    an Adam/diffGrad eps below float32's subnormal range (with some zero gradients), and
-    ``ns_dtype="float16"`` on every matrix group (with gradients up to 1e10)."""
+    """Valid hyperparameters at the edge of their range, which the main strategy leaves out: an
+    Adam/diffGrad eps down to float32's smallest normal number (with some zero gradients: 0/0
+    without eps), and ``ns_dtype="float16"`` on every matrix group (with gradients up to 1e10, far
+    above float16's 65504)."""
     presets = [p for p in PRESETS if p != "mfac"] if edge == "adam_eps_tiny" else list(PRESETS)
     strategy = st.tuples(st.sampled_from(presets), st.data())
 
@@ -784,6 +708,11 @@ INVALID: dict[str, Invalid] = {
     "betas_type": Invalid(_betas_with_non_real(), TypeError, _betas_type_message, group=_ADAM),
     "eps_nonpositive": Invalid(_one("eps", _nonpositive), ValueError,
                                lambda s: f"Invalid eps value: {_value(s)}; expected a positive number", group=_ADAM),
+    "eps_below_float32": Invalid(
+        _one("eps", st.one_of(st.sampled_from([5e-324, 1e-300, 1e-45, MIN_EPS / 2]), st.floats(5e-324, MIN_EPS,
+                                                                                              exclude_max=True))),
+        ValueError, lambda s: (f"Invalid eps value: {_value(s)}; expected at least {MIN_EPS!r} (float32's smallest "
+                               f"normal number: a smaller eps rounds to 0 in float32 optimizer state)"), group=_ADAM),
     "transform_unknown": Invalid(_one("transform", _unknown(TRANSFORMS)), ValueError,
                                  _choice_message("transform", TRANSFORMS)),
     "geometry_unknown": Invalid(_one("geometry", _unknown(GEOMETRY_NAMES)), ValueError,

@@ -218,11 +218,11 @@ _radius = log_uniform(0.1, 10.0)
 #: - ``lr <= 1`` and ``weight_decay <= 1``: the decay factor ``1 - lr * wd`` stays in [0, 1]; beyond
 #:   it, ``|1 - lr * wd| > 1`` grows parameters geometrically and float overflow is the arithmetic,
 #:   not a bug (likewise radii <= 10);
-#: - ``eps >= 1e-12``: a positive eps below float32's smallest subnormal rounds to 0 in float32 state
-#:   (a bug, pinned by ``test_finite_updates_edge_hyperparameters``);
+#: - ``eps >= 1e-12``: smaller ones, down to the validated minimum (float32's smallest normal
+#:   number), are ``test_finite_updates_edge_hyperparameters``'s;
 #: - ``damp >= 1e-6``: M-FAC scales directions outside its window by ``1/damp`` (documented);
-#: - ``ns_dtype`` without ``float16``: a bug for gradients above float16's range, pinned by
-#:   ``test_finite_updates_edge_hyperparameters``;
+#: - ``ns_dtype`` without ``float16``: float16 iterations are
+#:   ``test_finite_updates_edge_hyperparameters``'s (on every matrix group);
 #: - ``ngrads <= 8`` and small shapes: runtime only.
 NUMERIC_ARGS: dict[str, st.SearchStrategy[Any]] = {
     "lr": _lr, "adamw_lr": _lr, "sign_lr": _lr,
