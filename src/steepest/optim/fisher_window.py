@@ -45,7 +45,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ..numerics import power_of_two_scale
+from ..numerics import power_of_two_scale, scales_for_peaks
 
 
 def window_product(w: Tensor, x: Tensor) -> Tensor:
@@ -83,10 +83,15 @@ def insert_gradient(windows: list[Tensor], grams: list[Tensor], grads: list[Tens
     """
     if not windows:
         raise ValueError("insert_gradient needs at least one window")
-    parts = []
+    rows = []
     for w, g in zip(windows, grads):
         w[row].copy_(g.reshape(-1))
-        parts.append(window_product(w, w[row]))
+        rows.append(w[row])
+    # window_product's exact prescale, with the scales of all parameters from one frexp
+    peaks = torch.stack([r.abs().amax() if r.numel() else r.new_zeros(()) for r in rows])
+    scales = scales_for_peaks(peaks)
+    inverses = (1 / scales.double()).tolist() if scales.device.type == "cpu" else (1 / scales.double()).unbind()
+    parts = [torch.mv(w, r * s).double() * inv for w, r, s, inv in zip(windows, rows, scales.unbind(), inverses)]
     if whole_sums is not None:
         summed = whole_sums(torch.stack([part.to(parts[0].device) for part in parts]))
         parts = [s.to(device=part.device) for s, part in zip(summed.unbind(0), parts)]
