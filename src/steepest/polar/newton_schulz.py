@@ -91,8 +91,12 @@ def _prescaled(G: Tensor, dtype: torch.dtype, eps: float, input_scale: float) ->
     ``[0.5, 1)`` (``G`` itself on the CPU where that cannot change the result, see
     :data:`_SKIP_RANGE`)."""
     if G.device.type == "cpu" and dtype != torch.float16 and G.numel():
-        peaks = G.abs().amax(dim=(-2, -1)).reshape(-1)
-        low, high = torch.stack([peaks.min(), peaks.max()]).tolist()
+        if G.ndim == 2:  # one reduction that reads G once (no |G| copy)
+            lo, hi = torch.aminmax(G)
+            low = high = max(-lo.item(), hi.item())
+        else:  # each matrix's own peak
+            peaks = G.abs().amax(dim=(-2, -1)).reshape(-1).tolist()
+            low, high = min(peaks), max(peaks)
         if _SKIP_RANGE[0] <= low and high <= _SKIP_RANGE[1] and low * input_scale >= eps:
             return G
     return G * power_of_two_scale(G, dims=(-2, -1))
