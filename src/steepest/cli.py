@@ -127,8 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
         "bench", help="compare optimizers on real tasks (or time the orthogonalization kernels)",
         description="`steepest bench` trains every task with every optimizer at a shared lr grid and "
                     "seeds, and writes report.md, PNG plots and results.json. The run resumes: rerunning "
-                    "the same command skips finished cells. `steepest bench kernels` times the "
-                    "orthogonalization backends against this machine's matmul roofline.")
+                    "the same command skips the cells this steepest version finished. `steepest bench "
+                    "kernels` times the orthogonalization backends against this machine's matmul roofline.")
     bench.add_argument("what", nargs="?", choices=("suite", "kernels", "distributed"), default="suite",
                        help="suite (default): train and compare; kernels: the kernel micro-benchmark; "
                             "distributed: optimizer step time per rank under DDP and FSDP2 (torchrun, gloo)")

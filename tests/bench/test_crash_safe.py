@@ -18,6 +18,8 @@ import textwrap
 import pytest
 import torch
 
+import steepest
+
 from steepest.bench import checkpoint as ckpt
 from steepest.bench import runner
 from steepest.bench.cells import CellStore, write_json_atomic
@@ -246,6 +248,23 @@ def test_a_replanned_cell_ignores_the_old_checkpoint(tmp_path):
     assert "differently planned cell" in record["checkpoint"]["notes"][0]
     assert record["train_loss"] == _train(task, new)["train_loss"]
     assert not (run_dir / "partial").exists()
+
+
+def test_a_checkpoint_saved_by_another_steepest_version_is_not_resumed(tmp_path):
+    task, cell = _tiny(tmp_path, OPTIMIZER)
+    path = ckpt.partial_path(tmp_path / "run", cell)
+    with pytest.raises(Interrupted):
+        _train(task, cell, ckpt.CellCheckpoint(path, cell.to_dict(), every=3), stop_at=8)
+    payload = torch.load(path, weights_only=True)
+    assert payload["steepest"] == steepest.__version__
+    payload["steepest"] = "0.0.1"
+    torch.save(payload, path)
+    record = _train(task, cell, ckpt.CellCheckpoint(path, cell.to_dict(), every=3))
+    assert record["resumed_from_step"] is None
+    (note,) = record["checkpoint"]["notes"]
+    assert note == (f"partial checkpoint {path} was saved by steepest 0.0.1, not {steepest.__version__}; "
+                    f"ignored, the cell started over")
+    assert record["train_loss"] == _train(task, cell)["train_loss"]
 
 
 def test_checkpoint_every_is_validated_and_leaves_the_run_directory_alone(tmp_path):

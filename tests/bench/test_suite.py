@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+import steepest
 from steepest.bench import cells as cells_mod
 from steepest.bench import peers, report, runner, summary
 from steepest.bench.runner import SuiteConfig
@@ -136,6 +137,34 @@ def test_rerun_resumes_and_reruns_only_missing_or_replanned_cells(tmp_path, monk
     calls.clear()  # a different budget is a different cell: nothing stale is reused
     runner.run_suite(text_suite(tmp_path, seeds=[0, 1], steps=4), run_dir, show_progress=False)
     assert len(calls) == 4
+
+
+def test_cells_recorded_by_another_steepest_version_run_again_with_a_note(tmp_path, monkeypatch):
+    config = text_suite(tmp_path)
+    run_dir = tmp_path / "run"
+    runner.run_suite(config, run_dir, show_progress=False)
+    store = cells_mod.CellStore(run_dir)
+    planned = runner.plan_cells(config, runner.load_tasks(config), config.optimizers)
+    assert all(store.load(c)["steepest"] == steepest.__version__ for c in planned)
+    old = store.path(planned[0])
+    record = json.loads(old.read_text(encoding="utf-8"))
+    record["steepest"] = "0.0.1"
+    old.write_text(json.dumps(record), encoding="utf-8")
+    legacy = store.path(planned[1])  # written before records carried a version
+    record = json.loads(legacy.read_text(encoding="utf-8"))
+    del record["steepest"]
+    legacy.write_text(json.dumps(record), encoding="utf-8")
+    assert store.pending(planned) == planned[:2]
+    assert store.other_versions(planned) == {"0.0.1": 1, "before 0.7": 1}
+
+    calls = []
+    real = runner.run_cell
+    monkeypatch.setattr(runner, "run_cell", lambda cell, task, show_progress=False, **kw: calls.append(cell.name) or real(cell, task, **kw))
+    again = runner.run_suite(config, run_dir, show_progress=False)
+    assert calls == [planned[0].name, planned[1].name]
+    assert (f"2 finished cells were recorded by another steepest version (1 by steepest 0.0.1, 1 by steepest "
+            f"before 0.7) and ran again with {steepest.__version__}, so no table mixes versions") in again["notes"]
+    assert store.pending(planned) == [] and store.other_versions(planned) == {}
 
 
 def test_a_run_killed_mid_way_keeps_finished_cells(tmp_path, monkeypatch):

@@ -5,8 +5,9 @@ While a cell trains, :func:`steepest.bench.train.train_trial` saves a checkpoint
 every evaluation but the last, 0 turns checkpoints off) to
 ``<run_dir>/partial/<task>/<optimizer>/lrx<multiplier>-seed<seed>.pt``. A checkpoint holds
 
-* the cell's specification (``Cell.to_dict()``): a checkpoint of a differently planned cell (another
-  lr, budget or task option) is ignored, never resumed from;
+* the cell's specification (``Cell.to_dict()``) and the steepest version: a checkpoint of a
+  differently planned cell (another lr, budget or task option) or one saved by another version is
+  ignored, never resumed from (one curve never mixes two versions of the code);
 * the step reached, the model's ``state_dict``, every underlying optimizer's and every ``LambdaLR``
   scheduler's ``state_dict``;
 * the state of every ``torch.Generator`` attribute of the trial (its batch streams), torch's global
@@ -58,6 +59,7 @@ from pathlib import Path
 
 import torch
 
+from .cells import library_version
 from .formatting import clean_json
 
 #: bumped when the payload's layout changes; a checkpoint of another format is not resumed from
@@ -273,7 +275,7 @@ class CellCheckpoint:
     def save(self, step: int, state: dict, records: dict) -> None:
         """Write the checkpoint of ``step`` (``state`` from :func:`capture_state`) atomically."""
         t0 = time.perf_counter()
-        save_atomic(self.path, {"format": FORMAT, "spec": self.spec, "step": step,
+        save_atomic(self.path, {"format": FORMAT, "spec": self.spec, "step": step, "steepest": library_version(),
                                 "torch_version": str(torch.__version__), "state": state, "records": records})
         self.saves += 1
         self.seconds += time.perf_counter() - t0
@@ -307,6 +309,10 @@ class CellCheckpoint:
         if payload.get("spec") != self.spec:
             self.note(f"partial checkpoint {self.path} belongs to a differently planned cell; ignored, "
                        f"the cell started over")
+            return None
+        if payload.get("steepest") != library_version():
+            self.note(f"partial checkpoint {self.path} was saved by steepest {payload.get('steepest', 'before 0.7')}, "
+                      f"not {library_version()}; ignored, the cell started over")
             return None
         return payload
 

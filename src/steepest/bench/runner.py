@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from . import checkpoint as checkpoints
-from .cells import Cell, CellStore, write_json_atomic
+from .cells import Cell, CellStore, library_version, write_json_atomic
 from .environment import machine_info
 from .external_peers import EXTERNAL_BUILDERS
 from .peers import CORE_PEERS, DEFAULT_LRS, PEER_NAMES, PeerUnavailable, build_peer, unavailable_reason
@@ -263,6 +263,13 @@ def run_suite(config: SuiteConfig, run_dir: str | Path, show_progress: bool = Tr
     write_json_atomic(run_dir / "plan.json", {"config": config.to_dict(),
                                               "cells": [c.to_dict() for c in cells]})
     store = CellStore(run_dir)
+    outdated = store.other_versions(cells)
+    if outdated:
+        versions = ", ".join(f"{n} by steepest {v}" for v, n in sorted(outdated.items()))
+        notes.append(f"{sum(outdated.values())} finished cells were recorded by another steepest version "
+                     f"({versions}) and ran again with {library_version()}, so no table mixes versions")
+        if show_progress:
+            print(f"steepest bench: {notes[-1]}", file=sys.stderr)
     pending = store.pending(cells)
     resumed = len(cells) - len(pending)
     if show_progress:
