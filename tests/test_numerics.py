@@ -13,7 +13,7 @@ from torch import nn
 import steepest
 from steepest.geometry import ColNorm, Frobenius, RMS, RowNorm
 from steepest.numerics import l2_norm, l2_normalize, max_abs, power_of_two_scale
-from steepest.optim.fisher_window import window_product
+from steepest.optim.fisher_window import block_products
 from steepest.polar import polar
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -191,7 +191,7 @@ def test_window_products_do_not_overflow_or_underflow(magnitude):
     gen = torch.Generator().manual_seed(17)
     w = (torch.randn(4, 50, generator=gen, dtype=torch.float64) * magnitude).float()
     x = (torch.randn(50, generator=gen, dtype=torch.float64) * magnitude).float()
-    got = window_product(w, x)
+    (got,) = block_products([w], [x])
     want = w.double() @ x.double()
     assert got.dtype == torch.float64 and torch.isfinite(got).all()
     torch.testing.assert_close(got, want, rtol=1e-5, atol=0)
@@ -200,7 +200,7 @@ def test_window_products_do_not_overflow_or_underflow(magnitude):
 def test_window_products_equal_plain_products_in_the_normal_range():
     gen = torch.Generator().manual_seed(19)
     w, x = torch.randn(8, 40, generator=gen), torch.randn(40, generator=gen)
-    assert torch.equal(window_product(w, x), torch.mv(w, x).double())
+    assert torch.equal(block_products([w], [x])[0], torch.mv(w, x).double())
 
 
 def test_mfac_stays_finite_for_huge_gradients():

@@ -48,21 +48,29 @@ from torch import Tensor
 from ..numerics import power_of_two_scale, scales_for_peaks
 
 
-def window_product(w: Tensor, x: Tensor) -> Tensor:
-    """``w @ x`` for an ``(m, n)`` window and a length-``n`` vector, as float64, without overflow or
-    underflow in the window's dtype: ``x`` is multiplied by the power of two ``s`` that brings its
-    largest entry into ``[0.5, 1)``, and the float64 result divided by ``s`` (both exact). In the
-    normal range this equals ``torch.mv(w, x).double()`` bit for bit."""
-    x = x.reshape(-1).to(w.dtype)
-    s = power_of_two_scale(x)
-    return torch.mv(w, x * s).double() / s.double()
+def block_products(windows: list[Tensor], xs: list[Tensor]) -> list[Tensor]:
+    """``G_p x_p`` for every block, as float64 vectors of length ``m``, without overflow or
+    underflow in the windows' dtype: each ``x_p`` (flattened, in its window's dtype) is multiplied
+    by the power of two ``s_p`` that brings its largest entry into ``[0.5, 1)`` and the float64
+    product divided by ``s_p`` (both exact; the scales of all blocks come from one ``frexp``). In
+    the normal range each equals ``torch.mv(G_p, x_p).double()`` bit for bit."""
+    xs = [x.reshape(-1).to(w.dtype) for w, x in zip(windows, xs)]
+    if not xs:
+        return []
+    first = xs[0]
+    if all(x.dtype == first.dtype and x.device == first.device for x in xs):
+        scales = scales_for_peaks(torch.stack([x.abs().amax() if x.numel() else x.new_zeros(()) for x in xs]))
+        inverses = 1 / scales.double()
+        pairs = zip(scales.unbind(), inverses.tolist() if first.device.type == "cpu" else inverses.unbind())
+    else:  # blocks of several dtypes or devices: one scale each, in its own dtype's range
+        pairs = ((s, 1 / s.double()) for s in map(power_of_two_scale, xs))
+    return [torch.mv(w, x * s).double() * inv for w, x, (s, inv) in zip(windows, xs, pairs)]
 
 
 def window_products(windows: list[Tensor], xs: list[Tensor]) -> Tensor:
     """``G x = sum_p G_p x_p`` as a float64 vector of length ``m`` (``xs`` flattened, in the windows' dtypes)."""
     total = None
-    for w, x in zip(windows, xs):
-        part = window_product(w, x)
+    for part in block_products(windows, xs):
         total = part if total is None else total + part.to(total.device)
     if total is None:
         raise ValueError("window_products needs at least one window")
@@ -83,15 +91,9 @@ def insert_gradient(windows: list[Tensor], grams: list[Tensor], grads: list[Tens
     """
     if not windows:
         raise ValueError("insert_gradient needs at least one window")
-    rows = []
     for w, g in zip(windows, grads):
         w[row].copy_(g.reshape(-1))
-        rows.append(w[row])
-    # window_product's exact prescale, with the scales of all parameters from one frexp
-    peaks = torch.stack([r.abs().amax() if r.numel() else r.new_zeros(()) for r in rows])
-    scales = scales_for_peaks(peaks)
-    inverses = (1 / scales.double()).tolist() if scales.device.type == "cpu" else (1 / scales.double()).unbind()
-    parts = [torch.mv(w, r * s).double() * inv for w, r, s, inv in zip(windows, rows, scales.unbind(), inverses)]
+    parts = block_products(windows, [w[row] for w in windows])
     if whole_sums is not None:
         summed = whole_sums(torch.stack([part.to(parts[0].device) for part in parts]))
         parts = [s.to(device=part.device) for s, part in zip(summed.unbind(0), parts)]
