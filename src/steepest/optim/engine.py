@@ -125,7 +125,6 @@ def default_role(p: Tensor) -> str:
     return "conv" if p.ndim >= 3 else "hidden" if p.ndim == 2 else "vector"
 
 
-
 def _upgrade_state(state: dict[str, Any]) -> None:
     """Convert one parameter's state from the layout of steepest 0.6 and earlier in place:
     ``exp_avg_sq`` (Adam/diffGrad's ``v``) to ``exp_avg_rms = sqrt(v)``, and a float32 ``noise_sq``
@@ -136,6 +135,7 @@ def _upgrade_state(state: dict[str, Any]) -> None:
         value = state.get(key)
         if isinstance(value, Tensor) and value.dtype != wide_float(value.device):
             state[key] = value.to(wide_float(value.device))
+
 
 class GeometryOptimizer(Optimizer):
     """Steepest descent under a geometry chosen per parameter group (see the module docstring).
@@ -270,8 +270,8 @@ class GeometryOptimizer(Optimizer):
         after a reload is bit-identical on any device.
 
         State saved by steepest 0.6 and earlier is converted: Adam's second moment ``exp_avg_sq``
-        becomes ``exp_avg_rms = sqrt(exp_avg_sq)`` and a float32 ``noise_sq`` becomes float64
-        (see :func:`_upgrade_state`)."""
+        becomes ``exp_avg_rms = sqrt(exp_avg_sq)``, and a float32 ``noise_sq`` (LANTON) or
+        ``gram`` (M-FAC) becomes float64 (see :func:`_upgrade_state`)."""
         saved_groups = state_dict["param_groups"]
         saved_state = state_dict["state"]
         super().load_state_dict(state_dict)
