@@ -99,14 +99,11 @@ def test_compile_is_a_validated_flat_argument_of_every_preset(name):
             PRESETS[name]([w], compile=value)
 
 
-def test_auto_compiles_on_cuda_with_triton_only(monkeypatch):
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert resolve_compile("auto", cpu) is False
-    assert resolve_compile(True, cpu) is True and resolve_compile(False, cuda) is False
-    monkeypatch.setattr(compiled_mod, "cuda_compiles", lambda: True)
-    assert resolve_compile("auto", cuda) is True and resolve_compile("auto", cpu) is False
-    monkeypatch.setattr(compiled_mod, "cuda_compiles", lambda: False)
-    assert resolve_compile("auto", cuda) is False
+def test_auto_is_eager_on_every_device_and_true_false_are_as_given():
+    """"auto" never compiles: compiled kernels measured slower on CPU and on an H100 (steepest.compiled)."""
+    for device in (torch.device("cpu"), torch.device("cuda"), torch.device("mps")):
+        assert resolve_compile("auto", device) is False
+        assert resolve_compile(True, device) is True and resolve_compile(False, device) is False
 
 
 @pytest.mark.parametrize("name", ["muon", "lion", "diffgrad"])

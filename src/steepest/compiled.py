@@ -30,8 +30,16 @@ The cache below is keyed by the eager function and holds its compiled wrapper; i
 a switch: nothing in it changes what any call computes beyond "compiled or not", which the caller
 chooses per call.
 
-``compile="auto"`` (the optimizers' default) compiles for CUDA tensors when Triton is available
-and runs eagerly everywhere else. On CPU compiling does not pay. Measured on this library's 2-core
+``compile="auto"`` (the optimizers' default) runs every kernel eagerly: nowhere has compiling
+measured faster. ``compile=True`` compiles both kernel families on any device.
+
+On CUDA, measured on an H100 (torch 2.11) with a GPT-2-small-shaped model (12 layers of width 768,
+vocabulary 50304, random gradients), the configurations stepping in turn so that drift hits all
+alike, medians of 60 rounds after 20 warm-up rounds: one Muon step took 12.63 ms eager, 12.73 ms
+with Newton-Schulz compiled (its time is in the matrix products, which are cuBLAS calls either way)
+and 15.51 ms with the transforms compiled too; torch.optim.Muon with AdamW took 20.00 ms. The
+transforms run once per parameter (141 compiled calls per step here), and each compiled call's
+guard checks cost more than the fused passes save. On CPU compiling does not pay either. Measured on this library's 2-core
 CPU machine with torch 2.13 and one thread (``steepest bench kernels`` has the per-kernel table;
 the machine was shared with other jobs, so medians of alternating calls):
 
@@ -46,10 +54,10 @@ the machine was shared with other jobs, so medians of alternating calls):
 
 (With several threads on an oversubscribed CPU the eager transforms look much worse, since every
 multi-threaded op waits for descheduled threads at its barrier; a fused kernel has fewer barriers.
-That is an artefact of the shared machine, not a reason to compile by default.) On CUDA the
-reference implementations (modded-nanogpt, Dion) compile Newton-Schulz and the fused updates, and
-the elementwise kernels there are launch-bound, which fusing removes; "auto" follows them there
-(not measured with this library yet: the machine these numbers come from has no GPU).
+That is an artefact of the shared machine, not a reason to compile by default.) The reference
+implementations (modded-nanogpt, Dion) compile Newton-Schulz and fused updates; this library's
+batched eager kernels gave them nothing to gain in the measurement above, so ``"auto"`` stays
+eager until a measurement says otherwise.
 """
 from __future__ import annotations
 
@@ -113,23 +121,13 @@ def kernel(fn: Callable, compile: bool) -> Callable:
     return compiled(fn) if compile else fn
 
 
-@functools.lru_cache(maxsize=None)
-def cuda_compiles() -> bool:
-    """Whether ``torch.compile`` can generate CUDA kernels here (dynamo supported, Triton importable)."""
-    try:
-        from torch.utils._triton import has_triton
-
-        return bool(torch._dynamo.is_dynamo_supported() and has_triton())
-    except Exception:  # an unusual build: treat as unavailable, "auto" then stays eager
-        return False
-
-
 def resolve_compile(setting: bool | str, device: torch.device) -> bool:
     """Whether kernels on ``device`` run compiled under the ``compile=`` ``setting``:
-    ``True``/``False`` as given; ``"auto"`` compiles on CUDA (with Triton) and nowhere else."""
+    ``True``/``False`` as given; ``"auto"`` is eager on every device (see the module docstring
+    for the measurements; ``device`` is where a future measured gain would be decided)."""
     if setting is True or setting is False:
         return setting
-    return device.type == "cuda" and cuda_compiles()
+    return False
 
 
-__all__ = ["COMPILE_CHOICES", "CompiledKernel", "compiled", "cuda_compiles", "kernel", "resolve_compile"]
+__all__ = ["COMPILE_CHOICES", "CompiledKernel", "compiled", "kernel", "resolve_compile"]

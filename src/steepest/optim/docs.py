@@ -21,9 +21,9 @@ COMMON_DOC = """maximize: maximize the objective instead of minimizing it.
             once per matrix, on an owner rank (see ``steepest.distributed``).
         compile: ``"auto"`` (default), ``True`` or ``False``: run the pure kernels (Newton-Schulz and
             the elementwise state transforms) through ``torch.compile(fullgraph=True)``. ``"auto"``
-            compiles for CUDA tensors when Triton is available and stays eager on CPU, where it
-            does not pay (see ``steepest.compiled``). Compiled results agree with eager ones to
-            float rounding, not bit for bit."""
+            stays eager on every device: compiling measured slower on CPU and on an H100 (see
+            ``steepest.compiled``). Compiled results agree with eager ones to float rounding, not
+            bit for bit."""
 
 
 NOISE_DOC = """noise_adaptive: LANTON's noise-adaptive layerwise learning rates on the groups whose
