@@ -81,6 +81,10 @@ def test_max_abs_matches_abs_amax():
     x = values((7, 4), 1.0, torch.float32, seed=3)
     assert torch.equal(max_abs(x), x.abs().amax())
     assert torch.equal(max_abs(x, dim=1, keepdim=True), x.abs().amax(dim=1, keepdim=True))
+    assert torch.equal(max_abs(x, keepdim=True), x.abs().amax().reshape(1, 1))
+    stack = values((3, 4, 5), 1.0, torch.float32, seed=4)
+    assert torch.equal(max_abs(stack, dim=(-2, -1), keepdim=True), stack.abs().amax(dim=(-2, -1), keepdim=True))
+    assert max_abs(torch.zeros(2, 0, 3), dim=(-2, -1), keepdim=True).tolist() == [[[0.0]], [[0.0]]]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

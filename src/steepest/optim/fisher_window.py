@@ -45,7 +45,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ..numerics import power_of_two_scale, scales_for_peaks
+from ..numerics import max_abs, power_of_two_scale, scales_for_peaks
 
 
 def block_products(windows: list[Tensor], xs: list[Tensor]) -> list[Tensor]:
@@ -59,7 +59,7 @@ def block_products(windows: list[Tensor], xs: list[Tensor]) -> list[Tensor]:
         return []
     first = xs[0]
     if all(x.dtype == first.dtype and x.device == first.device for x in xs):
-        scales = scales_for_peaks(torch.stack([x.abs().amax() if x.numel() else x.new_zeros(()) for x in xs]))
+        scales = scales_for_peaks(torch.stack([max_abs(x) for x in xs]))
         inverses = 1 / scales.double()
         pairs = zip(scales.unbind(), inverses.tolist() if first.device.type == "cpu" else inverses.unbind())
     else:  # blocks of several dtypes or devices: one scale each, in its own dtype's range
@@ -69,11 +69,16 @@ def block_products(windows: list[Tensor], xs: list[Tensor]) -> list[Tensor]:
 
 def window_products(windows: list[Tensor], xs: list[Tensor]) -> Tensor:
     """``G x = sum_p G_p x_p`` as a float64 vector of length ``m`` (``xs`` flattened, in the windows' dtypes)."""
-    total = None
-    for part in block_products(windows, xs):
-        total = part if total is None else total + part.to(total.device)
-    if total is None:
+    if not windows:
         raise ValueError("window_products needs at least one window")
+    return _sum_blocks(block_products(windows, xs))
+
+
+def _sum_blocks(parts: list[Tensor]) -> Tensor:
+    """``sum_p parts[p]`` on the first part's device (a new tensor)."""
+    total = parts[0].clone()
+    for part in parts[1:]:
+        total += part.to(total.device)
     return total
 
 
@@ -97,13 +102,10 @@ def insert_gradient(windows: list[Tensor], grams: list[Tensor], grads: list[Tens
     if whole_sums is not None:
         summed = whole_sums(torch.stack([part.to(parts[0].device) for part in parts]))
         parts = [s.to(device=part.device) for s, part in zip(summed.unbind(0), parts)]
-    total = None
     for k, part in zip(grams, parts):
         k[row].copy_(part)
         k[:, row].copy_(part)
-        part = k[row].double()
-        total = part if total is None else total + part.to(total.device)
-    return total
+    return _sum_blocks(parts)
 
 
 def solve_window_system(gram: Tensor, rhs: Tensor, damp: float) -> Tensor:
