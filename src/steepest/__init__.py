@@ -12,7 +12,7 @@ from .safestep import SafeStep
 from .optim import (LANTON, MFAC, PRESETS, AuON, DiffGrad, GeometryOptimizer, HybridAuON, Lion, LionK, Muon,
                     NorMuon, Scion, Signum)
 
-__version__ = "0.7.0"
+__version__ = "0.8.0"
 
 
 def __getattr__(name: str):

@@ -129,9 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "seeds, and writes report.md, PNG plots and results.json. The run resumes: rerunning "
                     "the same command skips the cells this steepest version finished. `steepest bench "
                     "kernels` times the orthogonalization backends against this machine's matmul roofline.")
-    bench.add_argument("what", nargs="?", choices=("suite", "kernels", "distributed"), default="suite",
+    bench.add_argument("what", nargs="?", choices=("suite", "kernels", "distributed", "lanton"), default="suite",
                        help="suite (default): train and compare; kernels: the kernel micro-benchmark; "
-                            "distributed: optimizer step time per rank under DDP and FSDP2 (torchrun, gloo)")
+                            "distributed: optimizer step time per rank under DDP and FSDP2 (torchrun, gloo); "
+                            "lanton: the LANTON study (its noise rules against its base, Muon and AdamW on "
+                            "shakespeare-char and a depth ladder of GPTs; hours on 2 cores, resumable)")
     size = bench.add_mutually_exclusive_group()
     size.add_argument("--quick", dest="budget", action="store_const", const="quick",
                       help="the quick suite, about 5 minutes on 2 cores (the default): optimizers "
@@ -182,6 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="distributed: width of the benchmark GPT (default 128)")
     bench.add_argument("--layers", type=_positive_int, default=None,
                        help="distributed: blocks of the benchmark GPT (default 4)")
+    bench.add_argument("--jobs", type=_positive_int, default=None,
+                       help="lanton: tasks trained at the same time (default 1; each cell uses --threads, default 1)")
+    bench.add_argument("--report-only", action="store_true",
+                       help="lanton: write the report from the finished cells without training")
     bench.add_argument("--no-progress", action="store_true", help="no progress display on stderr")
     bench.set_defaults(handler=_cmd_bench, subparser=bench)
 
@@ -247,6 +253,32 @@ def _cmd_diagnose(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     return 0
 
 
+def _cmd_lanton(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from dataclasses import replace
+
+    from .bench.lanton_study import Study, describe, run_study, tiny_study
+
+    if args.budget not in (None, "smoke"):
+        parser.error("`steepest bench lanton` takes --smoke (a tiny study) or no size option")
+    study = tiny_study() if args.budget == "smoke" else Study()
+    if args.threads is not None:
+        study = replace(study, threads=args.threads)
+    if args.in_process:
+        study = replace(study, isolate=False)
+    out = Path(args.out) if args.out else Path("bench-out") / ("lanton-study-smoke" if args.budget else "lanton-study")
+    if not args.no_progress:
+        print(f"steepest bench lanton: {out}\n{describe(study)}", file=sys.stderr)
+    try:
+        run_study(study, out, jobs=args.jobs or 1, report_only=args.report_only, show_progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print(f"\nsteepest bench lanton: interrupted; finished cells are saved in {out}; rerun the same "
+              f"command to resume", file=sys.stderr)
+        return 130
+    print((out / "report.md").read_text(encoding="utf-8"))
+    print(f"report written to {out / 'report.md'}")
+    return 0
+
+
 def suite_config(args: argparse.Namespace):
     """The :class:`SuiteConfig` that the ``bench`` options describe (``ValueError`` when invalid)."""
     from .bench.runner import SuiteConfig
@@ -280,11 +312,12 @@ _BENCH_OPTION_SCOPE = {
     ("tasks", "--task"): ("suite",), ("text", "--text"): ("suite",), ("optimizers", "--optimizers"): ("suite",),
     ("lr_grid", "--lr-grid"): ("suite",), ("seeds", "--seeds"): ("suite",), ("lr", "--lr"): ("suite",),
     ("batch_size", "--batch-size"): ("suite",), ("eval_every", "--eval-every"): ("suite",),
-    ("target", "--target"): ("suite",), ("in_process", "--in-process"): ("suite",),
+    ("target", "--target"): ("suite",), ("in_process", "--in-process"): ("suite", "lanton"),
     ("hyper_connections", "--hyper-connections"): ("suite",), ("diagnostics", "--diagnostics"): ("suite",),
     ("checkpoint_every", "--checkpoint-every"): ("suite",),
-    ("budget", "--quick/--full/--smoke"): ("suite", "kernels"), ("steps", "--steps"): ("suite", "distributed"),
-    ("threads", "--threads"): ("suite", "kernels", "distributed"), ("ranks", "--ranks"): ("distributed",),
+    ("budget", "--quick/--full/--smoke"): ("suite", "kernels", "lanton"), ("steps", "--steps"): ("suite", "distributed"),
+    ("threads", "--threads"): ("suite", "kernels", "distributed", "lanton"), ("ranks", "--ranks"): ("distributed",),
+    ("jobs", "--jobs"): ("lanton",), ("report_only", "--report-only"): ("lanton",),
     ("d_model", "--d-model"): ("distributed",), ("layers", "--layers"): ("distributed",),
 }
 
@@ -301,6 +334,8 @@ def _cmd_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         return _cmd_kernels(args, parser)
     if args.what == "distributed":
         return _cmd_distributed(args, parser)
+    if args.what == "lanton":
+        return _cmd_lanton(args, parser)
     from .bench.report import summary_text, write_report
     from .bench.runner import default_run_dir, load_tasks, run_suite
 

@@ -24,9 +24,19 @@ class Peer:
     hyperparameters: dict = field(default_factory=dict)
     explanation: str | None = None
 
-    def step(self) -> None:
+    def step(self, second_grads: dict | None = None) -> None:
+        """Step every optimizer; ``second_grads`` (``{param: gradient}`` of a second batch) goes to
+        the optimizers that asked for it (:meth:`needs_second_grads`)."""
         for opt in self.optimizers:
-            opt.step()
+            if second_grads is not None and getattr(opt, "needs_second_grads", lambda: False)():
+                opt.step(second_grads=second_grads)
+            else:
+                opt.step()
+
+    def needs_second_grads(self) -> bool:
+        """Whether the next step needs a second gradient at the same point (LANTON's
+        ``noise_source="second"`` at a measuring step)."""
+        return any(getattr(opt, "needs_second_grads", lambda: False)() for opt in self.optimizers)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for opt in self.optimizers:

@@ -51,6 +51,10 @@ is marked *):
                           lr because the min_ratio rule slows every layer but the least noisy one
                           (factors 0.2-0.7 measured); benchmarks/lanton_grid.sh tunes all of them
                           on {0.5, 1, 2} x these defaults, two seeds
+    steepest-lanton-*     the LANTON study's variants (benchmarks/lanton_study.py, docs/algorithms/
+                          lanton.md): one noise rule each (min-ratio, sqrt-ratio, alpha-sqrt with
+                          alpha 0.3), the second-gradient noise source (-second) and a measurement
+                          at every step instead of every 10th (-every-step), all at LANTON's 0.04
 
 A peer that cannot be built here (``torch.optim.Muon`` before torch 2.9) raises
 :class:`PeerUnavailable`; the runner skips it and records the reason in the report.
@@ -69,6 +73,10 @@ from .peer_base import (AUX_ADAMW_LR, BETAS, Peer, PeerUnavailable, hidden_matri
                         split_hidden, state_bytes)
 
 
+#: The noise settings the LANTON study's peers share (each peer changes one of them).
+STUDY_NOISE = {"noise_rule": "alpha_sqrt", "noise_alpha": 0.3, "noise_every": 10, "noise_beta": 0.9,
+               "noise_source": "previous"}
+
 #: peer name -> (steepest preset, constructor keywords). ``lr`` is the benchmark's base peak lr;
 #: ``build_peer(..., lr=x)`` replaces it.
 STEEPEST_PEERS: dict[str, tuple[str, dict]] = {
@@ -84,6 +92,14 @@ STEEPEST_PEERS: dict[str, tuple[str, dict]] = {
     "steepest-mfac": ("mfac", {"lr": 3e-3}),
     "steepest-lanton": ("lanton", {"lr": 0.04, "sign_lr": 5e-4}),
     "steepest-lanton-base": ("lanton", {"lr": 0.02, "sign_lr": 5e-4, "noise_adaptive": False}),
+    # the LANTON study (benchmarks/lanton_study.py): each noise rule and option spelled out, so that
+    # a change of the preset's defaults leaves these peers (and their recorded cells) as they are
+    "steepest-lanton-min-ratio": ("lanton", {"lr": 0.04, "sign_lr": 5e-4, **STUDY_NOISE, "noise_rule": "min_ratio"}),
+    "steepest-lanton-sqrt-ratio": ("lanton", {"lr": 0.04, "sign_lr": 5e-4, **STUDY_NOISE,
+                                              "noise_rule": "sqrt_ratio"}),
+    "steepest-lanton-alpha-sqrt": ("lanton", {"lr": 0.04, "sign_lr": 5e-4, **STUDY_NOISE}),
+    "steepest-lanton-second": ("lanton", {"lr": 0.04, "sign_lr": 5e-4, **STUDY_NOISE, "noise_source": "second"}),
+    "steepest-lanton-every-step": ("lanton", {"lr": 0.04, "sign_lr": 5e-4, **STUDY_NOISE, "noise_every": 1}),
     "steepest-muon-lanton": ("muon", {"lr": 0.04, "adamw_lr": AUX_ADAMW_LR, "noise_adaptive": True}),
 }
 

@@ -39,7 +39,8 @@ def task_table(task: dict) -> str:
     """One row per optimizer at its best lr (the main table of a task)."""
     extras = task["extra_metrics"]
     header = (["optimizer", "best lr", f"final {task['metric']}", "@25%", "@50%", *extras,
-               "steps to target", "s to target", "ms/step", "ms opt.step", "state MiB", "peak RSS MiB"])
+               "steps to target", "s to target", "ms/step", "ms opt.step", "opt.step mean", "state MiB",
+               "peak RSS MiB"])
     rows = [header]
     for name, s in task["optimizers"].items():
         if s["status"] != "ok":
@@ -52,7 +53,8 @@ def task_table(task: dict) -> str:
                      _fmt(s["at_budget"].get("0.25")), _fmt(s["at_budget"].get("0.5")),
                      *[_fmt(s["extras"].get(m)) for m in extras],
                      steps, _fmt(s.get("seconds_to_target"), 3), _fmt(s["step_ms"], 3),
-                     _fmt(s["opt_step_ms"], 3), _fmt(s["state_mib"], 3), _fmt(s["peak_rss_mib"], 4)])
+                     _fmt(s["opt_step_ms"], 3), _fmt(s.get("opt_step_mean_ms"), 3), _fmt(s["state_mib"], 3),
+                     _fmt(s["peak_rss_mib"], 4)])
     return markdown_table(rows[0], rows[1:])
 
 
@@ -160,8 +162,9 @@ def render_markdown(results: dict) -> str:
               f"(lowest mean final metric), mean ± sample std over seeds. Every metric is lower-is-better. "
               f"Steps to target are those of the seed-mean curve, quantised to the evaluation interval "
               f"(k/n seeds: how many reached it on their own); seconds count training steps only. Timings are medians "
-              f"over each cell's steps after the first three, averaged over seeds; \"opt.step\" covers every "
-              f"optimizer object of the peer.", ""]
+              f"over each cell's steps after the first three, averaged over seeds, except \"opt.step mean\": the mean over "
+              f"the same steps, which counts work done at some steps only (LANTON measures its noise every "
+              f"noise_every steps); \"opt.step\" covers every optimizer object of the peer.", ""]
     if len(results["tasks"]) > 1:
         lines += ["## Overview", "", "Mean final metric at each optimizer's best lr (rank on the task; 1 is best):",
                   "", overview_table(results), ""]

@@ -51,9 +51,9 @@ def label(name: str) -> str:
 
         preset, kwargs = STEEPEST_PEERS[name]
         text = f"steepest.{PRESETS[preset].__name__}"
-        if "noise_adaptive" in kwargs:
-            text += f"(noise_adaptive={kwargs['noise_adaptive']})"
-        return text
+        shown = [f"{key}={kwargs[key]!r}" for key in ("noise_adaptive", "noise_rule", "noise_alpha", "noise_source",
+                                                       "noise_every") if key in kwargs]
+        return text + (f"({', '.join(shown)})" if shown else "")
     return name
 
 
@@ -139,7 +139,7 @@ def summarize_optimizer(task: Task, cells: list[tuple[Cell, dict | None]], budge
     out["extras"] = {m: _mean([r["final"].get(m) for r in ok]) for m in task.extra_metrics}
     out["at_budget"] = {f"{frac:g}": _mean([_at_or_after(r["curve"], math.ceil(frac * budget_steps), metric)
                                             for r in ok]) for frac in BUDGET_FRACTIONS}
-    for key in ("step_ms", "fwd_bwd_ms", "opt_step_ms", "state_mib", "train_seconds"):
+    for key in ("step_ms", "fwd_bwd_ms", "opt_step_ms", "opt_step_mean_ms", "state_mib", "train_seconds"):
         out[key] = _mean([r.get(key) for r in ok])
     out["peak_rss_mib"] = max(r.get("peak_rss_mib") or 0.0 for r in ok)
     out["curve"] = _mean_curve(ok, metric)

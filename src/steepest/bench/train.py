@@ -7,7 +7,9 @@ parameter group follows the same schedule; evaluation at step 0, every ``eval_ev
 the last step.
 
 Timing uses ``time.perf_counter`` around three spans of each step: the whole step (zero_grad,
-forward, backward, optimizer step, schedule), forward+backward, and ``peer.step()`` alone. Records
+forward, backward, optimizer step, schedule), forward+backward (with the second batch's forward
+and backward of an optimizer that asks for one, :meth:`Peer.needs_second_grads`), and
+``peer.step()`` alone. Records
 keep every per-step time; summaries use medians over the steps after the first ``timing_skip``
 (warm-up). Evaluation time is excluded from the training clock ``train_seconds``.
 
@@ -56,6 +58,14 @@ def peak_rss_mib() -> float:
     return peak / MIB if sys.platform == "darwin" else peak / 1024.0  # bytes on macOS, KiB on Linux
 
 
+def mean_ms(values: list[float], skip: int = TIMING_SKIP) -> float | None:
+    """The mean of ``values`` (seconds) after the first ``skip``, in milliseconds: the amortized
+    cost of work done at some steps only (LANTON's noise measurement every ``noise_every`` steps),
+    which the median does not show."""
+    kept = values[skip:] if len(values) > skip else values
+    return statistics.fmean(kept) * 1000.0 if kept else None
+
+
 def median_ms(values: list[float], skip: int = TIMING_SKIP) -> float | None:
     """The median of ``values`` (seconds) after the first ``skip``, in milliseconds."""
     kept = values[skip:] if len(values) > skip else values
@@ -98,6 +108,15 @@ class _Diagnostics:
     def result(self) -> dict:
         return {"layers": self.layers, "norms": self.norms, "iters": DIAGNOSTIC_ITERS,
                 "snapshots": self.snapshots, "seconds": self.seconds}
+
+
+def second_gradients(trial: Trial) -> dict:
+    """``{param: gradient}`` of the trial's second batch (:meth:`Trial.second_loss`), for optimizers
+    that estimate gradient noise from a second gradient at the same point; the parameters'
+    ``.grad`` are left as they are."""
+    params = [p for p in trial.model.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(trial.second_loss(), params, allow_unused=True)
+    return {p: g for p, g in zip(params, grads) if g is not None}
 
 
 #: the loop's per-step records, saved in a checkpoint and restored on resume
@@ -172,9 +191,10 @@ def train_trial(task: Task, trial: Trial, peer: Peer, budget: Budget, label: str
         peer.zero_grad(set_to_none=True)
         loss = trial.train_loss()
         loss.backward()
+        second = second_gradients(trial) if peer.needs_second_grads() else None
         t1 = time.perf_counter()
         try:
-            peer.step()
+            peer.step(second_grads=second)
             refused = False
         except FloatingPointError:  # steepest refuses a non-finite gradient: the run has diverged
             refused = True
@@ -228,6 +248,7 @@ def train_trial(task: Task, trial: Trial, peer: Peer, budget: Budget, label: str
         "step_ms": median_ms(step_s),
         "fwd_bwd_ms": median_ms(fwd_bwd_s),
         "opt_step_ms": median_ms(opt_s),
+        "opt_step_mean_ms": mean_ms(opt_s),
         "per_step_ms": {"step": [round(t * 1000.0, 3) for t in step_s],
                         "fwd_bwd": [round(t * 1000.0, 3) for t in fwd_bwd_s],
                         "opt_step": [round(t * 1000.0, 3) for t in opt_s]},

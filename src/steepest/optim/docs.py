@@ -31,8 +31,14 @@ NOISE_DOC = """noise_adaptive: LANTON's noise-adaptive layerwise learning rates 
         noise_beta: EMA coefficient of the squared noise estimate.
         noise_source: ``previous`` (difference of consecutive gradients, no extra backward) or
             ``second`` (difference to ``step(second_grads=...)``, a second mini-batch gradient).
-        noise_rule: ``min_ratio`` (the least noisy layer of a group runs at the base lr) or
-            ``gmean_ratio``."""
+        noise_rule: how a layer's lr factor falls with its noise standard deviation ``sigma``
+            (``s_min``: the group's smallest): ``min_ratio`` (``s_min / sigma``), ``sqrt_ratio``
+            (``sqrt(s_min / sigma)``), ``alpha_sqrt`` (``((alpha^2 + s_min^2) / (alpha^2 +
+            sigma^2))^(1/4)``) or ``gmean_ratio`` (``gmean(sigma) / sigma``).
+        noise_alpha: ``alpha_sqrt``'s noise scale ``alpha`` (>= 0, in the units of
+            ``layer_stats()``'s ``noise``): layers much quieter than it keep factors near 1.
+        noise_every: measure the noise at every ``noise_every``-th step of a layer (an integer
+            >= 1) and hold the factors in between; this divides the noise estimate's cost."""
 
 
 def fill_doc(doc: str) -> str:

@@ -34,8 +34,10 @@ the geometry then acts on ``W^T``, ``steepest.geometry.transposed``), ``maximize
 ``hidden``, ``conv``, ``embedding``, ``head``, ``vector`` or ``""``), and the noise-adaptive
 layerwise rates of LANTON (``noise.py``): ``noise_adaptive`` (bool), ``noise_beta`` (EMA of the
 squared noise), ``noise_source`` (``previous`` | ``second``), ``noise_rule`` (``min_ratio`` |
-``gmean_ratio``), ``noise_ns`` (the nuclear-norm estimator's Newton-Schulz schedule, or ``svd``) and
-``noise_eps`` (relative floor). Noise adaptivity applies to groups whose geometry is not
+``sqrt_ratio`` | ``alpha_sqrt`` | ``gmean_ratio``), ``noise_alpha`` (``alpha_sqrt``'s noise scale),
+``noise_every`` (measure the noise at every k-th step and hold the factors in between),
+``noise_ns`` (the nuclear-norm estimator's Newton-Schulz schedule, or ``svd``) and ``noise_eps``
+(relative floor). Noise adaptivity applies to groups whose geometry is not
 ``identity``. Stage 4 can end with a projection onto a constraint set (``steepest.constraints``):
 ``constraint`` (a registered name such as ``spectral_hardcap``, or None), ``constraint_bound`` (the
 spectral bound, sphere radius or Stiefel scale) and ``constraint_units`` (``spectral`` or ``rms``:
@@ -81,7 +83,8 @@ from ..compiled import resolve_compile
 from ..distributed import is_dtensor, is_sharded, local, resolve_topology
 from ..geometry import Geometry, make_geometry
 from ..numerics import wide_float
-from .noise import dual_norms, layer_factors, noise_stds
+from .noise import (NOISE_ALPHA, NOISE_EVERY, NOISE_RULE, dual_norms, keeps_gradient_at, layer_factors,
+                    measurement_beta, measures_at, noise_stds)
 from .transforms import adam_signal, diffgrad_signal, lion_signal, momentum_signal
 from .validation import ON_NONFINITE, check_choice, check_compile, check_group
 
@@ -109,7 +112,9 @@ ENGINE_DEFAULTS: dict[str, Any] = {
     "noise_adaptive": False,
     "noise_beta": 0.9,
     "noise_source": "previous",
-    "noise_rule": "min_ratio",
+    "noise_rule": NOISE_RULE,
+    "noise_alpha": NOISE_ALPHA,
+    "noise_every": NOISE_EVERY,
     "noise_ns": "quintic",
     "noise_eps": 1e-6,
     "constraint": None,
@@ -135,6 +140,11 @@ def _upgrade_state(state: dict[str, Any]) -> None:
         value = state.get(key)
         if isinstance(value, Tensor) and value.dtype != wide_float(value.device):
             state[key] = value.to(wide_float(value.device))
+    if "noise_count" in state and "noise_step" not in state:
+        # 0.7 and earlier measured at every step: the layer has stepped once more than it measured
+        # with noise_source="previous" (its first step only kept the gradient), as often with "second"
+        steps = state["noise_count"] + state.get("noise_prev_valid", torch.zeros(()))
+        state["noise_step"] = steps.to(device="cpu", dtype=torch.float32)
 
 
 class GeometryOptimizer(Optimizer):
@@ -175,6 +185,7 @@ class GeometryOptimizer(Optimizer):
         self._geometries: dict[tuple, Geometry] = {}
         self._constraints: dict[tuple, Any] = {}
         self._second_grads: dict[int, Tensor] = {}
+        self._factor_cache: dict[int, tuple[tuple, dict[int, float]]] = {}
         merged = dict(ENGINE_DEFAULTS)
         merged.update(self.PRESET_KEYS)
         merged.update(defaults)
@@ -251,7 +262,7 @@ class GeometryOptimizer(Optimizer):
         return float(group["lr"]) * group["radius"] * self.geometry(group).shape_scale(p.shape)
 
     #: state kept on the CPU whatever the parameter's device (counters read on the host every step)
-    _HOST_STATE = ("noise_count", "noise_prev_valid")
+    _HOST_STATE = ("noise_count", "noise_prev_valid", "noise_step")
 
     def state_dict(self) -> dict[str, Any]:
         """torch.optim's state dict plus ``nonfinite_skips``, the number of steps skipped for a
@@ -312,6 +323,7 @@ class GeometryOptimizer(Optimizer):
         self._geometries = {}
         self._constraints = {}
         self._second_grads = {}
+        self._factor_cache = {}
         for group in self.param_groups:
             for key, value in {**ENGINE_DEFAULTS, **self.PRESET_KEYS}.items():
                 group.setdefault(key, value)
@@ -547,6 +559,8 @@ class GeometryOptimizer(Optimizer):
                 device = local(p).device
                 state["noise_sq"] = torch.zeros((), dtype=wide_float(device), device=device)
                 state["noise_count"] = torch.zeros((), dtype=torch.float32)
+            if "noise_step" not in state:  # the layer's noise-adaptive steps so far (the refresh phase)
+                state["noise_step"] = torch.zeros((), dtype=torch.float32)
             if group["noise_source"] == "previous" and "noise_prev_valid" not in state:
                 # 1 once noise_prev_grad holds a gradient (a state saved before this key existed does)
                 state["noise_prev_valid"] = torch.tensor(float("noise_prev_grad" in state), dtype=torch.float32)
@@ -613,11 +627,28 @@ class GeometryOptimizer(Optimizer):
     def _noise_active(group: dict[str, Any]) -> bool:
         return bool(group["noise_adaptive"]) and group["geometry"] != "identity"
 
+    def _measuring(self, group: dict[str, Any], params: list[Tensor]) -> list[bool]:
+        """Whether each of ``params`` measures its noise at the coming step (``noise_every``)."""
+        every = group["noise_every"]
+        return [measures_at(int(done) + 1, every) for done in self._counts(params, "noise_step")]
+
+    def needs_second_grads(self) -> bool:
+        """Whether the next :meth:`step` measures noise from a second gradient: some group has
+        ``noise_source="second"`` and one of its parameters reaches a measuring step
+        (``noise_every``). A training loop can compute the second gradient only then."""
+        for group in self.param_groups:
+            if self._noise_active(group) and group["noise_source"] == "second":
+                if any(self._measuring(group, [p for p in group["params"] if p.requires_grad])):
+                    return True
+        return False
+
     def _check_second_grads(self, gi: int, group: dict[str, Any], params: list[Tensor]) -> None:
         def name(p: Tensor) -> str:  # only built for an error message
             return self._param_name(gi, next(i for i, q in enumerate(group["params"]) if q is p))
 
-        for p in params:
+        for p, measuring in zip(params, self._measuring(group, params)):
+            if not measuring:
+                continue
             g2 = self._second_grads.get(id(p))
             if g2 is None:
                 raise ValueError(f"Parameter {name(p)!r} is in a group with noise_source='second' but step() got "
@@ -627,28 +658,37 @@ class GeometryOptimizer(Optimizer):
                                  f"expected {tuple(p.shape)}; nothing was modified")
 
     def _update_noise(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
-        """Update every layer's EMA of the squared dual-norm noise ``||G - G~||_*^2``."""
+        """Advance every layer's noise step and, at its measuring steps (``noise_every``), update its
+        EMA of the squared dual-norm noise ``||G - G~||_*^2``."""
         geometry = self.geometry(group)
+        every, previous = group["noise_every"], group["noise_source"] == "previous"
+        steps = [int(done) + 1 for done in self._counts(params, "noise_step")]
+        torch._foreach_add_([self.state[p]["noise_step"] for p in params], 1.0)
+        measure = [measures_at(step, every) for step in steps]
+        keep = [previous and keeps_gradient_at(step, every) for step in steps]
+        if 1 in steps or any(measure):
+            self._factor_cache.pop(id(group), None)  # a layer joins, or an estimate changes
+        if not (any(measure) or any(keep)):
+            return
+        valid = self._counts(params, "noise_prev_valid") if previous and any(measure) else [1.0] * len(params)
         measured, deltas = [], []
-        seen = self._counts(params, "noise_prev_valid")
-        for p, grad, count in zip(params, grads, seen):
+        for p, grad, measuring, keeping, ready in zip(params, grads, measure, keep, valid):
+            if not (keeping or (measuring and ready > 0)):
+                continue
             state = self._state_view(p)
             g = self._working_grad(group, p, grad)
-            if group["noise_source"] == "second":
-                other = self._working_grad(group, p, local(self._second_grads[id(p)]))
+            if measuring and ready > 0:
+                other = state["noise_prev_grad"] if previous else self._working_grad(
+                    group, p, local(self._second_grads[id(p)]))
                 deltas.append(g - other)
                 measured.append(p)
-            else:
-                if count > 0:
-                    deltas.append(g - state["noise_prev_grad"])
-                    measured.append(p)
+            if keeping:
                 state["noise_prev_grad"].copy_(g)
-                if count == 0:
-                    state["noise_prev_valid"].fill_(1.0)
+                state["noise_prev_valid"].fill_(1.0)
         if not deltas:
             return
         norms = self._dual_norms(group, measured, deltas)
-        beta = group["noise_beta"]
+        beta = measurement_beta(group["noise_beta"], group["noise_every"])
         for p, norm in zip(measured, norms):
             state = self.state[p]
             scale = group["radius"] * geometry.shape_scale(p.shape)
@@ -680,7 +720,7 @@ class GeometryOptimizer(Optimizer):
         if not measured:
             return [None] * len(params)
         values = dict(zip(map(id, measured), torch.stack([self.state[p]["noise_sq"] for p in measured]).tolist()))
-        beta = group["noise_beta"]
+        beta = measurement_beta(group["noise_beta"], group["noise_every"])
         out: list[float | None] = []
         for p, count in zip(params, counts):
             h = values.get(id(p))
@@ -698,19 +738,29 @@ class GeometryOptimizer(Optimizer):
 
     def noise_factors(self, group: dict[str, Any]) -> dict[int, float]:
         """``{id(param): lr factor}`` for the layers of a noise-adaptive group: every factor is 1
-        until every parameter of the group with optimizer state has a noise estimate."""
-        key = "noise_prev_valid" if group["noise_source"] == "previous" else "noise_count"
-        params = [p for p, seen in zip(group["params"], self._counts(group["params"], key)) if seen > 0]
+        until every parameter of the group that has stepped has a noise estimate. The factors
+        change only when an estimate does, so they are computed once per measurement and reused
+        (the noise EMAs are read from the device then, not at every step)."""
+        settings = (tuple(map(id, group["params"])), group["noise_rule"], group["noise_alpha"],
+                    group["noise_eps"], group["noise_beta"])
+        cached = self._factor_cache.get(id(group))
+        if cached is not None and cached[0] == settings:
+            return cached[1]
+        params = [p for p, done in zip(group["params"], self._counts(group["params"], "noise_step")) if done > 0]
         noise_sq = self._noise_sq(group, params)
         if not params or None in noise_sq:
-            return {id(p): 1.0 for p in params}
-        factors = self.layer_rule(group, noise_stds(noise_sq, group["noise_eps"]))  # type: ignore[arg-type]
-        return {id(p): f for p, f in zip(params, factors)}
+            factors = {id(p): 1.0 for p in params}
+        else:
+            stds = noise_stds(noise_sq, group["noise_eps"])  # type: ignore[arg-type]
+            factors = {id(p): f for p, f in zip(params, self.layer_rule(group, stds))}
+        self._factor_cache[id(group)] = (settings, factors)
+        return factors
 
     def layer_rule(self, group: dict[str, Any], stds: list[float]) -> list[float]:
         """The lr factors of a group's layers from their noise standard deviations (in group order):
-        the named ``noise_rule``. Override in a subclass for a rule of your own."""
-        return layer_factors(stds, group["noise_rule"])
+        the named ``noise_rule`` (with ``noise_alpha`` for ``alpha_sqrt``). Override in a subclass
+        for a rule of your own."""
+        return layer_factors(stds, group["noise_rule"], group["noise_alpha"])
 
     def layer_stats(self) -> list[dict[str, Any]]:
         """Per-layer noise estimates and learning rates of the noise-adaptive groups.
@@ -743,7 +793,11 @@ class GeometryOptimizer(Optimizer):
         else:
             text = f"momentum({group['momentum']}{', nesterov' if group['nesterov'] else ''})"
         if self._noise_active(group):
-            text += f" + noise({group['noise_source']}, {group['noise_rule']}, beta={group['noise_beta']})"
+            rule = group["noise_rule"]
+            if rule == "alpha_sqrt":
+                rule += f"(alpha={group['noise_alpha']:g})"
+            every = f", every {group['noise_every']} steps" if group["noise_every"] != 1 else ""
+            text += f" + noise({group['noise_source']}, {rule}, beta={group['noise_beta']}{every})"
         if group["constraint"] is not None:
             units = "" if group["constraint_units"] == "spectral" else f", {group['constraint_units']}"
             text += f" + {group['constraint']}({group['constraint_bound']:g}{units})"

@@ -5,6 +5,7 @@ from typing import Any, Iterable
 
 from .docs import fill_doc
 from .engine import GeometryOptimizer
+from .noise import NOISE_ALPHA, NOISE_EVERY, NOISE_RULE
 
 _MATRIX_ROLES = ("hidden", "conv")
 
@@ -67,7 +68,8 @@ class LANTON(GeometryOptimizer):
     def __init__(self, params: Iterable[Any], lr: float = 0.02, sign_lr: float = 5e-4, momentum: float = 0.95,
                  nesterov: bool = False, weight_decay: float = 0.0, ns: str = "keller", ns_steps: int | None = None,
                  ns_dtype: str = "auto", *, noise_adaptive: bool = True, noise_beta: float = 0.9,
-                 noise_source: str = "previous", noise_rule: str = "min_ratio", noise_ns: str = "quintic",
+                 noise_source: str = "previous", noise_rule: str = NOISE_RULE, noise_alpha: float = NOISE_ALPHA,
+                 noise_every: int = NOISE_EVERY, noise_ns: str = "quintic",
                  maximize: bool = False, on_nonfinite: str = "raise", distributed_mesh: Any = None,
                  compile: bool | str = "auto"):
         self._sign_lr = sign_lr
@@ -76,7 +78,7 @@ class LANTON(GeometryOptimizer):
                          weight_decay=weight_decay, transform="momentum", geometry="spectral",
                          shape_scale="rms_to_rms", ns=ns, ns_steps=ns_steps, ns_dtype=ns_dtype,
                          noise_adaptive=noise_adaptive, noise_beta=noise_beta, noise_source=noise_source,
-                         noise_rule=noise_rule, noise_ns=noise_ns, maximize=maximize)
+                         noise_rule=noise_rule, noise_alpha=noise_alpha, noise_every=noise_every, noise_ns=noise_ns, maximize=maximize)
 
     def role_settings(self, role: str) -> dict[str, Any]:
         """Spectral (RMS->RMS) for hidden and conv; Signum at ``sign_lr`` for every other role."""

@@ -5,6 +5,7 @@ from typing import Any, Iterable, Mapping
 
 from .docs import fill_doc
 from .engine import GeometryOptimizer
+from .noise import NOISE_ALPHA, NOISE_EVERY, NOISE_RULE
 from .validation import as_betas, check_choice
 
 ADJUST_LR = ("original", "match_rms_adamw", "rms_to_rms", "none")
@@ -66,7 +67,8 @@ class Muon(GeometryOptimizer):
                  ns_steps: int | None = None, ns_dtype: str = "auto", adamw_lr: float = 3e-4,
                  adamw_betas: tuple[float, float] = (0.9, 0.95), adamw_eps: float = 1e-10,
                  adamw_weight_decay: float = 0.0, *, noise_adaptive: bool = False, noise_beta: float = 0.9,
-                 noise_source: str = "previous", noise_rule: str = "min_ratio", maximize: bool = False,
+                 noise_source: str = "previous", noise_rule: str = NOISE_RULE, noise_alpha: float = NOISE_ALPHA,
+                 noise_every: int = NOISE_EVERY, maximize: bool = False,
                  on_nonfinite: str = "raise", distributed_mesh: Any = None,
                  compile: bool | str = "auto", preset_defaults: Mapping[str, Any] | None = None):
         # preset_defaults: values of a subclass's PRESET_KEYS (NorMuon's beta2 and scale).
@@ -77,7 +79,7 @@ class Muon(GeometryOptimizer):
                          weight_decay=weight_decay, transform="momentum", geometry="spectral",
                          shape_scale=adjust_lr, ns=ns, ns_steps=ns_steps, ns_dtype=ns_dtype, maximize=maximize,
                          noise_adaptive=noise_adaptive, noise_beta=noise_beta, noise_source=noise_source,
-                         noise_rule=noise_rule, **dict(preset_defaults or {}))
+                         noise_rule=noise_rule, noise_alpha=noise_alpha, noise_every=noise_every, **dict(preset_defaults or {}))
 
     def role_settings(self, role: str) -> dict[str, Any]:
         """Matrix roles (hidden, conv) use the defaults above; every other role gets AdamW."""

@@ -11,6 +11,7 @@ from ..distributed import rows_like
 from ..geometry import as_matrix
 from .docs import fill_doc
 from .muon import Muon
+from .noise import NOISE_ALPHA, NOISE_EVERY, NOISE_RULE
 from .validation import check_choice
 
 SCALES = ("frobenius", "rms")
@@ -95,7 +96,8 @@ class NorMuon(Muon):
                  adjust_lr: str | None = None, ns: str = "keller", ns_steps: int | None = None,
                  ns_dtype: str = "auto", adamw_lr: float = 3e-4, adamw_betas: tuple[float, float] = (0.9, 0.95),
                  adamw_eps: float = 1e-10, adamw_weight_decay: float = 0.0, *, noise_adaptive: bool = False,
-                 noise_beta: float = 0.9, noise_source: str = "previous", noise_rule: str = "min_ratio",
+                 noise_beta: float = 0.9, noise_source: str = "previous", noise_rule: str = NOISE_RULE, noise_alpha: float = NOISE_ALPHA,
+                 noise_every: int = NOISE_EVERY,
                  maximize: bool = False, on_nonfinite: str = "raise", distributed_mesh: Any = None,
                  compile: bool | str = "auto"):
         check_choice("scale", scale, SCALES)
@@ -105,7 +107,7 @@ class NorMuon(Muon):
                          adjust_lr=adjust_lr, ns=ns, ns_steps=ns_steps, ns_dtype=ns_dtype, adamw_lr=adamw_lr,
                          adamw_betas=adamw_betas, adamw_eps=adamw_eps, adamw_weight_decay=adamw_weight_decay,
                          noise_adaptive=noise_adaptive, noise_beta=noise_beta, noise_source=noise_source,
-                         noise_rule=noise_rule, maximize=maximize, on_nonfinite=on_nonfinite, distributed_mesh=distributed_mesh,
+                         noise_rule=noise_rule, noise_alpha=noise_alpha, noise_every=noise_every, maximize=maximize, on_nonfinite=on_nonfinite, distributed_mesh=distributed_mesh,
                          compile=compile,
                          preset_defaults={"beta2": beta2, "scale": scale})
 

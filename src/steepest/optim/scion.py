@@ -5,6 +5,7 @@ from typing import Any, Iterable
 
 from .docs import fill_doc
 from .engine import GeometryOptimizer
+from .noise import NOISE_ALPHA, NOISE_EVERY, NOISE_RULE
 from .validation import check_positive
 
 #: role -> (geometry, shape_scale) of Scion's recipe for that role.
@@ -69,7 +70,8 @@ class Scion(GeometryOptimizer):
                  constrained: bool = False, hidden_radius: float = 3.0, embedding_radius: float = 1.0,
                  head_radius: float = 10.0, vector_radius: float = 1.0, ns: str = "keller",
                  ns_steps: int | None = None, ns_dtype: str = "auto", *, noise_adaptive: bool = False,
-                 noise_beta: float = 0.9, noise_source: str = "previous", noise_rule: str = "min_ratio",
+                 noise_beta: float = 0.9, noise_source: str = "previous", noise_rule: str = NOISE_RULE, noise_alpha: float = NOISE_ALPHA,
+                 noise_every: int = NOISE_EVERY,
                  maximize: bool = False, on_nonfinite: str = "raise", distributed_mesh: Any = None,
                  compile: bool | str = "auto"):
         radii = {"hidden": hidden_radius, "conv": hidden_radius, "embedding": embedding_radius,
@@ -84,7 +86,7 @@ class Scion(GeometryOptimizer):
                          weight_decay=1.0 if constrained else 0.0, transform="momentum", geometry="spectral",
                          shape_scale="rms_to_rms", ns=ns, ns_steps=ns_steps, ns_dtype=ns_dtype,
                          noise_adaptive=noise_adaptive, noise_beta=noise_beta, noise_source=noise_source,
-                         noise_rule=noise_rule, maximize=maximize)
+                         noise_rule=noise_rule, noise_alpha=noise_alpha, noise_every=noise_every, maximize=maximize)
 
     def role_settings(self, role: str) -> dict[str, Any]:
         """Geometry, shape factor and radius of Scion's recipe for ``role``."""

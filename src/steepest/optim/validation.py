@@ -5,6 +5,7 @@ range; tests match these messages, so change them only on purpose.
 """
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any, Mapping
 
@@ -101,6 +102,14 @@ def check_noise_keys(group: Mapping[str, Any]) -> None:
         raise ValueError(f"Invalid noise_beta value: {group['noise_beta']}; expected 0 <= noise_beta < 1")
     check_choice("noise_source", group["noise_source"], NOISE_SOURCES)
     check_choice("noise_rule", group["noise_rule"], NOISE_RULES)
+    alpha = _number("noise_alpha", group["noise_alpha"])
+    if not 0.0 <= alpha < math.inf:  # "not": NaN is rejected too
+        raise ValueError(f"Invalid noise_alpha value: {group['noise_alpha']}; expected a finite number >= 0")
+    every = group["noise_every"]
+    if isinstance(every, bool) or not isinstance(every, numbers.Integral):
+        raise TypeError(f"Invalid type for noise_every: expected int, got {type(every).__name__}")
+    if every < 1:
+        raise ValueError(f"Invalid noise_every value: {every}; expected an integer >= 1")
     check_choice("noise_ns", group["noise_ns"], SCHEDULE_NAMES)
     check_nonnegative("noise_eps", group["noise_eps"])
 

@@ -23,6 +23,9 @@ import torch
 from torch import nn
 
 BUDGETS = ("smoke", "quick", "full")
+#: the second batch stream of a trial with seed ``s`` (:meth:`Trial.second_loss`) is seeded
+#: ``s + SECOND_STREAM``, far from every seed's main stream ``s + 1``
+SECOND_STREAM = 7_919_000
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,12 @@ class Trial(ABC):
     @abstractmethod
     def evaluate(self) -> dict[str, float]:
         """The task's metrics on its fixed evaluation data (the model is left in training mode)."""
+
+    def second_loss(self) -> torch.Tensor:
+        """The training loss of a batch from a second stream, independent of :meth:`train_loss`'s
+        (for optimizers that estimate gradient noise from a second gradient at the same point,
+        such as LANTON with ``noise_source="second"``); drawing it leaves the main stream as it is."""
+        raise NotImplementedError(f"the {type(self).__name__} trial has no second batch stream")
 
 
 class Task(ABC):

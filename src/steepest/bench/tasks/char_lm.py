@@ -6,7 +6,8 @@ vocabulary 84, 90/10 positional split). ``text`` does the same on any UTF-8 file
 (``--task text:PATH``).
 
 A trial with seed ``s`` initialises the GPT from ``s`` and draws random training windows from a
-generator seeded with ``s + 1``. The validation set is the same for every seed: ``eval_batches``
+generator seeded with ``s + 1`` (a second, independent stream for optimizers that ask for a
+second gradient is seeded ``s + SECOND_STREAM``). The validation set is the same for every seed: ``eval_batches``
 batches of 16 random windows of the validation split drawn with the fixed seed
 :data:`VAL_SEED`. The metric is the mean validation cross-entropy in nats per character.
 """
@@ -18,7 +19,7 @@ import torch
 
 from ..data import CharData, fixed_batches, load_data, random_batch
 from ..gpt import GPT, GPTConfig, count_parameters
-from .base import Budget, Task, Trial
+from .base import SECOND_STREAM, Budget, Task, Trial
 
 VAL_SEED = 4321
 VAL_BATCH_SIZE = 16
@@ -34,10 +35,15 @@ class CharTrial(Trial):
         self._ctx = cfg.ctx
         self._batch_size = batch_size
         self._generator = torch.Generator().manual_seed(seed + 1)
+        self._second_generator = torch.Generator().manual_seed(seed + SECOND_STREAM)
         self._val = val_batches
 
     def train_loss(self) -> torch.Tensor:
         x, y = random_batch(self._data.train, self._batch_size, self._ctx, self._generator)
+        return self.model(x, y)[1]
+
+    def second_loss(self) -> torch.Tensor:
+        x, y = random_batch(self._data.train, self._batch_size, self._ctx, self._second_generator)
         return self.model(x, y)[1]
 
     @torch.no_grad()

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..gpt import count_parameters
-from .base import Budget, Task, Trial
+from .base import SECOND_STREAM, Budget, Task, Trial
 
 #: the seed of the permutation that splits the 1797 images into train and test (never the trial's)
 SPLIT_SEED = 1797
@@ -79,10 +79,17 @@ class DigitsTrial(Trial):
         self._x_train, self._y_train, self._x_test, self._y_test = data
         self._batch_size = batch_size
         self._generator = torch.Generator().manual_seed(seed + 1)
+        self._second_generator = torch.Generator().manual_seed(seed + SECOND_STREAM)
+
+    def _loss(self, generator: torch.Generator) -> torch.Tensor:
+        index = torch.randint(len(self._y_train), (self._batch_size,), generator=generator)
+        return F.cross_entropy(self.model(self._x_train[index]), self._y_train[index])
 
     def train_loss(self) -> torch.Tensor:
-        index = torch.randint(len(self._y_train), (self._batch_size,), generator=self._generator)
-        return F.cross_entropy(self.model(self._x_train[index]), self._y_train[index])
+        return self._loss(self._generator)
+
+    def second_loss(self) -> torch.Tensor:
+        return self._loss(self._second_generator)
 
     @torch.no_grad()
     def classifier_features(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
