@@ -747,6 +747,18 @@ INVALID: dict[str, Invalid] = {
                                     _choice_message("noise_source", NOISE_SOURCES)),
     "noise_rule_unknown": Invalid(_one("noise_rule", _unknown(NOISE_RULES)), ValueError,
                                   _choice_message("noise_rule", NOISE_RULES)),
+    "noise_alpha_out_of_range": Invalid(
+        _one("noise_alpha", st.one_of(_negative, st.sampled_from((NAN, math.inf)))), ValueError,
+        lambda s: f"Invalid noise_alpha value: {_value(s)}; expected a finite number >= 0"),
+    "noise_alpha_type": Invalid(
+        _one("noise_alpha", st.one_of(st.text(max_size=3), st.none(), st.booleans())), TypeError,
+        lambda s: f"Invalid type for noise_alpha: expected a real number, got {_type_name(s)}"),
+    "noise_every_below_one": Invalid(
+        _one("noise_every", st.integers(max_value=0)), ValueError,
+        lambda s: f"Invalid noise_every value: {_value(s)}; expected an integer >= 1"),
+    "noise_every_type": Invalid(
+        _one("noise_every", st.one_of(st.floats(), st.text(max_size=3), st.booleans(), st.none())), TypeError,
+        lambda s: f"Invalid type for noise_every: expected int, got {_type_name(s)}"),
     "noise_ns_unknown": Invalid(_one("noise_ns", _unknown(SCHEDULE_NAMES)), ValueError,
                                 _choice_message("noise_ns", SCHEDULE_NAMES)),
     "noise_eps_negative": Invalid(_one("noise_eps", _negative), ValueError,

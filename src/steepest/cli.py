@@ -260,7 +260,10 @@ def _cmd_lanton(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
 
     if args.budget not in (None, "smoke"):
         parser.error("`steepest bench lanton` takes --smoke (a tiny study) or no size option")
-    study = tiny_study() if args.budget == "smoke" else Study()
+    if args.text is not None and not Path(args.text).is_file():
+        parser.error(f"--text: no such file: {args.text}")
+    corpus = f"text:{args.text}" if args.text else "shakespeare-char"
+    study = tiny_study(corpus) if args.budget == "smoke" else Study(corpus=corpus)
     if args.threads is not None:
         study = replace(study, threads=args.threads)
     if args.in_process:
@@ -309,7 +312,7 @@ def suite_config(args: argparse.Namespace):
 
 #: ``bench`` options (argparse dest, flag) and the commands they apply to; any other use is an error
 _BENCH_OPTION_SCOPE = {
-    ("tasks", "--task"): ("suite",), ("text", "--text"): ("suite",), ("optimizers", "--optimizers"): ("suite",),
+    ("tasks", "--task"): ("suite",), ("text", "--text"): ("suite", "lanton"), ("optimizers", "--optimizers"): ("suite",),
     ("lr_grid", "--lr-grid"): ("suite",), ("seeds", "--seeds"): ("suite",), ("lr", "--lr"): ("suite",),
     ("batch_size", "--batch-size"): ("suite",), ("eval_every", "--eval-every"): ("suite",),
     ("target", "--target"): ("suite",), ("in_process", "--in-process"): ("suite", "lanton"),

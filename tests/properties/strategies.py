@@ -237,6 +237,8 @@ NUMERIC_ARGS: dict[str, st.SearchStrategy[Any]] = {
     "noise_beta": st.floats(0.0, 0.9999),
     "noise_source": st.sampled_from(NOISE_SOURCES),
     "noise_rule": st.sampled_from(NOISE_RULES),
+    "noise_alpha": st.floats(0.0, 10.0),
+    "noise_every": st.integers(1, 5),
     "noise_ns": st.sampled_from(SCHEDULE_NAMES),
     "ngrads": st.integers(1, 8),
     "damp": log_uniform(1e-6, 1.0),

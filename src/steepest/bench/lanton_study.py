@@ -92,9 +92,11 @@ class Study:
     confirm_seeds: tuple[int, ...] = CONFIRM_SEEDS
     threads: int | None = 1
     isolate: bool = True
+    #: the text every task trains on: ``shakespeare-char`` or ``text:PATH`` (a UTF-8 file of your own)
+    corpus: str = "shakespeare-char"
 
     def suite(self, task: StudyTask, optimizers, multipliers, seeds, lrs=None) -> SuiteConfig:
-        return SuiteConfig(budget="full", tasks=["shakespeare-char"], optimizers=list(optimizers),
+        return SuiteConfig(budget="full", tasks=[self.corpus], optimizers=list(optimizers),
                            lr_multipliers=list(multipliers), seeds=list(seeds), lrs=dict(lrs or {}),
                            steps=task.steps, batch_size=task.batch_size, eval_every=task.eval_every,
                            threads=self.threads, isolate=self.isolate, gpt_options=dict(task.gpt_options))
@@ -281,7 +283,7 @@ def write_plots(results: dict, out: Path) -> list[str]:
         return []
     written = []
     ladder = {k: r for k, r in results.items() if k.startswith("gpt-")}
-    if ladder:
+    if any(r["gaps"] for r in ladder.values()):
         fig, ax = plt.subplots(figsize=(6, 4))
         for rule in RULES:
             points = sorted((r["task"]["depth"], r["gaps"][rule]) for r in ladder.values() if rule in r["gaps"])
@@ -340,7 +342,8 @@ def write_report(study: Study, results: dict, out: Path, seconds: float) -> Path
              f"torch thread(s) per cell. Lr grid x{', x'.join(f'{m:g}' for m in study.grid)} of each optimizer's "
              f"base lr with seeds {', '.join(map(str, study.grid_seeds))}; the best multiplier (lowest 2-seed mean) "
              f"then ran seed(s) {', '.join(map(str, study.confirm_seeds))} too. The study's noise settings: "
-             f"{STUDY_NOISE} (each variant changes one). Timings were taken while other cells ran beside them.",
+             f"{STUDY_NOISE} (each variant changes one). Text: {study.corpus}. Timings were taken while other "
+             f"cells ran beside them.",
              "", "## Gap to the base (tuned lr, final val loss, nats; negative: the rule wins)", "", gap_table(results), ""]
     for key, res in results.items():
         task = res["task"]
@@ -382,10 +385,10 @@ def run_study(study: Study, out: str | Path, jobs: int = 1, report_only: bool = 
     return results
 
 
-def tiny_study() -> Study:
-    """The tiny study (``--tiny``): two tiny GPTs, a 2-point grid, in this process."""
+def tiny_study(corpus: str = "shakespeare-char") -> Study:
+    """The tiny study (``--smoke``): two tiny GPTs, a 2-point grid, in this process."""
     return Study(tasks=tiny_tasks(), grid=(0.5, 2.0), grid_seeds=(0, 1), confirm_seeds=(2,), threads=None,
-                 isolate=False)
+                 isolate=False, corpus=corpus)
 
 
 def describe(study: Study) -> str:
