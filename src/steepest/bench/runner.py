@@ -42,7 +42,7 @@ from .train import train_trial
 REFERENCES = {"adamw": "torch.optim.AdamW", "torch-muon": "torch.optim.Muon"}
 #: the quick suite's optimizers: the two torch references and steepest's main presets
 QUICK_OPTIMIZERS = ("adamw", "torch-muon", "steepest-muon", "steepest-normuon", "steepest-scion",
-                    "steepest-lanton")
+                    "steepest-lanton", "steepest-lanton-base")
 FULL_OPTIMIZERS = (*CORE_PEERS, *EXTERNAL_BUILDERS)
 
 

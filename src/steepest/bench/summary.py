@@ -222,6 +222,13 @@ def headlines(task: Task, ok: dict[str, dict], target: float | None) -> list[str
                 lines.append(f"{task.key}: {label(name)} optimizer step {ratios['opt_step_ms']:.2f}x "
                              f"torch.optim.Muon's ({ok[name]['opt_step_ms']:.2f} ms vs "
                              f"{ok[ref]['opt_step_ms']:.2f} ms)")
+    lanton, base = ok.get("steepest-lanton"), ok.get("steepest-lanton-base")
+    if lanton and base and lanton.get("opt_step_mean_ms") and base.get("opt_step_mean_ms"):
+        # the mean counts the noise measurement every noise_every steps, which the median skips
+        lines.append(f"{task.key}: {label('steepest-lanton')} optimizer step {lanton['opt_step_mean_ms'] / base['opt_step_mean_ms']:.2f}x "
+                     f"its base's, mean over steps ({lanton['opt_step_mean_ms']:.2f} ms vs "
+                     f"{base['opt_step_mean_ms']:.2f} ms; medians {lanton['opt_step_ms']:.2f} vs "
+                     f"{base['opt_step_ms']:.2f} ms)")
     return lines
 
 

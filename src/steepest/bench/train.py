@@ -194,7 +194,10 @@ def train_trial(task: Task, trial: Trial, peer: Peer, budget: Budget, label: str
         second = second_gradients(trial) if peer.needs_second_grads() else None
         t1 = time.perf_counter()
         try:
-            peer.step(second_grads=second)
+            if second is None:
+                peer.step()
+            else:
+                peer.step(second_grads=second)
             refused = False
         except FloatingPointError:  # steepest refuses a non-finite gradient: the run has diverged
             refused = True
