@@ -65,8 +65,9 @@ def test_explain_shows_where_each_lmo_runs(parity, mode):
 
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
 def test_state_is_complete_before_the_first_step(parity, mode):
-    # state keys are created with the groups: LANTON's spectral layers carry momentum + 4 noise keys
-    assert parity["runs"][("lanton", mode)]["state_keys"][-1] == 5
+    # state keys are created with the groups: LANTON's spectral layers carry momentum + 5 noise keys
+    # (noise_sq, noise_count, noise_step, noise_prev_valid, noise_prev_grad)
+    assert parity["runs"][("lanton", mode)]["state_keys"][-1] == 6
 
 
 def test_uneven_and_empty_shards_on_four_ranks(shards):
