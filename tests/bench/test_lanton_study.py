@@ -127,7 +127,9 @@ def test_default_study_shape():
     assert study.grid == (0.25, 0.5, 1.0, 2.0, 4.0, 8.0) and study.grid_seeds == (0, 1)
     assert study.confirm_seeds == (2,)
     for task in study.tasks:
-        assert {"adamw", "steepest-muon", BASE, "steepest-lanton-second"} <= set(task.optimizers)
+        assert {"adamw", "steepest-muon", BASE, "steepest-lanton-sqrt-ratio", "steepest-lanton-alpha-sqrt"} <= set(
+            task.optimizers)
+        assert ("steepest-lanton-second" in task.optimizers) == (task.depth <= 4)
         suites = study.grid_suites(task)
         assert suites["grid-torch-muon"].optimizers == ["torch-muon"]
         assert suites["grid"].threads == 1 and suites["grid"].tasks == ["shakespeare-char"]

@@ -7,9 +7,11 @@
 more as depth grows. The protocol, per task:
 
 1. **Grid.** Every optimizer at lr multipliers x{0.25, 0.5, 1, 2, 4, 8} of its benchmark base lr
-   (:data:`steepest.bench.peers.DEFAULT_LRS`), seeds 0 and 1, warm-up + cosine schedule. On the
-   deeper ladder rungs ``torch.optim.Muon`` runs x{0.5, 1, 2} only: its Newton-Schulz is hard-coded
-   bfloat16, which costs 4-8x steepest's step on CPUs without native bfloat16 matmul.
+   (:data:`steepest.bench.peers.DEFAULT_LRS`), seeds 0 and 1, warm-up + cosine schedule. To fit a
+   2-core machine, the 8- and 16-block rungs train the base, the two square-root rules and the
+   references only (:data:`DEEP`), and ``torch.optim.Muon`` runs a shorter grid where it is
+   expensive (:func:`default_tasks`): its Newton-Schulz is hard-coded bfloat16, which costs 4-8x
+   steepest's step on CPUs without native bfloat16 matmul.
 2. **Confirm.** Each optimizer's best multiplier (lowest mean final validation loss over the two
    seeds) runs once more with seed 2, so the best-lr numbers are means over three seeds.
 
@@ -64,14 +66,30 @@ class StudyTask:
     torch_muon_grid: tuple[float, ...] = GRID
 
 
+#: the optimizers of the deep ladder rungs (8 and 16 blocks), where a cell costs 1-2 minutes on one
+#: core: the base, the two square-root rules and the references
+DEEP = ("adamw", "steepest-muon", BASE, "steepest-lanton-sqrt-ratio", "steepest-lanton-alpha-sqrt")
+
+
 def default_tasks() -> list[StudyTask]:
     """shakespeare-char (the suite's GPT: 4 blocks, width 128, context 128; 150 steps) and the
-    ladder of 2, 4, 8 and 16 blocks at width 96, context 64 (200 steps)."""
-    tasks = [StudyTask("shakespeare-char", 4, {}, steps=150, optimizers=(*CORE, "steepest-lanton-every-step"))]
+    ladder of 2, 4, 8 and 16 blocks at width 96, context 64 (200 steps). torch.optim.Muon, whose
+    bfloat16 Newton-Schulz costs 4-8x steepest's step on CPUs without native bfloat16 matmul, runs
+    the whole grid on 2 and 4 blocks, x{0.5, 1, 2} on shakespeare-char and 8 blocks and x1 on 16."""
+    tasks = [StudyTask("shakespeare-char", 4, {}, steps=150, optimizers=(*CORE, "steepest-lanton-every-step"),
+                       torch_muon_grid=(0.5, 1.0, 2.0))]
     for depth in (2, 4, 8, 16):
         tasks.append(StudyTask(f"gpt-{depth}x96", depth, {"n_layer": depth, "d_model": 96, "ctx": 64},
-                               torch_muon_grid=GRID if depth <= 4 else (0.5, 1.0, 2.0)))
+                               optimizers=CORE if depth <= 4 else DEEP,
+                               torch_muon_grid=GRID if depth <= 4 else (0.5, 1.0, 2.0) if depth <= 8 else (1.0,)))
     return tasks
+
+
+def cost(task: StudyTask) -> float:
+    """A rough relative cost of a task's grid (its cells times their model's work per step)."""
+    options = {"n_layer": 4, "d_model": 128, "ctx": 128, **task.gpt_options}
+    return (task.steps * options["n_layer"] * options["d_model"] ** 2 * options["ctx"]
+            * (len(task.optimizers) + 3 * len(task.torch_muon_grid) / 6))
 
 
 def tiny_tasks() -> list[StudyTask]:
@@ -369,7 +387,7 @@ def run_study(study: Study, out: str | Path, jobs: int = 1, report_only: bool = 
     started = time.perf_counter()
     if not report_only:
         # the longest tasks first, so that parallel jobs end together
-        order = sorted(study.tasks, key=lambda t: -t.depth * t.steps)
+        order = sorted(study.tasks, key=lambda t: -cost(t))
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
             for future in [pool.submit(run_task, study, task, out, show_progress) for task in order]:
                 future.result()
