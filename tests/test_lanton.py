@@ -388,6 +388,12 @@ def test_factor_cache_follows_changed_settings():
     opt.param_groups[0]["noise_alpha"] = 2.0
     want = ((4 + stds[0] ** 2) / (4 + stds[1] ** 2)) ** 0.25
     assert opt.layer_stats()[1]["factor"] == pytest.approx(want, rel=1e-6)
+    opt.param_groups[0]["noise_alpha"] = 0.5  # alpha alone
+    want = ((0.25 + stds[0] ** 2) / (0.25 + stds[1] ** 2)) ** 0.25
+    assert opt.layer_stats()[1]["factor"] == pytest.approx(want, rel=1e-6)
+    opt.param_groups[0]["noise_eps"] = 0.5  # the floor alone
+    assert opt.layer_stats()[1]["factor"] == pytest.approx(layer_factors(
+        noise_stds(noise_sq, 0.5), "alpha_sqrt", 0.5)[1], rel=1e-6)
 
 
 def test_explain_names_the_rule_alpha_and_interval():
