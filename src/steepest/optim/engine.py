@@ -62,8 +62,8 @@ ranks before anything is modified.
 Compilation (``compile``, a constructor setting like ``on_nonfinite``, not a group key): the pure
 kernels (the Newton-Schulz iteration of spectral groups and the elementwise state transforms of
 stage 1) run through ``torch.compile(fullgraph=True, dynamic=True)`` where the setting resolves to
-True for the tensor's device (``"auto"``: on CUDA with Triton, off elsewhere; see
-``steepest.compiled`` for the measurements behind that). The optimizer stores only the setting, so
+True for the tensor's device (``"auto"``: eager on every device; see ``steepest.compiled`` for
+the measurements behind that). The optimizer stores only the setting, so
 pickling, ``copy.deepcopy`` and ``state_dict`` are unaffected; the compiled kernels are cached per
 process. Compiled results agree with eager ones to float rounding (inductor fuses and reorders
 operations), not bit for bit.
@@ -155,8 +155,8 @@ class GeometryOptimizer(Optimizer):
         on_nonfinite: ``"raise"`` (default) or ``"skip"`` when a gradient holds NaN or Inf.
         distributed_mesh: ``None`` (one process), a ``ProcessGroup`` (DDP) or a 1-D ``DeviceMesh``
             (FSDP2); see ``steepest.distributed``.
-        compile: ``"auto"`` (default: compiled kernels for CUDA tensors when Triton is available,
-            eager elsewhere), ``True`` (always compile; on CPU this needs a C++ compiler) or ``False``.
+        compile: ``"auto"`` (default: eager on every device, as measured in ``steepest.compiled``),
+            ``True`` (always compile; on CPU this needs a C++ compiler) or ``False``.
         **defaults: values for any group key listed in the module docstring.
 
     Presets subclass this and implement :meth:`role_settings` to give each role its recipe; a
