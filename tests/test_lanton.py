@@ -119,7 +119,7 @@ def test_equal_noise_reduces_exactly_to_the_base_optimizer(rule, alpha, every):
 
 
 def test_noisier_layer_gets_a_smaller_lr():
-    params, opt = _two_layer_setup(True, ns="svd", ns_dtype="float64")
+    params, opt = _two_layer_setup(True, ns="svd", ns_dtype="float64", noise_rule="min_ratio", noise_every=1)
     gen = torch.Generator().manual_seed(7)
     mean = torch.randn(6, 4, generator=gen, dtype=F64)
     for _ in range(20):
@@ -146,7 +146,7 @@ def test_previous_gradient_noise_value():
     w = torch.zeros(5, 3, dtype=F64, requires_grad=True)
     e = torch.zeros(7, 3, dtype=F64, requires_grad=True)
     opt = LANTON([{"params": [("w", w)], "role": "hidden"}, {"params": [("e", e)], "role": "embedding"}],
-                 noise_ns="svd", ns_dtype="float64")
+                 noise_ns="svd", ns_dtype="float64", noise_every=1)
     g1, g2 = torch.randn(5, 3, dtype=F64), torch.randn(5, 3, dtype=F64)
     h1, h2 = torch.randn(7, 3, dtype=F64), torch.randn(7, 3, dtype=F64)
     w.grad, e.grad = g1, h1
@@ -163,7 +163,8 @@ def test_previous_gradient_noise_value():
 def test_second_gradient_option():
     w = torch.zeros(4, 4, requires_grad=True)
     b = torch.zeros(4, requires_grad=True)
-    opt = LANTON([{"params": [w], "role": "hidden"}, {"params": [b], "role": "vector"}], noise_source="second")
+    opt = LANTON([{"params": [w], "role": "hidden"}, {"params": [b], "role": "vector"}], noise_source="second",
+                 noise_every=1)
     initial = copy.deepcopy(opt.state_dict())
     w.grad, b.grad = torch.randn(4, 4), torch.randn(4)
     with pytest.raises(ValueError, match="noise_source='second' but step\\(\\) got no second gradient"):
@@ -191,7 +192,7 @@ def test_noise_flag_on_muon_scion_normuon():
             assert all(active.values())
         else:  # the AdamW fallback groups have no LMO, hence no dual-norm noise
             assert active == {"embedding": False, "head": False, "hidden": True, "vector": False}
-        assert "noise(previous, min_ratio" in steepest.explain(opt)
+        assert "noise(previous, alpha_sqrt(alpha=0.3), beta=0.9, every 10 steps)" in steepest.explain(opt)
         assert not any(g["noise_adaptive"] for g in steepest.for_model(model, preset).param_groups)
 
 
@@ -201,7 +202,7 @@ def test_custom_rule_by_overriding_layer_rule():
             return [0.5] * len(stds)
 
     params, _ = _two_layer_setup(True)
-    opt = Halving([{"params": params[:2], "role": "hidden"}], lr=0.05)
+    opt = Halving([{"params": params[:2], "role": "hidden"}], lr=0.05, noise_every=1)
     for _ in range(2):
         params[0].grad, params[1].grad = torch.randn(6, 4, dtype=F64), torch.randn(6, 4, dtype=F64)
         opt.step()
@@ -367,7 +368,7 @@ def test_state_saved_before_noise_step_existed_continues_the_schedule():
 
 def test_factor_cache_follows_changed_settings():
     """The factors are cached between measurements, but a changed rule or alpha applies at once."""
-    params, opt = _two_layer_setup(True, ns="svd", ns_dtype="float64", noise_every=100)
+    params, opt = _two_layer_setup(True, ns="svd", ns_dtype="float64", noise_every=100, noise_rule="min_ratio")
     gen = torch.Generator().manual_seed(41)
     for t in range(2):
         params[0].grad = 0.1 * torch.randn(6, 4, generator=gen, dtype=F64)
@@ -401,3 +402,16 @@ def test_explain_names_the_rule_alpha_and_interval():
     text = steepest.explain(steepest.for_model(model, "lanton", noise_rule="alpha_sqrt", noise_alpha=0.25,
                                                noise_every=7))
     assert "noise(previous, alpha_sqrt(alpha=0.25), beta=0.9, every 7 steps)" in text
+
+
+def test_defaults_are_the_studys_choice():
+    """The LANTON study (steepest bench lanton, docs/algorithms/lanton.md) chose these defaults;
+    Muon, Scion and NorMuon's noise_adaptive=True share the noise ones."""
+    import inspect
+
+    for cls in (LANTON, steepest.Muon, steepest.Scion, steepest.NorMuon):
+        params = inspect.signature(cls.__init__).parameters
+        assert (params["noise_rule"].default, params["noise_alpha"].default, params["noise_every"].default,
+                params["noise_beta"].default, params["noise_source"].default) == ("alpha_sqrt", 0.3, 10, 0.9,
+                                                                                  "previous"), cls
+    assert inspect.signature(LANTON.__init__).parameters["lr"].default == 0.04

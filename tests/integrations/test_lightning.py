@@ -126,8 +126,10 @@ def test_resumed_run_is_identical_to_uninterrupted(tmp_path, preset, accumulate,
     clip = {"gradient_clip_val": 0.5, "accumulate_grad_batches": accumulate, "precision": precision}
 
     # A: six optimizer steps in one go
+    # LANTON measures its noise at steps 2, 4 and 6: the checkpoint after step 3 falls between two
+    options = {"noise_every": 2} if preset == "lanton" else {}
     L.seed_everything(0, verbose=False)
-    module_a = TinyClassifier(preset)
+    module_a = TinyClassifier(preset, **options)
     trainer_a = trainer(tmp_path / "a", TOTAL_STEPS, enable_checkpointing=False, **clip)
     trainer_a.fit(module_a, loader(accumulate))
 
@@ -136,12 +138,13 @@ def test_resumed_run_is_identical_to_uninterrupted(tmp_path, preset, accumulate,
         return ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=STEPS_PER_EPOCH, save_top_k=-1)
 
     L.seed_everything(0, verbose=False)
-    trainer(tmp_path / "b1", STEPS_PER_EPOCH, callbacks=[saver()], **clip).fit(TinyClassifier(preset), loader(accumulate))
+    trainer(tmp_path / "b1", STEPS_PER_EPOCH, callbacks=[saver()], **clip).fit(TinyClassifier(preset, **options),
+                                                                              loader(accumulate))
     checkpoint = tmp_path / "ckpt" / f"epoch=0-step={STEPS_PER_EPOCH}.ckpt"
     assert sorted(p.name for p in checkpoint.parent.iterdir()) == [checkpoint.name]
 
     L.seed_everything(123, verbose=False)  # a different seed: nothing may depend on the RNG after a resume
-    module_b = TinyClassifier(preset)
+    module_b = TinyClassifier(preset, **options)
     trainer_b = trainer(tmp_path / "b2", TOTAL_STEPS, callbacks=[saver()], **clip)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
@@ -208,7 +211,7 @@ class SecondGradientLANTON(TinyClassifier):
     same point) goes to ``step(second_grads=...)`` and only measures the noise."""
 
     def __init__(self):
-        super().__init__("lanton", noise_source="second")
+        super().__init__("lanton", noise_source="second", noise_every=1)
         self.automatic_optimization = False
 
     def training_step(self, batch, batch_idx):
@@ -242,7 +245,7 @@ def test_second_gradients_are_required_under_automatic_optimization(tmp_path):
     """Automatic optimization calls ``step(closure)`` only, so a ``noise_source="second"`` group
     fails on its first step with steepest's error, and the parameters are left as they were."""
     L.seed_everything(0, verbose=False)
-    module = TinyClassifier("lanton", noise_source="second")
+    module = TinyClassifier("lanton", noise_source="second", noise_every=1)
     before = [p.detach().clone() for p in module.parameters()]
     trainer_ = trainer(tmp_path, 1, logger=False, enable_checkpointing=False)
     with pytest.raises(ValueError, match=r"noise_source='second' but step\(\) got no second gradient"):

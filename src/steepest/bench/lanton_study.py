@@ -356,7 +356,8 @@ def write_plots(results: dict, out: Path) -> list[str]:
 def write_report(study: Study, results: dict, out: Path, seconds: float) -> Path:
     machine = machine_info()
     lines = ["# LANTON study", "",
-             f"Machine: {machine.get('cpu', '?')}, torch {machine.get('torch', '?')}, {study.threads or 'default'} "
+             f"Machine: {machine.get('processor', '?')} ({machine.get('cpu_count', '?')} logical CPUs, "
+             f"{machine.get('cpu_capability', '?')}), torch {machine.get('torch', '?')}, {study.threads or 'default'} "
              f"torch thread(s) per cell. Lr grid x{', x'.join(f'{m:g}' for m in study.grid)} of each optimizer's "
              f"base lr with seeds {', '.join(map(str, study.grid_seeds))}; the best multiplier (lowest 2-seed mean) "
              f"then ran seed(s) {', '.join(map(str, study.confirm_seeds))} too. The study's noise settings: "

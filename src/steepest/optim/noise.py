@@ -71,10 +71,12 @@ from ..geometry import Geometry, Spectral, Transposed
 
 NOISE_SOURCES = ("previous", "second")
 NOISE_RULES = ("min_ratio", "sqrt_ratio", "alpha_sqrt", "gmean_ratio")
-#: the defaults of ``noise_rule``, ``noise_alpha`` and ``noise_every`` in every preset
-NOISE_RULE = "min_ratio"
-NOISE_ALPHA = 0.0
-NOISE_EVERY = 1
+#: the defaults of ``noise_rule``, ``noise_alpha`` and ``noise_every`` in every preset: the winner of
+#: the LANTON study (``steepest bench lanton``, docs/algorithms/lanton.md) at tuned lr, and a
+#: measurement every 10 steps, which keeps LANTON's optimizer step within 1.15x its base's
+NOISE_RULE = "alpha_sqrt"
+NOISE_ALPHA = 0.3
+NOISE_EVERY = 10
 
 
 def nuclear_norm_estimate(xs: list[Tensor], ns: str, ns_dtype: str = "auto") -> list[Tensor]:
