@@ -46,15 +46,15 @@ is marked *):
                           300-step default run 1e-2 spiked to 3.54 at step 150 and ended at 2.576,
                           3e-3 ran smoothly to 2.542)
     steepest-lanton(-base) LANTON with and without its noise-adaptive rates (the base is the same
-                          preset with noise_adaptive=False); steepest-muon-lanton is Muon with
-                          noise_adaptive=True. The noise-adaptive ones default to twice their base's
-                          lr because the min_ratio rule slows every layer but the least noisy one
-                          (factors 0.2-0.7 measured); benchmarks/lanton_grid.sh tunes all of them
-                          on {0.5, 1, 2} x these defaults, two seeds
-    steepest-lanton-*     the LANTON study's variants (benchmarks/lanton_study.py, docs/algorithms/
-                          lanton.md): one noise rule each (min-ratio, sqrt-ratio, alpha-sqrt with
-                          alpha 0.3), the second-gradient noise source (-second) and a measurement
-                          at every step instead of every 10th (-every-step), all at LANTON's 0.04
+                          preset with noise_adaptive=False, at lr 0.02, its best in the study);
+                          steepest-muon-lanton is Muon with noise_adaptive=True. The
+                          noise-adaptive ones run at LANTON's default lr 0.04
+                          (`steepest bench lanton` tunes them all on x0.25-x8 of these lrs)
+    steepest-lanton-*     the LANTON study's variants (steepest.bench.lanton_study,
+                          docs/algorithms/lanton.md): one noise rule each (min-ratio, sqrt-ratio,
+                          alpha-sqrt with alpha 0.3), the second-gradient noise source (-second)
+                          and a measurement at every step instead of every 10th (-every-step), all
+                          at LANTON's 0.04
 
 A peer that cannot be built here (``torch.optim.Muon`` before torch 2.9) raises
 :class:`PeerUnavailable`; the runner skips it and records the reason in the report.
@@ -92,7 +92,7 @@ STEEPEST_PEERS: dict[str, tuple[str, dict]] = {
     "steepest-mfac": ("mfac", {"lr": 3e-3}),
     "steepest-lanton": ("lanton", {"lr": 0.04, "sign_lr": 5e-4}),
     "steepest-lanton-base": ("lanton", {"lr": 0.02, "sign_lr": 5e-4, "noise_adaptive": False}),
-    # the LANTON study (benchmarks/lanton_study.py): each noise rule and option spelled out, so that
+    # the LANTON study (steepest.bench.lanton_study): each noise rule and option spelled out, so that
     # a change of the preset's defaults leaves these peers (and their recorded cells) as they are
     "steepest-lanton-min-ratio": ("lanton", {"lr": 0.04, "sign_lr": 5e-4, **STUDY_NOISE, "noise_rule": "min_ratio"}),
     "steepest-lanton-sqrt-ratio": ("lanton", {"lr": 0.04, "sign_lr": 5e-4, **STUDY_NOISE,

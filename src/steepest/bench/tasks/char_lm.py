@@ -7,8 +7,8 @@ vocabulary 84, 90/10 positional split). ``text`` does the same on any UTF-8 file
 
 A trial with seed ``s`` initialises the GPT from ``s`` and draws random training windows from a
 generator seeded with ``s + 1`` (a second, independent stream for optimizers that ask for a
-second gradient is seeded ``s + SECOND_STREAM``). The validation set is the same for every seed: ``eval_batches``
-batches of 16 random windows of the validation split drawn with the fixed seed
+second gradient is seeded ``s + SECOND_STREAM``). The validation set is the same for every seed:
+``eval_batches`` batches of 16 random windows of the validation split drawn with the fixed seed
 :data:`VAL_SEED`. The metric is the mean validation cross-entropy in nats per character.
 """
 from __future__ import annotations
