@@ -8,6 +8,7 @@ import torch
 import steepest
 from steepest.optim import LANTON
 from steepest.optim.noise import layer_factors, noise_stds, nuclear_norm_estimate
+from steepest.optim.noise_rates import noise_active
 
 F64 = torch.float64
 
@@ -187,7 +188,7 @@ def test_noise_flag_on_muon_scion_normuon():
     model = torch.nn.Sequential(torch.nn.Embedding(10, 8), torch.nn.Linear(8, 8), torch.nn.Linear(8, 10))
     for preset in ("muon", "scion", "normuon"):
         opt = steepest.for_model(model, preset, noise_adaptive=True)
-        active = {g["role"]: opt._noise_active(g) for g in opt.param_groups}
+        active = {g["role"]: noise_active(g) for g in opt.param_groups}
         if preset == "scion":
             assert all(active.values())
         else:  # the AdamW fallback groups have no LMO, hence no dual-norm noise
@@ -211,7 +212,7 @@ def test_custom_rule_by_overriding_layer_rule():
 
 # -- noise_every: measure every k-th step --------------------------------------------------------
 def _counting_dual_norms(monkeypatch):
-    from steepest.optim import engine
+    from steepest.optim import noise_rates as engine
 
     calls = []
     real = engine.dual_norms

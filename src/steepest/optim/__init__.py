@@ -1,7 +1,8 @@
 """Optimizers: the four-stage engine and the presets built on it."""
 from .auon import AuON, HybridAuON
 from .diffgrad import DiffGrad
-from .engine import ENGINE_DEFAULTS, GeometryOptimizer
+from .engine import GeometryOptimizer
+from .group_keys import ENGINE_DEFAULTS
 from .lanton import LANTON
 from .lion import Lion, LionK
 from .mfac import MFAC

@@ -132,29 +132,20 @@ class AuON(GeometryOptimizer):
     """).replace("{AUON_ARGS}", _AUON_ARGS)
 
     PRESET_KEYS = {"cosh_brake": True}
-    _persistent_attrs = GeometryOptimizer._persistent_attrs + ("_fallback",)
 
     def __init__(self, params: Iterable[Any], lr: float = 0.055, momentum: float = 0.95, nesterov: bool = True,
                  weight_decay: float = 0.0, adamw_lr: float = 3e-4, adamw_betas: tuple[float, float] = (0.9, 0.95),
                  adamw_eps: float = 1e-10, adamw_weight_decay: float = 0.0, *, maximize: bool = False,
-                 on_nonfinite: str = "raise", distributed_mesh: Any = None, compile: bool | str = "auto"):
-        self._setup(params, {"geometry": "frobenius", "shape_scale": "original"}, lr, momentum, nesterov,
-                    weight_decay, adamw_lr, adamw_betas, adamw_eps, adamw_weight_decay, maximize, on_nonfinite,
-                    distributed_mesh, compile)
-
-    def _setup(self, params, geometry: dict[str, Any], lr, momentum, nesterov, weight_decay, adamw_lr, adamw_betas,
-               adamw_eps, adamw_weight_decay, maximize, on_nonfinite, distributed_mesh, compile) -> None:
-        """Shared constructor body of AuON and HybridAuON (they differ only in stage 2)."""
-        self._fallback = {**adamw_fallback(adamw_lr, adamw_betas, adamw_eps, adamw_weight_decay),
-                          "cosh_brake": False}
-        GeometryOptimizer.__init__(self, params, on_nonfinite=on_nonfinite, distributed_mesh=distributed_mesh,
-                                   compile=compile, lr=lr, momentum=momentum,
-                                   nesterov=nesterov, weight_decay=weight_decay, transform="momentum",
-                                   maximize=maximize, cosh_brake=True, **geometry)
-
-    def role_settings(self, role: str) -> dict[str, Any]:
-        """Matrix roles (hidden, conv) use the defaults above; every other role gets AdamW, unbraked."""
-        return {} if role in MATRIX_ROLES else dict(self._fallback)
+                 on_nonfinite: str = "raise", distributed_mesh: Any = None, compile: bool | str = "auto",
+                 **stage2_keys: Any):
+        # stage2_keys: HybridAuON's spectral geometry (AuON's stage 2 is the Frobenius LMO)
+        self.recipes = {"hidden": {}, "conv": {},
+                        "*": {**adamw_fallback(adamw_lr, adamw_betas, adamw_eps, adamw_weight_decay),
+                              "cosh_brake": False}}
+        geometry = stage2_keys or {"geometry": "frobenius", "shape_scale": "original"}
+        super().__init__(params, on_nonfinite=on_nonfinite, distributed_mesh=distributed_mesh, compile=compile,
+                         lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
+                         transform="momentum", maximize=maximize, cosh_brake=True, **geometry)
 
     def _validate_group(self, group: dict[str, Any]) -> None:
         super()._validate_group(group)
@@ -221,7 +212,7 @@ class HybridAuON(AuON):
                  adamw_lr: float = 3e-4, adamw_betas: tuple[float, float] = (0.9, 0.95), adamw_eps: float = 1e-10,
                  adamw_weight_decay: float = 0.0, *, maximize: bool = False, on_nonfinite: str = "raise",
                  distributed_mesh: Any = None, compile: bool | str = "auto"):
-        geometry = {"geometry": "spectral", "shape_scale": "original", "ns": ns, "ns_steps": ns_steps,
-                    "ns_dtype": ns_dtype}
-        self._setup(params, geometry, lr, momentum, nesterov, weight_decay, adamw_lr, adamw_betas, adamw_eps,
-                    adamw_weight_decay, maximize, on_nonfinite, distributed_mesh, compile)
+        super().__init__(params, lr, momentum, nesterov, weight_decay, adamw_lr, adamw_betas, adamw_eps,
+                         adamw_weight_decay, maximize=maximize, on_nonfinite=on_nonfinite,
+                         distributed_mesh=distributed_mesh, compile=compile, geometry="spectral",
+                         shape_scale="original", ns=ns, ns_steps=ns_steps, ns_dtype=ns_dtype)

@@ -50,6 +50,5 @@ class DiffGrad(GeometryOptimizer):
                          weight_decay=weight_decay, transform="diffgrad", geometry="identity",
                          shape_scale=None, maximize=maximize)
 
-    def role_settings(self, role: str) -> dict[str, Any]:
-        """Every role gets the same elementwise update."""
-        return {"geometry": "identity", "shape_scale": None}
+    #: every role gets the same elementwise update
+    recipes = {"*": {"geometry": "identity", "shape_scale": None}}

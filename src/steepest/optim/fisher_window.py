@@ -40,12 +40,18 @@ reference implementation, also float32, shares this).
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
-from ..numerics import max_abs, power_of_two_scale, scales_for_peaks
+from ..distributed import local, rows_stack_like
+from ..numerics import max_abs, power_of_two_scale, scales_for_peaks, wide_float
+from .checks import check_positive
+from .transforms import TRANSFORMS, Transform
+
+#: Window size of M-FAC's default recipe (see :class:`steepest.MFAC` for why not the paper's 1024).
+DEFAULT_NGRADS = 32
 
 
 def block_products(windows: list[Tensor], xs: list[Tensor]) -> list[Tensor]:
@@ -146,3 +152,70 @@ def inverse_fisher_product(windows: list[Tensor], gram: Tensor, xs: list[Tensor]
     ``x`` in ``xs``; returns flattened blocks)."""
     y = solve_window_system(gram, window_products(windows, xs), damp)
     return inverse_fisher_apply(windows, xs, y, damp)
+
+
+def check_ngrads(ngrads: Any) -> None:
+    if isinstance(ngrads, bool) or not isinstance(ngrads, int):
+        raise TypeError(f"Invalid type for ngrads: expected an int, got {type(ngrads).__name__}")
+    if ngrads < 1:
+        raise ValueError(f"Invalid ngrads: {ngrads}; expected an integer >= 1")
+
+
+class FisherWindow(Transform):
+    """M-FAC's stage 1 over a whole group: insert the group's gradient into its window and return
+    the blocks of ``F^{-1} g``, through the ``momentum`` transform when ``momentum > 0``.
+
+    State per parameter: ``step`` (gradients inserted), ``grad_window`` (``m`` flattened
+    gradients; sharded like the parameter's rows for a DTensor) and ``gram`` (``m x m``, float64),
+    plus the momentum buffer. A window that holds no gradient yet follows a changed ``ngrads``.
+    Group keys: ``ngrads`` and ``damp``; the group's ``transform`` must be ``momentum``."""
+
+    name = "fisher_window"
+    state_keys = ("step", "grad_window", "gram", "momentum_buffer")
+    inner = TRANSFORMS["momentum"]
+
+    def init_state(self, group: dict, state: dict, p: Tensor, zeros) -> None:
+        self.inner.init_state(group, state, p, zeros)
+        m = group["ngrads"]
+        if "grad_window" not in state or (float(state["step"]) == 0 and state["grad_window"].shape[0] != m):
+            state["step"] = torch.tensor(0.0, dtype=torch.float32)
+            state["grad_window"] = rows_stack_like(p, m, zeros().dtype)
+            device = local(p).device
+            state["gram"] = torch.zeros(m, m, dtype=wide_float(device), device=device)
+
+    def apply_group(self, group: dict, states: list[dict], grads: list[Tensor], compile: bool,
+                    whole_sums=None) -> list[Tensor]:
+        m, damp = group["ngrads"], group["damp"]
+        # (m, numel) views; a sharded parameter's window holds the columns of its local rows
+        windows = [state["grad_window"].reshape(m, g.numel()) for state, g in zip(states, grads)]
+        grams = [state["gram"] for state in states]
+        row = int(states[0]["step"]) % m
+        rhs = insert_gradient(windows, grams, grads, row, whole_sums)  # = G g after the insertion
+        for state in states:
+            state["step"] += 1
+        gram = grams[0].double()  # a new tensor unless the state is float64
+        gram = gram.clone() if gram is grams[0] else gram
+        for k in grams[1:]:
+            gram += k.to(device=gram.device, dtype=torch.float64)
+        coefficients = solve_window_system(gram, rhs, damp)
+        directions = inverse_fisher_apply(windows, grads, coefficients, damp)
+        return [self.inner.apply(group, state, u.view(g.shape), compile)
+                for state, g, u in zip(states, grads, directions)]
+
+    def describe(self, group: dict) -> str:
+        text = f"mfac(m={group['ngrads']}, damp={group['damp']:g}"
+        if group["momentum"] > 0:
+            text += f", momentum={group['momentum']}{', nesterov' if group['nesterov'] else ''}"
+        return text + ")"
+
+    def validate(self, group: dict) -> None:
+        TRANSFORMS[group["transform"]].validate(group)  # the keys of the named transform come first
+        if group["transform"] != "momentum":
+            raise ValueError(f"MFAC supports only transform 'momentum' (an EMA of the preconditioned "
+                             f"direction); got {group['transform']!r}")
+        check_ngrads(group["ngrads"])
+        check_positive("damp", group["damp"])
+
+
+#: the one window transform (it keeps no settings of its own: they are group keys)
+FISHER_WINDOW = FisherWindow()

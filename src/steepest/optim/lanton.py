@@ -70,8 +70,6 @@ class LANTON(GeometryOptimizer):
         {COMMON_DOC}
     """)
 
-    _persistent_attrs = GeometryOptimizer._persistent_attrs + ("_sign_lr",)
-
     def __init__(self, params: Iterable[Any], lr: float = 0.04, sign_lr: float = 5e-4, momentum: float = 0.95,
                  nesterov: bool = False, weight_decay: float = 0.0, ns: str = "keller", ns_steps: int | None = None,
                  ns_dtype: str = "auto", *, noise_adaptive: bool = True, noise_beta: float = 0.9,
@@ -79,7 +77,8 @@ class LANTON(GeometryOptimizer):
                  noise_every: int = NOISE_EVERY, noise_ns: str = "quintic",
                  maximize: bool = False, on_nonfinite: str = "raise", distributed_mesh: Any = None,
                  compile: bool | str = "auto"):
-        self._sign_lr = sign_lr
+        # spectral (RMS->RMS) for hidden and conv; Signum at sign_lr for every other role
+        self.recipes = {"hidden": {}, "conv": {}, "*": {"geometry": "sign", "shape_scale": "none", "lr": sign_lr}}
         super().__init__(params, on_nonfinite=on_nonfinite, distributed_mesh=distributed_mesh,
                          compile=compile, lr=lr, momentum=momentum, nesterov=nesterov,
                          weight_decay=weight_decay, transform="momentum", geometry="spectral",
@@ -87,8 +86,3 @@ class LANTON(GeometryOptimizer):
                          noise_adaptive=noise_adaptive, noise_beta=noise_beta, noise_source=noise_source,
                          noise_rule=noise_rule, noise_alpha=noise_alpha, noise_every=noise_every, noise_ns=noise_ns, maximize=maximize)
 
-    def role_settings(self, role: str) -> dict[str, Any]:
-        """Spectral (RMS->RMS) for hidden and conv; Signum at ``sign_lr`` for every other role."""
-        if role in _MATRIX_ROLES:
-            return {}
-        return {"geometry": "sign", "shape_scale": "none", "lr": self._sign_lr}

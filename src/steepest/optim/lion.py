@@ -46,9 +46,8 @@ class Lion(GeometryOptimizer):
                          compile=compile, lr=lr, betas=as_betas(betas), weight_decay=weight_decay,
                          transform="lion", geometry="sign", shape_scale="none", maximize=maximize)
 
-    def role_settings(self, role: str) -> dict[str, Any]:
-        """Every role uses the sign geometry (Lion is elementwise)."""
-        return {"geometry": "sign", "shape_scale": "none"}
+    #: every role uses the sign geometry (Lion is elementwise)
+    recipes = {"*": {"geometry": "sign", "shape_scale": "none"}}
 
 
 class LionK(GeometryOptimizer):
@@ -94,23 +93,29 @@ class LionK(GeometryOptimizer):
         {COMMON_DOC}
     """)
 
-    _persistent_attrs = GeometryOptimizer._persistent_attrs + ("kappa",)
-
     def __init__(self, params: Iterable[Any], lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
                  weight_decay: float = 0.0, kappa: str = "nuclear", ns: str = "you", ns_steps: int | None = None,
                  ns_dtype: str = "auto", *, maximize: bool = False, on_nonfinite: str = "raise", distributed_mesh: Any = None,
                  compile: bool | str = "auto"):
         check_choice("kappa", kappa, KAPPAS)
-        self.kappa = kappa
+        self.recipes = lionk_recipes(kappa)
         super().__init__(params, on_nonfinite=on_nonfinite, distributed_mesh=distributed_mesh,
                          compile=compile, lr=lr, betas=as_betas(betas), weight_decay=weight_decay,
                          transform="lion", geometry="sign", shape_scale="none", ns=ns, ns_steps=ns_steps,
                          ns_dtype=ns_dtype, maximize=maximize)
 
-    def role_settings(self, role: str) -> dict[str, Any]:
-        """Geometry of ``grad K`` for ``role`` (see the table above)."""
-        if self.kappa == "l1":
-            return {"geometry": "sign", "shape_scale": "none"}
-        if self.kappa == "nuclear" and role in _MATRIX_ROLES:
-            return {"geometry": "spectral", "shape_scale": "none"}
-        return {"geometry": "frobenius", "shape_scale": "none"}
+    @property
+    def kappa(self) -> str:
+        """The ``K`` of this optimizer (``l1``, ``l2`` or ``nuclear``), read from its recipes."""
+        geometry = self.recipes.get("hidden", self.recipes["*"])["geometry"]
+        return {"sign": "l1", "frobenius": "l2", "spectral": "nuclear"}[geometry]
+
+
+def lionk_recipes(kappa: str) -> dict[str, dict[str, Any]]:
+    """Geometry of ``grad K`` for each role (see :class:`LionK`'s table)."""
+    if kappa == "l1":
+        return {"*": {"geometry": "sign", "shape_scale": "none"}}
+    if kappa == "nuclear":
+        matrix = {"geometry": "spectral", "shape_scale": "none"}
+        return {role: matrix for role in _MATRIX_ROLES} | {"*": {"geometry": "frobenius", "shape_scale": "none"}}
+    return {"*": {"geometry": "frobenius", "shape_scale": "none"}}

@@ -6,22 +6,10 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import Tensor
 
-from ..distributed import local, rows_stack_like
-from ..numerics import wide_float
 from .docs import fill_doc
 from .engine import GeometryOptimizer
-from .fisher_window import insert_gradient, inverse_fisher_apply, solve_window_system
-from .validation import check_positive
-
-#: Window size of the default recipe (see the class docstring for why not the paper's 1024).
-DEFAULT_NGRADS = 32
-
-
-def check_ngrads(ngrads: Any) -> None:
-    if isinstance(ngrads, bool) or not isinstance(ngrads, int):
-        raise TypeError(f"Invalid type for ngrads: expected an int, got {type(ngrads).__name__}")
-    if ngrads < 1:
-        raise ValueError(f"Invalid ngrads: {ngrads}; expected an integer >= 1")
+from .fisher_window import DEFAULT_NGRADS, FISHER_WINDOW, check_ngrads  # noqa: F401 (check_ngrads: public)
+from .transforms import Transform
 
 
 class MFAC(GeometryOptimizer):
@@ -109,29 +97,15 @@ class MFAC(GeometryOptimizer):
                          shape_scale=None, ngrads=ngrads, damp=damp, maximize=maximize)
 
     # -- groups ------------------------------------------------------------------------------
-    def role_settings(self, role: str) -> dict[str, Any]:
-        """Every role gets the same recipe (the constructor's values)."""
-        return {}
-
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group; an unlabelled group stays one group (one window), with role ``""``."""
         group = dict(param_group)
         group.setdefault("role", "")
         super().add_param_group(group)
 
-    def _validate_group(self, group: dict[str, Any]) -> None:
-        super()._validate_group(group)
-        if group["transform"] != "momentum":
-            raise ValueError(f"MFAC supports only transform 'momentum' (an EMA of the preconditioned "
-                             f"direction); got {group['transform']!r}")
-        check_ngrads(group["ngrads"])
-        check_positive("damp", group["damp"])
-
-    def describe_update(self, group: dict[str, Any]) -> str:
-        text = f"mfac(m={group['ngrads']}, damp={group['damp']:g}"
-        if group["momentum"] > 0:
-            text += f", momentum={group['momentum']}{', nesterov' if group['nesterov'] else ''}"
-        return text + ")"
+    def transform(self, group: dict[str, Any]) -> Transform:
+        """Stage 1 of every group is the gradient window (then the momentum EMA)."""
+        return FISHER_WINDOW
 
     # -- the step ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -179,38 +153,3 @@ class MFAC(GeometryOptimizer):
             if rows != group["ngrads"]:
                 raise ValueError(f"MFAC: group {gi} has ngrads={group['ngrads']} but its gradient window "
                                  f"holds {rows} gradients; ngrads cannot change after the group's first step")
-
-    def _ensure_state(self, group: dict[str, Any], p: Tensor) -> None:
-        """The engine's state plus the window: ``step`` (gradients inserted), ``grad_window`` (``m``
-        flattened gradients; sharded like ``p``'s rows for a DTensor) and ``gram`` (``m x m``). A
-        window that holds no gradient yet follows a changed ``ngrads``."""
-        super()._ensure_state(group, p)
-        state = self.state[p]
-        m = group["ngrads"]
-        if "grad_window" not in state or (float(state["step"]) == 0 and state["grad_window"].shape[0] != m):
-            state["step"] = torch.tensor(0.0, dtype=torch.float32)
-            state["grad_window"] = rows_stack_like(p, m, self.state_dtype(p))
-            device = local(p).device
-            state["gram"] = torch.zeros(m, m, dtype=wide_float(device), device=device)
-
-    def _signals(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> list[Tensor]:
-        """Stage 1: insert the group's gradient into its window and return the blocks of
-        ``F^{-1} g`` (through the momentum EMA when ``momentum > 0``)."""
-        m, damp = group["ngrads"], group["damp"]
-        work = [self._working_grad(group, p, g) for p, g in zip(params, grads)]
-        states = [self.state[p] for p in params]
-        # (m, numel) views; a sharded parameter's window holds the columns of its local rows
-        windows = [self._state_view(p)["grad_window"].reshape(m, g.numel()) for p, g in zip(params, work)]
-        grams = [s["gram"] for s in states]
-        row = int(states[0]["step"]) % m
-        whole_sums = (lambda partial: self._whole_sums(params, partial)) if self._sharded(params) else None
-        rhs = insert_gradient(windows, grams, work, row, whole_sums)  # = G g after the insertion
-        for state in states:
-            state["step"] += 1
-        gram = grams[0].double()  # a new tensor unless the state is float64
-        gram = gram.clone() if gram is grams[0] else gram
-        for k in grams[1:]:
-            gram += k.to(device=gram.device, dtype=torch.float64)
-        coefficients = solve_window_system(gram, rhs, damp)
-        directions = inverse_fisher_apply(windows, work, coefficients, damp)
-        return [self._signal(group, p, u.view(g.shape)) for p, g, u in zip(params, work, directions)]

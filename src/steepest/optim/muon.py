@@ -1,7 +1,7 @@
 """Muon: momentum orthogonalized by Newton-Schulz, with an AdamW-style fallback in the same object."""
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable
 
 from .docs import fill_doc
 from .engine import GeometryOptimizer
@@ -60,8 +60,6 @@ class Muon(GeometryOptimizer):
         {COMMON_DOC}
     """)
 
-    _persistent_attrs = GeometryOptimizer._persistent_attrs + ("_fallback",)
-
     def __init__(self, params: Iterable[Any], lr: float = 0.02, momentum: float = 0.95, nesterov: bool = True,
                  weight_decay: float = 0.0, adjust_lr: str = "original", ns: str = "keller",
                  ns_steps: int | None = None, ns_dtype: str = "auto", adamw_lr: float = 3e-4,
@@ -70,17 +68,14 @@ class Muon(GeometryOptimizer):
                  noise_source: str = "previous", noise_rule: str = NOISE_RULE, noise_alpha: float = NOISE_ALPHA,
                  noise_every: int = NOISE_EVERY, maximize: bool = False,
                  on_nonfinite: str = "raise", distributed_mesh: Any = None,
-                 compile: bool | str = "auto", preset_defaults: Mapping[str, Any] | None = None):
-        # preset_defaults: values of a subclass's PRESET_KEYS (NorMuon's beta2 and scale).
+                 compile: bool | str = "auto", **preset_keys: Any):
+        # preset_keys: a subclass's PRESET_KEYS values (NorMuon's beta2 and scale), checked by the engine
         check_choice("adjust_lr", adjust_lr, ADJUST_LR)
-        self._fallback = adamw_fallback(adamw_lr, adamw_betas, adamw_eps, adamw_weight_decay)
+        self.recipes = {"hidden": {}, "conv": {}, "*": adamw_fallback(adamw_lr, adamw_betas, adamw_eps,
+                                                                       adamw_weight_decay)}
         super().__init__(params, on_nonfinite=on_nonfinite, distributed_mesh=distributed_mesh,
                          compile=compile, lr=lr, momentum=momentum, nesterov=nesterov,
                          weight_decay=weight_decay, transform="momentum", geometry="spectral",
                          shape_scale=adjust_lr, ns=ns, ns_steps=ns_steps, ns_dtype=ns_dtype, maximize=maximize,
                          noise_adaptive=noise_adaptive, noise_beta=noise_beta, noise_source=noise_source,
-                         noise_rule=noise_rule, noise_alpha=noise_alpha, noise_every=noise_every, **dict(preset_defaults or {}))
-
-    def role_settings(self, role: str) -> dict[str, Any]:
-        """Matrix roles (hidden, conv) use the defaults above; every other role gets AdamW."""
-        return {} if role in MATRIX_ROLES else dict(self._fallback)
+                         noise_rule=noise_rule, noise_alpha=noise_alpha, noise_every=noise_every, **preset_keys)

@@ -108,8 +108,7 @@ class NorMuon(Muon):
                          adamw_betas=adamw_betas, adamw_eps=adamw_eps, adamw_weight_decay=adamw_weight_decay,
                          noise_adaptive=noise_adaptive, noise_beta=noise_beta, noise_source=noise_source,
                          noise_rule=noise_rule, noise_alpha=noise_alpha, noise_every=noise_every, maximize=maximize, on_nonfinite=on_nonfinite, distributed_mesh=distributed_mesh,
-                         compile=compile,
-                         preset_defaults={"beta2": beta2, "scale": scale})
+                         compile=compile, beta2=beta2, scale=scale)
 
     def _validate_group(self, group: dict[str, Any]) -> None:
         super()._validate_group(group)
@@ -123,7 +122,7 @@ class NorMuon(Muon):
             raise ValueError(f"Invalid beta2 value: {beta2}; expected 0 <= beta2 < 1")
         check_choice("scale", group["scale"], SCALES)
 
-    def _adapt(self, group: dict[str, Any], params: list[Tensor], directions: list[Tensor]) -> list[Tensor]:
+    def _scale_entries(self, group: dict[str, Any], params: list[Tensor], directions: list[Tensor]) -> list[Tensor]:
         """Stage 3's per-entry factor: the neuron normalization of every spectral group."""
         if group["geometry"] != "spectral":
             return directions

@@ -64,8 +64,6 @@ class Scion(GeometryOptimizer):
         {COMMON_DOC}
     """)
 
-    _persistent_attrs = GeometryOptimizer._persistent_attrs + ("_radii",)
-
     def __init__(self, params: Iterable[Any], lr: float = 2**-6, momentum: float = 0.9, nesterov: bool = False,
                  constrained: bool = False, hidden_radius: float = 3.0, embedding_radius: float = 1.0,
                  head_radius: float = 10.0, vector_radius: float = 1.0, ns: str = "keller",
@@ -80,7 +78,8 @@ class Scion(GeometryOptimizer):
             check_positive(f"{role}_radius", radii[role])
         if not isinstance(constrained, bool):
             raise TypeError(f"Invalid type for constrained: expected bool, got {type(constrained).__name__}")
-        self._radii = radii
+        self.recipes = {role: scion_recipe(role, radius) for role, radius in radii.items()}
+        self.recipes["*"] = self.recipes["vector"]
         super().__init__(params, on_nonfinite=on_nonfinite, distributed_mesh=distributed_mesh,
                          compile=compile, lr=lr, momentum=momentum, nesterov=nesterov,
                          weight_decay=1.0 if constrained else 0.0, transform="momentum", geometry="spectral",
@@ -88,8 +87,8 @@ class Scion(GeometryOptimizer):
                          noise_adaptive=noise_adaptive, noise_beta=noise_beta, noise_source=noise_source,
                          noise_rule=noise_rule, noise_alpha=noise_alpha, noise_every=noise_every, maximize=maximize)
 
-    def role_settings(self, role: str) -> dict[str, Any]:
-        """Geometry, shape factor and radius of Scion's recipe for ``role``."""
-        geometry, shape_scale = SCION_ROLE_GEOMETRY.get(role, SCION_ROLE_GEOMETRY["vector"])
-        return {"geometry": geometry, "shape_scale": shape_scale,
-                "radius": self._radii.get(role, self._radii["vector"])}
+
+def scion_recipe(role: str, radius: float) -> dict[str, Any]:
+    """Geometry, shape factor and radius of Scion's recipe for ``role``."""
+    geometry, shape_scale = SCION_ROLE_GEOMETRY.get(role, SCION_ROLE_GEOMETRY["vector"])
+    return {"geometry": geometry, "shape_scale": shape_scale, "radius": radius}

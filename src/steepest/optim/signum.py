@@ -41,6 +41,5 @@ class Signum(GeometryOptimizer):
                          weight_decay=weight_decay, transform="momentum", geometry="sign", shape_scale="none",
                          maximize=maximize)
 
-    def role_settings(self, role: str) -> dict[str, Any]:
-        """Every role uses the sign geometry (Signum is elementwise)."""
-        return {"geometry": "sign", "shape_scale": "none"}
+    #: every role uses the sign geometry (Signum is elementwise)
+    recipes = {"*": {"geometry": "sign", "shape_scale": "none"}}

@@ -1,6 +1,10 @@
 """Stage 1 of an update: state transforms that turn gradients into the signal ``D``.
 
-Pure kernels over tensors; the optimizer owns the state tensors and passes them in.
+Each transform is one :class:`Transform` object in the table :data:`TRANSFORMS` (keyed by the group
+key ``transform``): it owns its state keys and their creation, its pure kernel (the functions
+below, over tensors the optimizer passes in), its description for ``explain`` and the validation of
+its group keys. The engine, ``explain`` and validation read the table, so a new transform is one
+object plus one table entry.
 
 ``momentum`` (Muon, Scion, Signum): the EMA form used by Keller Jordan's Muon and torch.optim.Muon,
     M <- beta M + (1 - beta) g
@@ -49,6 +53,7 @@ import torch
 from torch import Tensor
 
 from ..compiled import kernel
+from .checks import check_betas, check_eps, check_momentum
 
 
 def momentum_signal(buf: Tensor | None, grad: Tensor, beta: float, nesterov: bool, *,
@@ -120,3 +125,117 @@ def diffgrad_update(exp_avg: Tensor, exp_avg_rms: Tensor, prev_grad: Tensor, gra
     exp_avg.lerp_(grad, 1 - beta1)
     rms_update(exp_avg_rms, grad, beta2)
     return friction.mul_(exp_avg).div_(exp_avg_rms.add(eps)).mul_(step_scale)
+
+
+class Transform:
+    """One stage-1 transform: the state it keeps, how it turns a gradient into the signal ``D``,
+    how ``explain`` names it and which group keys it validates.
+
+    ``init_state`` adds the missing keys of one parameter's state (``zeros()`` makes a zero tensor
+    like the parameter in its state dtype); ``apply`` updates that state in place and returns
+    ``D``; ``apply_group`` runs ``apply`` over a group (a transform that spans the group, such as
+    M-FAC's window, overrides it)."""
+
+    name: str = ""
+    #: the state keys this transform creates (the conformance suite checks every state against them)
+    state_keys: tuple[str, ...] = ()
+
+    def init_state(self, group: dict, state: dict, p: Tensor, zeros) -> None:
+        for key in self.state_keys:
+            if key not in state:
+                state[key] = torch.tensor(0.0, dtype=torch.float32) if key == "step" else zeros()
+
+    def apply(self, group: dict, state: dict, grad: Tensor, compile: bool) -> Tensor:
+        raise NotImplementedError
+
+    def apply_group(self, group: dict, states: list[dict], grads: list[Tensor], compile: bool,
+                    whole_sums=None) -> list[Tensor]:
+        """Stage 1 over a group: ``states`` are the parameters' state views, ``grads`` their working
+        gradients; ``whole_sums(partial)`` sums per-parameter partial sums over shards (``None``
+        on one process)."""
+        return [self.apply(group, state, g, compile) for state, g in zip(states, grads)]
+
+    def describe(self, group: dict) -> str:
+        raise NotImplementedError
+
+    def validate(self, group: dict) -> None:
+        raise NotImplementedError
+
+
+class Momentum(Transform):
+    """``momentum`` (:func:`momentum_signal`); no state when ``momentum == 0``."""
+
+    name = "momentum"
+    state_keys = ("momentum_buffer",)
+
+    def init_state(self, group: dict, state: dict, p: Tensor, zeros) -> None:
+        if group["momentum"] > 0 and "momentum_buffer" not in state:
+            state["momentum_buffer"] = zeros()
+
+    def apply(self, group: dict, state: dict, grad: Tensor, compile: bool) -> Tensor:
+        beta = group["momentum"]
+        return momentum_signal(state.get("momentum_buffer") if beta > 0 else None, grad, beta, group["nesterov"],
+                               compile=compile)
+
+    def describe(self, group: dict) -> str:
+        return f"momentum({group['momentum']}{', nesterov' if group['nesterov'] else ''})"
+
+    def validate(self, group: dict) -> None:
+        check_momentum(group["momentum"])
+        if not isinstance(group["nesterov"], bool):
+            raise TypeError(f"Invalid type for nesterov: expected bool, got {type(group['nesterov']).__name__}")
+
+
+class Adam(Transform):
+    """``adam`` (:func:`adam_signal`), the AdamW-style fallback."""
+
+    name = "adam"
+    state_keys = ("step", "exp_avg", "exp_avg_rms")
+
+    def apply(self, group: dict, state: dict, grad: Tensor, compile: bool) -> Tensor:
+        beta1, beta2 = group["betas"]
+        return adam_signal(state["exp_avg"], state["exp_avg_rms"], state["step"], grad, beta1, beta2, group["eps"],
+                           compile=compile)
+
+    def describe(self, group: dict) -> str:
+        return f"adamw(betas={tuple(group['betas'])})"
+
+    def validate(self, group: dict) -> None:
+        check_betas(group["betas"])
+        check_eps("eps", group["eps"])  # eps = 0 would turn a zero gradient into 0/0
+
+
+class Lion(Transform):
+    """``lion`` (:func:`lion_signal`), Lion's two betas."""
+
+    name = "lion"
+    state_keys = ("exp_avg",)
+
+    def apply(self, group: dict, state: dict, grad: Tensor, compile: bool) -> Tensor:
+        beta1, beta2 = group["betas"]
+        return lion_signal(state["exp_avg"], grad, beta1, beta2, compile=compile)
+
+    def describe(self, group: dict) -> str:
+        return f"lion(betas={tuple(group['betas'])})"
+
+    def validate(self, group: dict) -> None:
+        check_betas(group["betas"])
+
+
+class DiffGrad(Adam):
+    """``diffgrad`` (:func:`diffgrad_signal`): Adam's moments with the friction coefficient."""
+
+    name = "diffgrad"
+    state_keys = ("step", "exp_avg", "exp_avg_rms", "prev_grad")
+
+    def apply(self, group: dict, state: dict, grad: Tensor, compile: bool) -> Tensor:
+        beta1, beta2 = group["betas"]
+        return diffgrad_signal(state["exp_avg"], state["exp_avg_rms"], state["prev_grad"], state["step"], grad,
+                               beta1, beta2, group["eps"], compile=compile)
+
+    def describe(self, group: dict) -> str:
+        return f"diffgrad(betas={tuple(group['betas'])})"
+
+
+#: the state transforms by the group key ``transform``
+TRANSFORMS: dict[str, Transform] = {t.name: t for t in (Momentum(), Adam(), Lion(), DiffGrad())}

@@ -1,4 +1,5 @@
-"""Validation of hyperparameters with exact, stable error messages.
+"""Validation of a parameter group's keys, with exact, stable error messages (the checks
+themselves are in :mod:`steepest.optim.checks`; each stage-1 transform validates its own keys).
 
 Every check raises ``TypeError`` for a value of the wrong type and ``ValueError`` for a value out of
 range; tests match these messages, so change them only on purpose.
@@ -9,90 +10,18 @@ import math
 import numbers
 from typing import Any, Mapping
 
+from ..constraints.registry import CONSTRAINT_NAMES
+from ..distributed import is_dtensor
 from ..geometry import GEOMETRY_NAMES, LAYOUTS, geometry_class
 from ..polar import NS_DTYPE_NAMES, SCHEDULE_NAMES
 from ..roles import ROLES
+from .checks import (MIN_EPS, ON_NONFINITE, _number, as_betas, check_betas, check_choice, check_compile,  # noqa: F401
+                     check_eps, check_lr, check_momentum, check_nonnegative, check_ns_steps, check_positive)
 from .noise import NOISE_RULES, NOISE_SOURCES
+from .transforms import TRANSFORMS as TRANSFORM_TABLE
 
-TRANSFORMS = ("momentum", "adam", "lion", "diffgrad")
-ON_NONFINITE = ("raise", "skip")
-
-#: The smallest Adam/diffGrad ``eps``: float32's smallest normal number, 2**-126. A smaller eps is
-#: added to the float32 state of float32/bfloat16 parameters as 0 (below float32's smallest
-#: subnormal) or as a subnormal that GPUs flush to 0, and a zero gradient entry then gives 0/0.
-MIN_EPS = 2.0 ** -126
-
-
-def _number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"Invalid type for {name}: expected a real number, got {type(value).__name__}")
-    return float(value)
-
-
-def check_lr(lr: Any) -> None:
-    if not _number("lr", lr) >= 0.0:  # "not >=": NaN is rejected too
-        raise ValueError(f"Invalid learning rate: {lr}")
-
-
-def check_momentum(momentum: Any) -> None:
-    if not 0.0 <= _number("momentum", momentum) < 1.0:
-        raise ValueError(f"Invalid momentum value: {momentum}; expected 0 <= momentum < 1")
-
-
-def check_betas(betas: Any) -> None:
-    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-        raise TypeError(f"Invalid betas: expected a pair of numbers, got {betas!r}")
-    for i, b in enumerate(betas):
-        if not 0.0 <= _number(f"betas[{i}]", b) < 1.0:
-            raise ValueError(f"Invalid beta parameter at index {i}: {b}")
-
-
-def as_betas(betas: Any) -> tuple[float, float]:
-    """``betas`` validated (:func:`check_betas`), as a tuple."""
-    check_betas(betas)
-    return tuple(betas)
-
-
-def check_nonnegative(name: str, value: Any) -> None:
-    if not _number(name, value) >= 0.0:  # "not >=": NaN is rejected too
-        raise ValueError(f"Invalid {name} value: {value}")
-
-
-def check_positive(name: str, value: Any) -> None:
-    if not _number(name, value) > 0.0:
-        raise ValueError(f"Invalid {name} value: {value}; expected a positive number")
-
-
-def check_eps(name: str, value: Any) -> None:
-    """A denominator guard added to float32 state: positive and at least :data:`MIN_EPS`."""
-    check_positive(name, value)
-    if float(value) < MIN_EPS:
-        raise ValueError(f"Invalid {name} value: {value}; expected at least {MIN_EPS!r} (float32's smallest "
-                         f"normal number: a smaller eps rounds to 0 in float32 optimizer state)")
-
-
-def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"Unknown {name} {value!r}; expected one of: {', '.join(choices)}")
-
-
-def check_compile(value: Any) -> None:
-    """The optimizers' ``compile`` setting: ``True``, ``False`` or ``"auto"``."""
-    if value is True or value is False or (isinstance(value, str) and value == "auto"):
-        return
-    if isinstance(value, str):
-        raise ValueError(f"Unknown compile {value!r}; expected True, False or 'auto'")
-    raise TypeError(f"Invalid type for compile: expected bool or 'auto', got {type(value).__name__}")
-
-
-def check_ns_steps(steps: Any) -> None:
-    if steps is None:
-        return
-    if isinstance(steps, bool) or not isinstance(steps, int):
-        raise TypeError(f"Invalid type for ns_steps: expected an int or None, got {type(steps).__name__}")
-    if not 1 <= steps < 100:
-        raise ValueError(f"Invalid ns_steps: {steps}; expected an integer in [1, 100)")
-
+#: the names the group key ``transform`` accepts (the keys of :data:`~steepest.optim.transforms.TRANSFORMS`)
+TRANSFORMS = tuple(TRANSFORM_TABLE)
 
 def check_noise_keys(group: Mapping[str, Any]) -> None:
     """The noise-adaptive layerwise rates' keys (LANTON)."""
@@ -120,30 +49,22 @@ CONSTRAINT_UNITS = ("spectral", "rms")
 def check_constraint_keys(group: Mapping[str, Any]) -> None:
     """The stage-4 constraint's keys: ``constraint`` (a registered name or None), ``constraint_bound``
     (> 0) and ``constraint_units``."""
-    from ..constraints.registry import CONSTRAINT_NAMES  # the constraints package imports the engine's deps
-
     if group["constraint"] is not None:
         check_choice("constraint", group["constraint"], CONSTRAINT_NAMES)
     check_positive("constraint_bound", group["constraint_bound"])
     check_choice("constraint_units", group["constraint_units"], CONSTRAINT_UNITS)
 
 
-def check_group(group: Mapping[str, Any]) -> None:
-    """Validate every hyperparameter a parameter group of the engine carries."""
+def check_group(group: Mapping[str, Any], transform_of=lambda group: TRANSFORM_TABLE[group["transform"]]) -> None:
+    """Validate every hyperparameter a parameter group of the engine carries; ``transform_of(group)``
+    is the group's stage-1 transform, which validates its own keys."""
     if group["role"] and group["role"] not in ROLES:  # "" is the engine's "no role"
         raise ValueError(f"Unknown role {group['role']!r}; expected one of: {', '.join(ROLES)}")
     check_lr(group["lr"])
     check_nonnegative("weight_decay", group["weight_decay"])
     check_positive("radius", group["radius"])
     check_choice("transform", group["transform"], TRANSFORMS)
-    if group["transform"] == "momentum":
-        check_momentum(group["momentum"])
-        if not isinstance(group["nesterov"], bool):
-            raise TypeError(f"Invalid type for nesterov: expected bool, got {type(group['nesterov']).__name__}")
-    else:
-        check_betas(group["betas"])
-        if group["transform"] != "lion":
-            check_eps("eps", group["eps"])  # eps = 0 would turn a zero gradient into 0/0
+    transform_of(group).validate(group)
     check_choice("geometry", group["geometry"], GEOMETRY_NAMES)
     if group["geometry"] == "spectral":
         check_choice("Newton-Schulz schedule", group["ns"], SCHEDULE_NAMES)
@@ -159,3 +80,21 @@ def check_group(group: Mapping[str, Any]) -> None:
     check_constraint_keys(group)
     if not isinstance(group["maximize"], bool):
         raise TypeError(f"Invalid type for maximize: expected bool, got {type(group['maximize']).__name__}")
+
+
+def check_group_params(group: Mapping[str, Any], index: int, geometry: Any, constraint: Any, topology: Any) -> None:
+    """The parameters of group ``index``: shapes its geometry accepts, enough dimensions for its
+    constraint, and (distributed or not) tensors the optimizer's topology can step."""
+    names = group.get("param_names")
+    for i, p in enumerate(group["params"]):
+        name = names[i] if names else f"param {i} of group {index}"
+        geometry.check_shape(p.shape, name)
+        if constraint is not None and p.ndim < constraint.min_ndim:
+            raise ValueError(f"Constraint {group['constraint']!r} needs parameters with at least "
+                             f"{constraint.min_ndim} dimensions, got shape {tuple(p.shape)} for "
+                             f"parameter {name!r}")
+        if topology is not None:
+            topology.check_param(p, name)
+        elif is_dtensor(p):
+            raise TypeError(f"Parameter {name!r} is a DTensor; pass distributed_mesh=<its DeviceMesh> "
+                            f"to the optimizer")

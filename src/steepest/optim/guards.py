@@ -1,0 +1,91 @@
+"""The checks that run before a step modifies anything: which parameters step, unsupported
+gradients, non-finite values, and (distributed) agreement of all ranks on both."""
+from __future__ import annotations
+
+import warnings
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from ..distributed import is_dtensor, local
+
+#: (group index, group, parameters with gradients, their local gradients) for every group that steps
+Work = list[tuple[int, dict[str, Any], list[Tensor], list[Tensor]]]
+
+
+def collect_work(optimizer: Any) -> Work:
+    """The parameters with gradients of every group, after the checks that need no reduction."""
+    name, topology, kind = optimizer._param_name, optimizer._topology, type(optimizer).__name__
+    work = []
+    for gi, group in enumerate(optimizer.param_groups):
+        params, grads = [], []
+        for pi, p in enumerate(group["params"]):
+            if p.grad is None:
+                continue
+            if topology is None and is_dtensor(p):
+                raise TypeError(f"Parameter {name(gi, pi)!r} is a DTensor but the optimizer has "
+                                f"no distributed_mesh (copies and unpickled optimizers step one process)")
+            if p.grad.is_sparse:
+                raise TypeError(f"{kind} does not support sparse gradients (parameter {name(gi, pi)!r})")
+            if torch.is_complex(p):
+                raise TypeError(f"{kind} does not support complex parameters (parameter {name(gi, pi)!r})")
+            params.append(p)
+            grads.append(p.grad if topology is None else local(p.grad))
+        if params:
+            work.append((gi, group, params, grads))
+    return work
+
+
+def first_nonfinite(work: Work, name: Callable[[int, int], str]) -> str | None:
+    """The name of the first parameter whose gradient holds NaN or Inf, or ``None``."""
+    grads = [g for _, _, _, gs in work for g in gs if g.numel()]
+    if not grads:
+        return None
+    # min and max propagate NaN and are +-Inf for +-Inf; finite values never overflow here.
+    # One fused reduction per tensor and a single sync (7x cheaper than an inf-norm on CPU).
+    extremes = [torch.stack(torch.aminmax(g)).float() for g in grads]
+    if bool(torch.cat(extremes).isfinite().all()):
+        return None
+    for gi, group, params, gs in work:
+        for p, g in zip(params, gs):
+            if not bool(torch.isfinite(g).all()):
+                return name(gi, next(i for i, q in enumerate(group["params"]) if q is p))
+    return None
+
+
+def agree_on_step(topology: Any, param_groups: list[dict], work: Work, bad: str | None) -> str | None:
+    """One all-reduce: every rank must step the same parameters, and a non-finite gradient on any
+    rank's shard stops (or skips) the step on every rank."""
+    index = {id(p): i for i, p in enumerate(p for g in param_groups for p in g["params"])}
+    stepped = [index[id(p)] + 1 for _, _, params, _ in work for p in params]
+    count, total = len(stepped), sum(stepped)  # the same on every rank iff (in practice) the same set
+    flag, high, neg_low, high_sum, neg_low_sum = topology.max_over_ranks(
+        [float(bad is not None), count, -count, total, -total])
+    if high != -neg_low or high_sum != -neg_low_sum:
+        raise RuntimeError(f"Ranks disagree on which parameters have gradients at this step ({int(-neg_low)} "
+                           f"to {int(high)} parameters); every rank must step the same parameters (give "
+                           f"unused parameters zero gradients, or set their gradients to None on every rank)")
+    if flag and bad is None:
+        return "<a shard on another rank>"
+    return bad
+
+
+def finite_or_skip(optimizer: Any, work: Work) -> bool:
+    """Whether the step goes on: ``False`` after a non-finite gradient with ``on_nonfinite="skip"``
+    (warned and counted in ``nonfinite_skips``); ``FloatingPointError`` with ``"raise"``. All ranks
+    agree first (and on which parameters step)."""
+    bad = first_nonfinite(work, optimizer._param_name)
+    if optimizer._topology is not None:
+        bad = agree_on_step(optimizer._topology, optimizer.param_groups, work, bad)
+    if bad is None:
+        return True
+    if optimizer.on_nonfinite == "raise":
+        raise FloatingPointError(
+            f"Non-finite gradient (NaN or Inf) in parameter {bad!r}; parameters and optimizer "
+            f"state were left unchanged. Pass on_nonfinite='skip' to skip such steps instead."
+        )
+    optimizer.nonfinite_skips += 1
+    warnings.warn(f"{type(optimizer).__name__}: skipped a step with a non-finite gradient in "
+                  f"parameter {bad!r} ({optimizer.nonfinite_skips} skipped so far)", RuntimeWarning)
+    return False
