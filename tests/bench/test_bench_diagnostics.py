@@ -10,7 +10,7 @@ from steepest.bench.runner import SuiteConfig, plan_cells
 from steepest.bench.tasks import make_task
 from steepest.bench.train import DIAGNOSTIC_ITERS, train_trial
 from steepest.diagnostics import top_eigenvalue
-from steepest.diagnostics.run import hidden_layers
+from steepest.diagnostics.layers import hidden_layers
 
 from . import write_tiny_text
 

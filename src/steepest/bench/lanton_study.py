@@ -34,10 +34,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .cells import CellStore, write_json_atomic
+from .config import SuiteConfig
 from .environment import machine_info
 from .formatting import markdown_table
 from .peers import DEFAULT_LRS, STEEPEST_PEERS, STUDY_NOISE
-from .runner import SuiteConfig, load_tasks, plan_cells, run_suite
+from .runner import load_tasks, plan_cells, run_suite
 
 GRID = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 GRID_SEEDS = (0, 1)

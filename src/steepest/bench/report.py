@@ -20,9 +20,10 @@ import json
 import math
 from pathlib import Path
 
+from .config import REFERENCES
 from .diagnostics_report import diagnostics_lines, plot_diagnostics
 from .formatting import clean_json, markdown_table
-from .summary import REFERENCES, label, ratio_key
+from .summary import label, ratio_key
 
 NO_MATPLOTLIB = "plots skipped: matplotlib is not installed (pip install 'steepest[bench]')"
 

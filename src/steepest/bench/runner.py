@@ -1,6 +1,6 @@
 """Run a benchmark suite: every (task, optimizer, learning rate, seed) cell, resumable.
 
-A suite (:class:`SuiteConfig`) names the tasks, the optimizers ("peers"), the learning-rate
+A suite (:class:`SuiteConfig`, :mod:`.config`) names the tasks, the optimizers ("peers"), the learning-rate
 multipliers applied to each optimizer's base lr (the same grid for everyone, e.g. x{0.5, 1, 2}),
 the seeds and the budget (``smoke``, ``quick`` or ``full``, each task's :class:`Budget`). The runner
 
@@ -18,133 +18,26 @@ continue from its last saved step instead of starting over, with a bit-identical
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
 
 from . import checkpoint as checkpoints
 from .cells import Cell, CellStore, library_version, write_json_atomic
+from .config import (FULL_OPTIMIZERS, QUICK_OPTIMIZERS, REFERENCES, SuiteConfig, base_lr,  # noqa: F401
+                     default_run_dir)
 from .environment import machine_info
-from .external_peers import EXTERNAL_BUILDERS
-from .peers import CORE_PEERS, DEFAULT_LRS, PEER_NAMES, PeerUnavailable, build_peer, unavailable_reason
-from .tasks import BUDGETS, BUILTIN_TASKS, Budget, Task, make_task, task_from_spec
+from .peers import PEER_NAMES, PeerUnavailable, build_peer, unavailable_reason
+from .summary import summarize
+from .tasks import Budget, Task, make_task, task_from_spec
 from .tasks.char_lm import CharLMTask
 from .train import train_trial
-
-REFERENCES = {"adamw": "torch.optim.AdamW", "torch-muon": "torch.optim.Muon"}
-#: the quick suite's optimizers: the two torch references and steepest's main presets
-QUICK_OPTIMIZERS = ("adamw", "torch-muon", "steepest-muon", "steepest-normuon", "steepest-scion",
-                    "steepest-lanton", "steepest-lanton-base")
-FULL_OPTIMIZERS = (*CORE_PEERS, *EXTERNAL_BUILDERS)
-
-
-@dataclass
-class SuiteConfig:
-    """Everything that defines a benchmark run (saved in ``plan.json`` and ``results.json``).
-
-    ``steps``, ``batch_size`` and ``eval_every`` override every task's budget when set; ``lrs``
-    replaces optimizers' base learning rates; ``targets`` fixes a task's target metric (default:
-    torch.optim.AdamW's mean final metric at its best lr, in the same run).
-    """
-
-    budget: str = "quick"
-    tasks: list[str] = field(default_factory=lambda: list(BUILTIN_TASKS))
-    optimizers: list[str] = field(default_factory=lambda: list(QUICK_OPTIMIZERS))
-    lr_multipliers: list[float] = field(default_factory=lambda: [1.0])
-    seeds: list[int] = field(default_factory=lambda: [0, 1])
-    lrs: dict[str, float] = field(default_factory=dict)
-    steps: int | None = None
-    batch_size: int | None = None
-    eval_every: int | None = None
-    targets: dict[str, float] = field(default_factory=dict)
-    threads: int | None = None
-    isolate: bool = True
-    #: options of the GPT tasks (``shakespeare-char``, ``text:PATH``): ``hyper_connections``, ``hc_mixer``
-    gpt_options: dict[str, object] = field(default_factory=dict)
-    #: per-layer sharpness and noise at every evaluation of the first seed of each lr (the report's
-    #: per-layer panel, ``diagnostics-<task>.png``)
-    diagnostics: bool = False
-    #: save a crash-safe partial checkpoint of the running cell every N steps (:mod:`.checkpoint`);
-    #: ``None``: after every evaluation; 0: never. It does not change any result, so it is not part
-    #: of the suite's fingerprint.
-    checkpoint_every: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.budget not in BUDGETS:
-            raise ValueError(f"unknown budget {self.budget!r}; choose from {', '.join(BUDGETS)}")
-        for name, values in (("tasks", self.tasks), ("optimizers", self.optimizers),
-                             ("lr_multipliers", self.lr_multipliers), ("seeds", self.seeds)):
-            if not values:
-                raise ValueError(f"{name} must name at least one value")
-            if len(set(values)) != len(values):
-                raise ValueError(f"{name} lists a value twice: {', '.join(map(str, values))}")
-        unknown = [n for n in (*self.optimizers, *self.lrs) if n not in PEER_NAMES]
-        if unknown:
-            raise ValueError(f"unknown optimizer {unknown[0]!r}; choose from {', '.join(PEER_NAMES)}")
-        bad = [m for m in (*self.lr_multipliers, *self.lrs.values()) if not m > 0]
-        if bad:
-            raise ValueError(f"learning rates and multipliers must be > 0, got {bad[0]}")
-        for name in ("steps", "batch_size", "eval_every", "threads"):
-            value = getattr(self, name)
-            if value is not None and int(value) < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
-        if self.checkpoint_every is not None and int(self.checkpoint_every) < 0:
-            raise ValueError(f"checkpoint_every must be >= 0 (0: no checkpoints), got {self.checkpoint_every}")
-
-    @classmethod
-    def preset(cls, budget: str, **overrides) -> "SuiteConfig":
-        """The ``quick`` (README default, about 5 minutes) or ``full`` suite, with ``overrides``."""
-        if budget == "full":
-            base = cls(budget="full", optimizers=list(FULL_OPTIMIZERS), lr_multipliers=[0.5, 1.0, 2.0])
-        else:
-            base = cls(budget=budget)
-        return replace(base, **overrides)
-
-    def task_budget(self, task: Task) -> Budget:
-        """The task's budget with this suite's overrides."""
-        budget = task.budget(self.budget)
-        changes = {k: getattr(self, k) for k in ("steps", "batch_size", "eval_every") if getattr(self, k)}
-        return replace(budget, **changes) if changes else budget
-
-    def to_dict(self) -> dict:
-        values = asdict(self)
-        for key in ("gpt_options", "diagnostics"):
-            if not values[key]:
-                del values[key]  # suites without them keep their fingerprint (and run directory)
-        if values["checkpoint_every"] is None:
-            del values["checkpoint_every"]
-        return values
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "SuiteConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
-
-    def fingerprint(self) -> str:
-        """8 hex digits that identify this suite (the default run directory's suffix)."""
-        values = self.to_dict()
-        values.pop("checkpoint_every", None)  # how often to checkpoint changes no result
-        text = json.dumps(values, sort_keys=True)
-        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
-
-
-def default_run_dir(config: SuiteConfig) -> Path:
-    """``./bench-out/<budget>-<fingerprint>``: the same command always finds the same directory."""
-    return Path("bench-out") / f"{config.budget}-{config.fingerprint()}"
-
-
-def base_lr(config: SuiteConfig, optimizer: str) -> float:
-    """The lr that the multipliers scale: ``config.lrs`` or the peer's benchmark default."""
-    return float(config.lrs.get(optimizer, DEFAULT_LRS[optimizer]))
-
 
 def plan_cells(config: SuiteConfig, tasks: dict[str, Task], optimizers: list[str]) -> list[Cell]:
     """Every cell of the suite, ordered task, optimizer, lr multiplier, seed (with ``diagnostics``,
@@ -243,8 +136,6 @@ def load_tasks(config: SuiteConfig) -> dict[str, Task]:
 
 def run_suite(config: SuiteConfig, run_dir: str | Path, show_progress: bool = True) -> dict:
     """Run (or resume) the suite in ``run_dir`` and return the summarized results."""
-    from .summary import summarize
-
     started = time.perf_counter()
     run_dir = Path(run_dir)
     if config.threads is not None:

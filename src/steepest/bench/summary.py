@@ -27,8 +27,10 @@ from __future__ import annotations
 import math
 import statistics
 
+from ..optim import PRESETS
 from .cells import Cell
-from .runner import REFERENCES, SuiteConfig
+from .config import REFERENCES, SuiteConfig
+from .peers import STEEPEST_PEERS
 from .tasks import Task
 
 BUDGET_FRACTIONS = (0.25, 0.5, 1.0)
@@ -46,9 +48,6 @@ def label(name: str) -> str:
     if name in REFERENCES:
         return REFERENCES[name]
     if name.startswith("steepest-"):
-        from .peers import STEEPEST_PEERS
-        from ..optim import PRESETS
-
         preset, kwargs = STEEPEST_PEERS[name]
         text = f"steepest.{PRESETS[preset].__name__}"
         shown = [f"{key}={kwargs[key]!r}" for key in ("noise_adaptive", "noise_rule", "noise_alpha", "noise_source",

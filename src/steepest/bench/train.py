@@ -17,7 +17,7 @@ With ``diagnostics=True`` the trial also records, at step 0 and at every evaluat
 layer's sharpness (top eigenvalue of its Hessian block on the next training batch, by
 :data:`DIAGNOSTIC_ITERS` power iterations) and gradient noise (``||G_a - G_b||`` of two independent
 batches, in the dual norm that steepest's default roles give the layer: nuclear for hidden matrices),
-through :func:`steepest.diagnostics.run.layer_checkpoint`. The batch stream is rewound afterwards,
+through :func:`steepest.diagnostics.layers.layer_checkpoint`. The batch stream is rewound afterwards,
 so the training curve is the one an undiagnosed run gives; the time goes to ``diagnostics_seconds``,
 not to the training clock.
 
@@ -41,6 +41,8 @@ import time
 
 import torch
 
+from ..diagnostics.layers import dual_norm_label, hidden_layers, layer_checkpoint, layer_geometries
+from ..factory import for_model
 from .checkpoint import CellCheckpoint, capture_state, restore_state
 from .peers import Peer, state_bytes
 from .progress import Progress
@@ -82,12 +84,19 @@ def layer_stats(peer: Peer) -> list[dict]:
     return rows
 
 
+def reference_geometries(model: torch.nn.Module, layers, roles=None) -> dict:
+    """``{layer: geometry}`` that steepest's default roles give each layer (``for_model(model,
+    "muon")``: spectral for hidden matrices and convolutions, so noise is a nuclear norm). The
+    benchmark's panel measures every optimizer's layers in these norms, so that torch.optim.AdamW,
+    torch.optim.Muon and the steepest presets are compared in the same units."""
+    probe = for_model(model, "muon", roles=roles)
+    return layer_geometries([probe], model, layers)
+
+
 class _Diagnostics:
     """Per-layer sharpness and noise snapshots of one trial (see the module docstring)."""
 
     def __init__(self, trial: Trial, seed: int) -> None:
-        from ..diagnostics.run import dual_norm_label, hidden_layers, reference_geometries
-
         self.trial, self.seed = trial, seed
         self.layers = hidden_layers(trial.model)
         self.geoms = reference_geometries(trial.model, self.layers, getattr(trial, "roles", None))
@@ -96,8 +105,6 @@ class _Diagnostics:
         self.seconds = 0.0
 
     def record(self, step: int) -> None:
-        from ..diagnostics.run import layer_checkpoint
-
         t0 = time.perf_counter()
         rows = layer_checkpoint(self.trial, self.trial.model, self.layers, self.geoms, DIAGNOSTIC_ITERS,
                                 seed=self.seed, orthogonality=False)

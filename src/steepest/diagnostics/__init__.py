@@ -5,9 +5,12 @@
 - :mod:`.collapse`: neural collapse metrics NC1-NC4 (Papyan, Han, Donoho, arXiv 2008.08186);
 - :mod:`.updates`: RMS / Frobenius / spectral norms of parameter updates, orthogonality error of
   approximate polar factors, and the dual-norm gradient noise between two gradients;
-- :mod:`.run` and :mod:`.report`: ``steepest diagnose``, which trains a benchmark task with each
-  optimizer and records every hidden layer's sharpness, noise, update norms and orthogonality error
-  over training (``diagnostics.md``, ``.json``, ``.png``).
+- :mod:`.layers`: which layers of a model are diagnosed, the dual norm each one's gradient noise is
+  measured in, and one per-layer checkpoint (sharpness, noise, orthogonality error) taken without
+  disturbing training.
+
+``steepest diagnose`` (:mod:`steepest.bench.diagnose`) and ``steepest bench --diagnostics`` record
+these over training.
 
 The measurement functions are pure: they read tensors (and run autograd on a caller's loss) and
 return numbers.
@@ -15,8 +18,6 @@ return numbers.
 from .collapse import neural_collapse
 from .sharpness import hvp, lanczos_spectrum, layer_sharpness, top_eigenvalue
 from .updates import gradient_noise, orthogonality_error, update_stats
-from .report import write_diagnostics_report
-from .run import run_diagnostics
 
 __all__ = ["hvp", "top_eigenvalue", "layer_sharpness", "lanczos_spectrum", "neural_collapse", "update_stats",
-           "orthogonality_error", "gradient_noise", "run_diagnostics", "write_diagnostics_report"]
+           "orthogonality_error", "gradient_noise"]

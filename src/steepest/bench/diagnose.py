@@ -1,11 +1,12 @@
-"""``run_diagnostics``: train a benchmark task with several optimizers and record, per hidden layer,
+"""``steepest diagnose``: train a benchmark task with several optimizers and record, per hidden layer,
 curvature, gradient noise, update size and orthogonality at regular checkpoints.
 
 Protocol. Each optimizer (a benchmark peer name, :func:`steepest.bench.peers.build_peer`) trains a
 fresh trial of the task with the same seed (same initial weights, same batch stream) at its
 benchmark base lr held **constant** (no warm-up / cosine schedule: this is a diagnostic run, not a
 benchmark). At a checkpoint step ``s`` (every ``every`` steps and the last step), *before* update
-``s`` is applied, at the current parameters ``theta_{s-1}``:
+``s`` is applied, at the current parameters ``theta_{s-1}``
+(:func:`steepest.diagnostics.layers.layer_checkpoint`):
 
 - two mini-batch gradients ``G_a``, ``G_b`` are drawn (two calls of ``trial.train_loss()``); batch
   ``a`` is the batch that training step ``s`` uses (the trial's random generators are rewound after
@@ -40,160 +41,20 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .collapse import neural_collapse
-from .sharpness import top_eigenvalue
-from .updates import gradient_noise, orthogonality_error, update_stats
+from ..diagnostics import neural_collapse, update_stats
+from ..diagnostics.layers import describe_geometry, hidden_layers, layer_checkpoint, layer_geometries
+from .peers import PEER_NAMES, build_peer
+from .tasks import make_task
 
-__all__ = ["run_diagnostics", "load_model_checkpoint", "hidden_layers", "measure_sharpness", "layer_geometries",
-           "reference_geometries", "layer_checkpoint", "describe_geometry", "dual_norm_label", "DEFAULT_OPTIMIZERS"]
+__all__ = ["run_diagnostics", "load_model_checkpoint", "DEFAULT_OPTIMIZERS"]
 
 DEFAULT_OPTIMIZERS = ("steepest-muon", "steepest-lanton")
 LR_NOTE = ("each optimizer at its benchmark base lr, held constant (no warm-up or cosine schedule)")
-
-
-def hidden_layers(model: nn.Module) -> list[str]:
-    """The parameters diagnosed: 2-D ones under ``blocks.`` if any exist, else all with ndim >= 2."""
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    blocks = [n for n, p in named if n.startswith("blocks.") and p.ndim == 2]
-    if blocks:
-        return blocks
-    layers = [n for n, p in named if p.ndim >= 2]
-    if not layers:
-        raise ValueError("the model has no parameter with at least 2 dimensions to diagnose")
-    return layers
-
-
-def measure_sharpness(model: nn.Module, loss_fn: Callable[[], Tensor], layers: Sequence[str], iters: int,
-                      seed: int = 0, tol: float = 1e-4) -> dict[str, float]:
-    """Top eigenvalue of each named layer's Hessian block, exactly as ``layer_sharpness`` computes it
-    (one generator seeded with ``seed`` shared by the layers in order), restricted to ``layers``."""
-    params = dict(model.named_parameters())
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    # Hessian-vector products differentiate the backward: the fused attention kernels have no double
-    # backward, so scaled_dot_product_attention runs its (twice-differentiable) math kernel here
-    with sdpa_kernel([SDPBackend.MATH]):
-        return {name: top_eigenvalue(loss_fn, [params[name]], iters=iters, tol=tol, generator=gen)[0]
-                for name in layers}
-
-
-def _trial_generators(trial) -> list[torch.Generator]:
-    return [v for v in vars(trial).values() if isinstance(v, torch.Generator)]
-
-
-def layer_geometries(optimizers, model: nn.Module, layers: Sequence[str]) -> dict:
-    """``{layer: geometry}`` for the named layers: the geometry of the steepest group that holds the
-    parameter, or ``None`` (AdamW-style groups, non-steepest optimizers, parameters of no group),
-    whose noise is then measured in the Frobenius norm."""
-    by_id = {}
-    for opt in optimizers:
-        for group in opt.param_groups:
-            for p in group["params"]:
-                by_id[id(p)] = (opt, group)
-    params = dict(model.named_parameters())
-    return {name: _geometry(*by_id.get(id(params[name]), (None, None))) for name in layers}
-
-
-def reference_geometries(model: nn.Module, layers: Sequence[str], roles=None) -> dict:
-    """``{layer: geometry}`` that steepest's default roles give each layer (``for_model(model,
-    "muon")``: spectral for hidden matrices and convolutions, so noise is a nuclear norm). The
-    benchmark's panel measures every optimizer's layers in these norms, so that torch.optim.AdamW,
-    torch.optim.Muon and the steepest presets are compared in the same units."""
-    from ..factory import for_model
-
-    probe = for_model(model, "muon", roles=roles)
-    return layer_geometries([probe], model, layers)
-
-
-def _geometry(opt, group):
-    """The group's geometry, or ``None`` for AdamW-style groups and non-steepest optimizers."""
-    if opt is None or not hasattr(opt, "geometry"):
-        return None
-    if group.get("transform") in ("adam", "diffgrad"):
-        return None
-    try:
-        return opt.geometry(group)
-    except Exception:  # pragma: no cover - foreign optimizer
-        return None
-
-
-#: the names of the dual norms that noise is measured in, by geometry name
-DUAL_NORM_NAMES = {"spectral": "nuclear", "sign": "l1", "frobenius": "frobenius"}
-
-
-def dual_norm_label(geometry) -> str:
-    """The name of the norm a layer's noise is measured in: ``nuclear`` for spectral layers,
-    ``frobenius`` for AdamW-style ones (``geometry`` ``None``), else ``dual of <geometry>``."""
-    if geometry is None:
-        return "frobenius"
-    name = getattr(geometry, "name", type(geometry).__name__)
-    return DUAL_NORM_NAMES.get(name, f"dual of {name}")
-
-
-def describe_geometry(geometry) -> str:
-    """How a layer's noise is measured, for reports."""
-    return "adamw (frobenius)" if geometry is None else geometry.describe()
-
-
-def _frobenius(x: Tensor) -> Tensor:
-    return torch.linalg.vector_norm(x)
-
-
-def _grads(loss: Tensor, params: list[Tensor]) -> list[Tensor]:
-    out = torch.autograd.grad(loss, params, allow_unused=True)
-    return [torch.zeros_like(p) if g is None else g.detach() for g, p in zip(out, params)]
-
-
-def layer_checkpoint(trial, model: nn.Module, layers: Sequence[str], geoms: dict, sharpness_iters: int,
-                     seed: int = 0, orthogonality: bool = True) -> dict[str, dict]:
-    """Per-layer diagnostics at the current parameters (the module docstring's list), without
-    disturbing training: the trial's batch generators are rewound afterwards, so the next
-    ``trial.train_loss()`` draws the batch it would have drawn anyway, and ``.grad`` is not touched.
-
-    Returns ``{layer: {sharpness, noise, noise_norm, orthogonality_error, lmo_rank}}``
-    (``orthogonality_error`` only for spectral layers and when ``orthogonality`` is true).
-    """
-    params = dict(model.named_parameters())
-    plist = [params[n] for n in layers]
-    gens = _trial_generators(trial)
-    start = [g.get_state() for g in gens]
-    grads_a = dict(zip(layers, _grads(trial.train_loss(), plist)))
-    grads_b = dict(zip(layers, _grads(trial.train_loss(), plist)))
-
-    def fixed_loss() -> Tensor:  # batch a again
-        for g, s in zip(gens, start):
-            g.set_state(s)
-        return trial.train_loss()
-
-    sharp = measure_sharpness(model, fixed_loss, layers, sharpness_iters, seed=seed)
-    for g, s in zip(gens, start):  # training step s sees batch a, as without diagnostics
-        g.set_state(s)
-    out = {}
-    for name in layers:
-        geom = geoms[name]
-        norm = _frobenius if geom is None else geom.dual_norm
-        noise = gradient_noise({name: grads_a[name]}, {name: grads_b[name]}, norm)[name]
-        row = {"sharpness": sharp[name], "noise": noise,
-               "noise_norm": dual_norm_label(geom),
-               "orthogonality_error": None, "lmo_rank": None}
-        if orthogonality and geom is not None and getattr(geom, "name", "") == "spectral" \
-                and grads_a[name].ndim >= 2:
-            g = grads_a[name]
-            mat = g.reshape(g.shape[0], -1).to(torch.float64)
-            # numerical rank at the gradient's own precision (float64 eps would count rounding noise)
-            rtol = max(mat.shape) * torch.finfo(g.dtype).eps
-            rank = int(torch.linalg.matrix_rank(mat, rtol=rtol)) if mat.abs().max() > 0 else 0
-            rank = min(rank, *mat.shape)
-            if rank >= 1:
-                row["orthogonality_error"] = orthogonality_error(geom.lmo(g), rank=rank)
-                row["lmo_rank"] = rank
-        out[name] = row
-    return out
 
 
 def load_model_checkpoint(path, model: nn.Module) -> None:
@@ -230,8 +91,6 @@ def _collapse(trial) -> dict | None:
 
 def _train_one(task, name: str, steps: int, every: int, seed: int, batch_size: int,
                sharpness_iters: int, checkpoint=None) -> dict:
-    from ..bench.peers import build_peer
-
     trial = task.trial(seed, batch_size)
     model = trial.model
     if checkpoint is not None:
@@ -312,9 +171,6 @@ def run_diagnostics(task_name: str, optimizers: Sequence[str] | str = DEFAULT_OP
     collapse?}], curve, train_seconds, diagnostics_seconds}}`` (``collapse``: NC1-NC4, classifier
     tasks only); ``checkpoint`` is the path of the initial weights, or ``None``.
     """
-    from ..bench.peers import PEER_NAMES
-    from ..bench.tasks import make_task
-
     if isinstance(optimizers, str):
         optimizers = [o.strip() for o in optimizers.split(",") if o.strip()]
     optimizers = list(optimizers)

@@ -1,8 +1,9 @@
-"""Write the results of :func:`steepest.diagnostics.run.run_diagnostics`: ``diagnostics.json``
-(strict JSON), ``diagnostics.md`` (per optimizer: a layer table at the last checkpoint and the
-metric curve) and ``diagnostics.png`` (sharpness and gradient noise over steps, one line per layer,
-one column per optimizer, colour by depth (dark: first layer), a shared y-range per row, and a third row with NC1-NC4 for classifier tasks; skipped with a note
-when matplotlib is missing)."""
+"""Write the results of :func:`steepest.bench.diagnose.run_diagnostics` (``steepest diagnose``):
+``diagnostics.json`` (strict JSON), ``diagnostics.md`` (per optimizer: a layer table at the last
+checkpoint and the metric curve) and ``diagnostics.png`` (sharpness and gradient noise over steps,
+one line per layer, one column per optimizer, colour by depth (dark: first layer), a shared y-range
+per row, and a third row with NC1-NC4 for classifier tasks; skipped with a note when matplotlib is
+missing)."""
 from __future__ import annotations
 
 import json
