@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test install clean
+.PHONY: run test install docs clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest
+
+# Rewrite the files generated from the preset registry (exports, docs/choosing.md tables).
+docs: $(VENV)/.installed
+	$(PY) tools/generate.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build src/*.egg-info

@@ -9,8 +9,21 @@ from .explain import explain, explain_rows
 from .factory import create, for_model, names
 from .lipschitz import lipschitz_bound
 from .safestep import SafeStep
-from .optim import (LANTON, MFAC, PRESETS, AuON, DiffGrad, GeometryOptimizer, HybridAuON, Lion, LionK, Muon,
-                    NorMuon, Scion, Signum)
+from .optim import PRESETS, GeometryOptimizer
+
+# The preset classes, generated from the registry by `make docs` (tools/generate.py):
+# <generated: presets>
+from .optim.auon import AuON, HybridAuON
+from .optim.diffgrad import DiffGrad
+from .optim.lanton import LANTON
+from .optim.lion import Lion, LionK
+from .optim.mfac import MFAC
+from .optim.muon import Muon
+from .optim.normuon import NorMuon
+from .optim.scion import Scion
+from .optim.signum import Signum
+PRESET_EXPORTS = ("Muon", "Scion", "AuON", "HybridAuON", "NorMuon", "Lion", "LionK", "Signum", "DiffGrad", "MFAC", "LANTON")
+# </generated: presets>
 
 __version__ = "0.8.0"
 
@@ -24,6 +37,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'steepest' has no attribute {name!r}")
 
 
-__all__ = ["Muon", "NorMuon", "Scion", "AuON", "HybridAuON", "Lion", "LionK", "Signum", "DiffGrad", "MFAC", "LANTON",
-           "GeometryOptimizer", "PRESETS", "create", "names", "for_model", "explain", "explain_rows", "geometry", "polar", "roles",
+__all__ = [*PRESET_EXPORTS, "GeometryOptimizer", "PRESETS", "create", "names", "for_model", "explain", "explain_rows", "geometry", "polar", "roles",
            "constraints", "nn", "diagnostics", "lipschitz_bound", "SafeStep", "__version__"]
