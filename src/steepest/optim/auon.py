@@ -102,7 +102,7 @@ class AuON(GeometryOptimizer):
     per-parameter factor of stage 3 (``_step_sizes``). The brake only rescales: signs and ratios of
     ``D`` are kept; a zero ``D`` gives a zero step.
 
-    Numerical reality (research/algorithms.md 7.3): every entry of a unit-Frobenius ``X`` is of
+    Numerical reality (a derivation, not from the paper): every entry of a unit-Frobenius ``X`` is of
     order ``1/sqrt(N)``, so ``r^2 = 1 + mean sinh(X_i)^2 ~ 1 + 1/N``; for realistic layers
     (``N >= 1e4``) ``r`` is within ~1e-4 of 1, and the brake only acts when a few entries carry a
     sizeable fraction of the Frobenius mass (``max |X_i| >~ 0.1``). AuON is therefore close to

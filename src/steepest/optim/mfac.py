@@ -33,7 +33,7 @@ class MFAC(GeometryOptimizer):
     whose LMO is then applied to each parameter's block of ``v_t``.
 
     Defaults: ``lr=1e-3``, ``damp=1e-5``, ``momentum=0``, ``weight_decay=0`` are the reference
-    implementation's (IST-DASLab/M-FAC ``optim.py``, research/algorithms.md 10.3). ``ngrads``
+    implementation's (github.com/IST-DASLab/M-FAC, ``optim.py``). ``ngrads``
     defaults to 32, not the paper's 1024: the window costs ``m * d`` floats, 3.4 GB for a
     0.8M-parameter model at ``m = 1024`` and 106 MB at ``m = 32``, and a step's time is linear in
     ``m``. Differences from the reference: weight decay is decoupled (``W <- (1 - lr wd) W``; the

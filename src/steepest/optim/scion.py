@@ -32,7 +32,7 @@ class Scion(GeometryOptimizer):
     SCG is decoupled weight decay with coefficient 1: iterates that start inside the ball
     ``||W|| <= rho s`` stay inside it, so call ``init_params_()`` (Scion's init rules) first.
 
-    Geometry per role (research/algorithms.md 3.2):
+    Geometry per role (the reference code, github.com/LIONS-EPFL/scion, ``scion.py``):
 
     =========== ================================ =======================================
     role        geometry (shape factor)          paper's name
