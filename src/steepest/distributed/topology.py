@@ -163,6 +163,13 @@ class Topology:
         """Number of entries in rows ``[start, stop)`` of ``p``."""
         return (rows[1] - rows[0]) * (int(torch.Size(p.shape[1:]).numel()) if p.ndim else 1)
 
+    def lmo_placement(self, params: Sequence[Tensor], rowwise: bool) -> list[str]:
+        """Where stage 2 runs for each of ``params``: ``"rank k"`` (the owner of a whole-matrix
+        LMO), or for a row-wise LMO ``"local shards"`` (sharded) / ``"every rank"`` (replicated)."""
+        if rowwise:
+            return ["local shards" if is_sharded(p) else "every rank" for p in params]
+        return [f"rank {owner}" for owner in self.owners(params)]
+
     def owners(self, params: Sequence[Tensor]) -> list[int]:
         """The rank that computes each parameter's whole-matrix LMO (balanced by FLOPs)."""
         return assign_owners([matrix_cost(p.shape) for p in params], self.world)

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from .docs import fill_doc
 from .engine import GeometryOptimizer
-from .muon import MATRIX_ROLES, adamw_fallback
+from .muon import adamw_fallback
 
 #: additive guard of the brake's denominator ``r + 1e-8`` (the paper's constant).
 BRAKE_EPS = 1e-8

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from .docs import fill_doc
-from .validation import as_betas
+from .checks import as_betas
 from .engine import GeometryOptimizer
 
 

@@ -69,15 +69,17 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from ..compiled import resolve_compile
-from ..distributed import is_dtensor, is_sharded, local, resolve_topology
+from ..distributed import is_sharded, local, resolve_topology
 from ..geometry import Geometry, make_geometry
+from .initialization import init_on_sphere
 from .constraint_stage import ConstraintStage
 from .guards import collect_work, finite_or_skip
 from .group_keys import ENGINE_DEFAULTS, GEOMETRY_KEYS, split_by_role
 from .noise_rates import NoiseRates, default_layer_rule, describe_noise, noise_active
 from .state_io import HOST_STATE, restore_saved_state
 from .transforms import TRANSFORMS, Transform
-from .validation import ON_NONFINITE, check_choice, check_compile, check_group, check_group_params
+from .checks import ON_NONFINITE, check_choice, check_compile
+from .validation import check_group, check_group_params
 
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
 
@@ -377,12 +379,9 @@ class GeometryOptimizer(Optimizer):
         """Where stage 2 runs for each parameter of ``group`` when all of them step: ``"this
         process"``, ``"rank k"`` (the owner of a whole-matrix LMO), ``"local shards"`` or ``"every
         rank"`` (row-wise LMOs of sharded or replicated parameters)."""
-        params = group["params"]
         if self._topology is None:
-            return ["this process"] * len(params)
-        if self.geometry(group).rowwise_lmo:
-            return ["local shards" if is_sharded(p) else "every rank" for p in params]
-        return [f"rank {owner}" for owner in self._topology.owners(params)]
+            return ["this process"] * len(group["params"])
+        return self._topology.lmo_placement(group["params"], self.geometry(group).rowwise_lmo)
 
     # -- noise-adaptive layerwise rates (the component in noise_rates.py) ---------------------
     def needs_second_grads(self) -> bool:
@@ -435,14 +434,8 @@ class GeometryOptimizer(Optimizer):
         the same ``generator`` seed (or the same global RNG state)."""
         wanted = set(roles)
         for group in self.param_groups:
-            if group["role"] not in wanted:
-                continue
-            geom = self.geometry(group)
-            for p in group["params"]:
-                scale = group["radius"] * geom.shape_scale(p.shape)
-                if self._topology is None or not is_dtensor(p):
-                    geom.init_(p, scale=scale, generator=generator)
-                    continue
-                whole = torch.empty(p.shape, dtype=p.dtype, device=local(p).device)
-                geom.init_(whole, scale=scale, generator=generator)
-                local(p).copy_(self._topology.local_part(p, whole))
+            if group["role"] in wanted:
+                geometry = self.geometry(group)
+                for p in group["params"]:
+                    init_on_sphere(p, geometry, group["radius"] * geometry.shape_scale(p.shape), generator,
+                                   self._topology)

@@ -7,7 +7,6 @@ from .docs import fill_doc
 from .engine import GeometryOptimizer
 from .noise import NOISE_ALPHA, NOISE_EVERY, NOISE_RULE
 
-_MATRIX_ROLES = ("hidden", "conv")
 
 
 class LANTON(GeometryOptimizer):

@@ -5,7 +5,7 @@ from typing import Any, Iterable
 
 from .docs import fill_doc
 from .engine import GeometryOptimizer
-from .validation import as_betas, check_choice
+from .checks import as_betas, check_choice
 
 KAPPAS = ("l1", "l2", "nuclear")
 _MATRIX_ROLES = ("hidden", "conv", "embedding", "head")

@@ -4,11 +4,10 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable
 
 import torch
-from torch import Tensor
 
 from .docs import fill_doc
 from .engine import GeometryOptimizer
-from .fisher_window import DEFAULT_NGRADS, FISHER_WINDOW, check_ngrads  # noqa: F401 (check_ngrads: public)
+from .fisher_window import DEFAULT_NGRADS, FISHER_WINDOW
 from .transforms import Transform
 
 

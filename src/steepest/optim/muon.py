@@ -6,7 +6,7 @@ from typing import Any, Iterable
 from .docs import fill_doc
 from .engine import GeometryOptimizer
 from .noise import NOISE_ALPHA, NOISE_EVERY, NOISE_RULE
-from .validation import as_betas, check_choice
+from .checks import as_betas, check_choice
 
 ADJUST_LR = ("original", "match_rms_adamw", "rms_to_rms", "none")
 MATRIX_ROLES = ("hidden", "conv")

@@ -12,7 +12,7 @@ from ..geometry import as_matrix
 from .docs import fill_doc
 from .muon import Muon
 from .noise import NOISE_ALPHA, NOISE_EVERY, NOISE_RULE
-from .validation import check_choice
+from .checks import check_choice
 
 SCALES = ("frobenius", "rms")
 #: Guard added to sqrt(v) and to ||O_hat||_F (the reference code's 1e-10).

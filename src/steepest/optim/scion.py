@@ -6,7 +6,7 @@ from typing import Any, Iterable
 from .docs import fill_doc
 from .engine import GeometryOptimizer
 from .noise import NOISE_ALPHA, NOISE_EVERY, NOISE_RULE
-from .validation import check_positive
+from .checks import check_positive
 
 #: role -> (geometry, shape_scale) of Scion's recipe for that role.
 SCION_ROLE_GEOMETRY: dict[str, tuple[str, str | None]] = {

@@ -15,8 +15,7 @@ from ..distributed import is_dtensor
 from ..geometry import GEOMETRY_NAMES, LAYOUTS, geometry_class
 from ..polar import NS_DTYPE_NAMES, SCHEDULE_NAMES
 from ..roles import ROLES
-from .checks import (MIN_EPS, ON_NONFINITE, _number, as_betas, check_betas, check_choice, check_compile,  # noqa: F401
-                     check_eps, check_lr, check_momentum, check_nonnegative, check_ns_steps, check_positive)
+from .checks import MIN_EPS, _number, check_choice, check_lr, check_nonnegative, check_ns_steps, check_positive  # noqa: F401 (MIN_EPS: public)
 from .noise import NOISE_RULES, NOISE_SOURCES
 from .transforms import TRANSFORMS as TRANSFORM_TABLE
 
