@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from steepest.bench import kernel_report, kernels
+from steepest.bench import kernel_backends, kernel_report, kernel_shapes, kernels
 from steepest.bench.kernels import BACKEND_NAMES, KernelConfig, run_kernels
 
 GPT_SHAPES = {(384, 128), (128, 128), (512, 128), (128, 512)}
@@ -158,13 +158,13 @@ def test_time_call_budget_and_repeats():
 
 
 def test_slow_backend_skips_costlier_shapes(monkeypatch):
-    real = kernels._auon
+    real = kernel_backends._auon
 
     def slow_auon(G):
         time.sleep(0.3)
         return real(G)
 
-    monkeypatch.setattr(kernels, "_auon", slow_auon)
+    monkeypatch.setattr(kernel_backends, "_auon", slow_auon)
     res = run_kernels(tiny(shapes=[(4, 8)], backends=["keller", "auon"], budget_s=0.2, accuracy=False,
                            bf16_matmul=False), progress=False)
     table = by_key(res)
@@ -260,7 +260,7 @@ def test_model_shapes_from_registered_tasks(monkeypatch):
 
 
 def test_square_and_model_shapes_merge():
-    shapes, _ = kernels._shape_list(KernelConfig(sizes=[128, 64], tasks=[]))
+    shapes, _ = kernel_shapes.shape_list(KernelConfig(sizes=[128, 64], tasks=[]))
     by_label = {s["label"]: s for s in shapes}
     assert set(by_label) == {"384x128", "128x128", "512x128", "128x512", "64x64"}
     assert by_label["128x128"]["kind"] == "model+square" and by_label["128x128"]["square"]

@@ -7,7 +7,6 @@ missing)."""
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 __all__ = ["write_diagnostics_report", "diagnostics_markdown"]
