@@ -7,6 +7,9 @@ set the constraint maps ``w`` to (the nearest point in Frobenius norm where the 
 the violation as a float (0.0 on the set, to the stated tolerance). Tensors with more than two
 dimensions are viewed as the matrix ``(shape[0], prod(shape[1:]))`` (conv filters: out x in*k*k).
 
+Constructor arguments are checked with the validators here (``real_number``, ``positive``,
+``choice``, ``positive_int``, ``step_size_value``), so every constraint words its errors alike.
+
 Where a constraint needs the step that was just taken (the spectral soft cap couples its strength
 to the largest possible update), ``project`` takes ``step_size``: the largest spectral norm the
 optimizer's last update of ``w`` can have (for Muon, ``lr * shape factor * max singular value of
@@ -14,13 +17,57 @@ the Newton-Schulz output``).
 """
 from __future__ import annotations
 
+import math
+import numbers
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from ..distributed import is_dtensor
+
+
+# -- argument validation (shared by every constraint) --------------------------------------------
+def real_number(name: str, value: Any) -> float:
+    """``value`` as a float; ``TypeError`` for a bool or a non-real."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"Invalid type for {name}: expected a real number, got {type(value).__name__}")
+    return float(value)
+
+
+def positive(name: str, value: Any) -> float:
+    """``value`` as a float, required finite and > 0."""
+    x = real_number(name, value)
+    if not (x > 0.0 and math.isfinite(x)):
+        raise ValueError(f"Invalid {name} value: {value}; expected a positive number")
+    return x
+
+
+def choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``choices``, else ``ValueError``."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"Unknown {name} {value!r}; expected one of: {', '.join(choices)}")
+    return value
+
+
+def positive_int(name: str, value: Any) -> int:
+    """``value`` if it is an int >= 1."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"Invalid type for {name}: expected an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"Invalid {name}: {value}; expected an integer >= 1")
+    return value
+
+
+def step_size_value(step_size: Any) -> float | None:
+    """``step_size`` as a float >= 0, or None."""
+    if step_size is None:
+        return None
+    x = real_number("step_size", step_size)
+    if not (x >= 0.0 and math.isfinite(x)):
+        raise ValueError(f"Invalid step_size value: {step_size}; expected a non-negative number or None")
+    return x
 
 
 def work_dtype(t: Tensor) -> torch.dtype:

@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from .base import Constraint
+from .base import Constraint, choice
 from .birkhoff import Birkhoff
-from .spectral import SPECTRAL_UNITS, SpectralHammer, SpectralHardCap, SpectralNormalize, SpectralSoftCap, choice
+from .spectral import SpectralHammer, SpectralHardCap, SpectralNormalize, SpectralSoftCap
+from .spectral_norm import SPECTRAL_UNITS
 from .sphere import Hypersphere, SpectralSphere
 from .stiefel import Stiefel
 

@@ -9,9 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Constraint
-from .spectral import (SPECTRAL_UNITS, choice, effective_bound, exact_sigma_max, positive, positive_int,
-                       step_size_value, top_singular_triple)
+from .base import Constraint, choice, positive, positive_int, step_size_value
+from .spectral_norm import SPECTRAL_UNITS, effective_bound, exact_sigma_max, top_singular_triple
 
 __all__ = ["Hypersphere", "SpectralSphere", "SPECTRAL_SPHERE_METHODS"]
 
@@ -70,7 +69,7 @@ class SpectralSphere(Constraint):
 
     ``method="svd"``: ``sigma_1`` exactly (``torch.linalg.matrix_norm(ord=2)`` in the working dtype;
     the result has ``sigma_1 = r`` to about 1e-7 relative in float32). ``method="power"``: Lanczos on
-    the smaller Gram (:func:`steepest.constraints.spectral.top_singular_triple`, ``iters`` steps),
+    the smaller Gram (:func:`steepest.constraints.spectral_norm.top_singular_triple`, ``iters`` steps),
     then a second run started from the Ritz vector on the rescaled matrix and a second rescale, which
     corrects most of the first estimate's shortfall; the result can still sit slightly above ``r``
     when the top singular values are crowded (see the accuracy table in ``spectral.py``).

@@ -15,8 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Constraint
-from .spectral import choice, positive, real_number, step_size_value
+from .base import Constraint, choice, positive, real_number, step_size_value
 
 __all__ = ["Stiefel", "STIEFEL_RETRACTIONS"]
 
