@@ -33,24 +33,17 @@ chooses per call.
 ``compile="auto"`` (the optimizers' default) runs every kernel eagerly: nowhere has compiling
 measured faster. ``compile=True`` compiles both kernel families on any device.
 
-On CUDA, measured on an H100 (torch 2.11) with a GPT-2-small-shaped model (12 layers of width 768,
-vocabulary 50304, random gradients), the configurations stepping in turn so that drift hits all
-alike, medians of 60 rounds after 20 warm-up rounds: one Muon step took 12.63 ms eager, 12.73 ms
-with Newton-Schulz compiled (its time is in the matrix products, which are cuBLAS calls either way)
-and 15.51 ms with the transforms compiled too; torch.optim.Muon with AdamW took 20.00 ms. The
-transforms run once per parameter (141 compiled calls per step here), and each compiled call's
-guard checks cost more than the fused passes save. On CPU compiling does not pay either. Measured on this library's 2-core
-CPU machine with torch 2.13 and one thread (``steepest bench kernels`` has the per-kernel table;
-the machine was shared with other jobs, so medians of alternating calls):
-
-- Newton-Schulz (Keller, 5 steps, float32): 0.90-1.01x the eager speed on 384 x 128 up to
-  4096 x 1024; its time is in the matrix products, which are BLAS calls either way.
-- the elementwise transforms: 0.4-0.75x on a 384 x 128 tensor (the compiled call's guards cost
-  ~30-50 us), 1.1-2.1x on 1024 x 1024 and 0.97-3.8x on 4096 x 1024 (Adam gains most: eight passes
-  over memory fused into one).
-- a whole Muon step of the benchmark GPT (0.8M parameters, 37 tensors): 0.92x (40 ms eager);
-  Lion: 0.70x. The first compiled step takes 3-10 s (plus ~5 s of inductor start-up in a fresh
-  process), and every new kernel variant seconds more.
+On CUDA (an H100, a GPT-2-small-shaped model, ``python benchmarks/compile_cuda.py``) compiling
+Newton-Schulz changed nothing, its time being in the matrix products, which are cuBLAS calls either
+way, and compiling the transforms as well made the Muon step slower: they run once per parameter
+(141 compiled calls per step there), and each compiled call's guard checks cost more than the
+fused passes save. On the CPU compiling does not pay either: Newton-Schulz is bound by its BLAS
+products, the compiled elementwise transforms lose to their guards on small tensors and win only on
+large ones, a whole Muon or Lion step of the benchmark GPT is slower compiled, and the first
+compiled step takes seconds (every new kernel variant seconds more). The numbers, with the machines
+and versions that measured them, are in docs/benchmarks.md (the torch.compile section and
+"Measurements behind the defaults"); ``steepest bench kernels`` measures the per-kernel table on
+any machine.
 
 (With several threads on an oversubscribed CPU the eager transforms look much worse, since every
 multi-threaded op waits for descheduled threads at its barrier; a fused kernel has fewer barriers.

@@ -4,8 +4,10 @@ Roles: ``embedding`` (token/position tables), ``head`` (the output layer, includ
 an embedding: the shared tensor appears once, as ``head``), ``hidden`` (2-D matrices), ``conv``
 (>= 3-D filters of convolution modules) and ``vector`` (biases, norm gains, scalars).
 
-Rules, in order, for each distinct parameter tensor (research/algorithms.md 0.2: never route by
-``ndim`` alone, embeddings and heads are 2-D too):
+Rules, in order, for each distinct parameter tensor. A tensor is never routed by ``ndim`` alone:
+embeddings and heads are 2-D too, and the reference implementations keep them out of the matrix
+optimizer (the Muon README, github.com/KellerJordan/Muon, and Dion's, github.com/microsoft/dion,
+which asks for explicit parameter groups):
 
 1. ``roles=`` overrides given by the caller win; then a module that declares the roles of its own
    parameters in a class attribute ``steepest_roles = {attribute: role}`` (the hyper-connections'

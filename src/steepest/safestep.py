@@ -66,9 +66,9 @@ then no longer exactly on the manifold; use ``mode="cap"`` with such optimizers 
 needed).
 
 Cost: one copy of the stepped parameters, one tangent of the same size, and one forward-mode pass
-(in theory 1 to 1.5 forwards; measured on a 2-core CPU with torch 2.13, about 3 forwards, which
-roughly doubles a training step, plus a forward-mode memory overhead); ``SafeStep.last["cost"]`` is the
-JVP's wall time in seconds. ``chunk_size`` splits a large batch along dim 0 for the JVP.
+(in theory 1 to 1.5 forwards; measured on a CPU it costs more and roughly doubles a training step,
+see docs/benchmarks.md, "Measurements behind the defaults"; plus a forward-mode memory overhead); ``SafeStep.last["cost"]`` is
+the JVP's wall time in seconds. ``chunk_size`` splits a large batch along dim 0 for the JVP.
 """
 from __future__ import annotations
 

@@ -37,12 +37,10 @@ another format or of a model that does not fit) is not fatal: the cell starts ov
 says why in ``checkpoint["notes"]``. The runner deletes the checkpoint once the cell's result is
 saved (:func:`discard`).
 
-Cost, measured on the quick GPT cell (``shakespeare-char``, 0.83 M parameters, 100 steps of batch
-16) on a 2-core CPU VM with one thread: a save (``torch.save`` + fsync + rename + directory fsync)
-takes 15 ms for steepest-muon (6.8 MB file) and 24 ms for AdamW (10.0 MB: two moments), against
-130-140 ms per training step; at the default interval (after each of the 4 intermediate
-evaluations) that is 65-80 ms per cell, about 0.5 % of its 14.6 s. Loading and restoring takes
-18-28 ms. Hence checkpoints are on by default; saving after every step would cost about 15 %.
+Cost: a save (``torch.save`` + fsync + rename + directory fsync) takes a fraction of a training
+step, so at the default interval (after each intermediate evaluation) checkpoints add a negligible
+share of a cell's time, and they are on by default; saving after every step costs noticeably more.
+The measurement is in docs/benchmarks.md, "Measurements behind the defaults".
 
 Not covered: a peer whose own results are not reproducible run to run (``hb-muon``: heavyball's
 Muon differs between two fresh runs already) resumes, but cannot match a run bit for bit.

@@ -10,8 +10,8 @@ more as depth grows. The protocol, per task:
    (:data:`steepest.bench.peers.DEFAULT_LRS`), seeds 0 and 1, warm-up + cosine schedule. To fit a
    2-core machine, the 8- and 16-block rungs train the base, the two square-root rules and the
    references only (:data:`DEEP`), and ``torch.optim.Muon`` runs a shorter grid where it is
-   expensive (:func:`default_tasks`): its Newton-Schulz is hard-coded bfloat16, which costs 4-8x
-   steepest's step on CPUs without native bfloat16 matmul.
+   expensive (:func:`default_tasks`): its Newton-Schulz is hard-coded bfloat16, which costs several
+   times steepest's step on CPUs without native bfloat16 matmul (docs/benchmarks.md).
 2. **Confirm.** Each optimizer's best multiplier (lowest mean final validation loss over the two
    seeds) runs once more with seed 2, so the best-lr numbers are means over three seeds.
 
@@ -67,16 +67,17 @@ class StudyTask:
     torch_muon_grid: tuple[float, ...] = GRID
 
 
-#: the optimizers of the deep ladder rungs (8 and 16 blocks), where a cell costs 1-2 minutes on one
-#: core: the base, the two square-root rules and the references
+#: the optimizers of the deep ladder rungs (8 and 16 blocks), whose cells cost the most: the base,
+#: the two square-root rules and the references
 DEEP = ("adamw", "steepest-muon", BASE, "steepest-lanton-sqrt-ratio", "steepest-lanton-alpha-sqrt")
 
 
 def default_tasks() -> list[StudyTask]:
     """shakespeare-char (the suite's GPT: 4 blocks, width 128, context 128; 150 steps) and the
     ladder of 2, 4, 8 and 16 blocks at width 96, context 64 (200 steps). torch.optim.Muon, whose
-    bfloat16 Newton-Schulz costs 4-8x steepest's step on CPUs without native bfloat16 matmul, runs
-    the whole grid on 2 and 4 blocks, x{0.5, 1, 2} on shakespeare-char and 8 blocks and x1 on 16."""
+    bfloat16 Newton-Schulz costs several times steepest's step on CPUs without native bfloat16
+    matmul, runs the whole grid on 2 and 4 blocks, x{0.5, 1, 2} on shakespeare-char and 8 blocks and
+    x1 on 16."""
     tasks = [StudyTask("shakespeare-char", 4, {}, steps=150, optimizers=(*CORE, "steepest-lanton-every-step"),
                        torch_muon_grid=(0.5, 1.0, 2.0))]
     for depth in (2, 4, 8, 16):

@@ -12,8 +12,8 @@ so every peer agrees on which tensors are hidden matrices) and ``adamw_weight_de
 baseline's decay on >= 2-D tensors; a task such as matrix sensing sets 0).
 
 Peers:
-    adamw          torch.optim.AdamW, lr 4e-3 (the best AdamW lr in research/benchmarks.md §3),
-                   betas (0.9, 0.95), weight decay 0.1 (the task's ``adamw_weight_decay``) on
+    adamw          torch.optim.AdamW, lr 4e-3 (the best of a 600-step lr sweep on this benchmark's
+                   GPT), betas (0.9, 0.95), weight decay 0.1 (the task's ``adamw_weight_decay``) on
                    >= 2-D weights and 0 elsewhere.
     torch-muon     torch.optim.Muon on the hidden matrices (lr 0.02, momentum 0.95, Nesterov, no
                    weight decay, default lr adjustment and default Newton-Schulz, i.e. bfloat16),
@@ -24,27 +24,16 @@ Peers:
     po-*, hb-*     the same-name optimizers of pytorch-optimizer and heavyball, when installed
                    (:mod:`.external_peers`).
 
-Base lrs of the steepest presets (peak of the warmup + cosine schedule; the suite multiplies them
-by its lr grid, the same grid for every peer). Muon's 0.02 comes from research/benchmarks.md
-section 3 (600 steps) and Scion's 2^-6 from its docstring; the
-others were swept on this benchmark's model with 100 steps of batch 16, seed 1234, 4 validation
-batches (validation loss after 100 steps; torch.optim.AdamW at 4e-3 gave 2.737 there; the lr kept
-is marked *):
+Base lrs (:data:`DEFAULT_LRS`: the peak of the warmup + cosine schedule; the suite multiplies them
+by its lr grid, the same grid for every peer). AdamW's 4e-3 and Muon's 0.02 are the best of a
+600-step sweep on this benchmark's GPT, and Scion's 2^-6 comes from its docstring. Every other
+steepest preset's lr was kept from a 100-step sweep on the same model: the best lr there, except
+where short runs favour a larger lr than long ones (NorMuon and Lion-K keep the smaller, as Muon
+does) and for M-FAC, whose best 100-step lr spiked in the 300-step default run. The sweeps, their
+losses and the reasons are in docs/benchmarks.md, "Measurements behind the defaults".
 
-    steepest-muon         0.02* 2.566   0.04 2.529 (short runs favour larger lrs; 0.02 is the
-                                                    600-step optimum)
-    steepest-normuon      0.02* 2.570   0.04 2.507 (kept equal to Muon's: same update norm)
-    steepest-auon         0.2 3.365     0.4* 3.177   0.8 3.365
-    steepest-hybrid-auon  0.2 3.217     0.4* 3.129   0.8 3.179
-    steepest-lion         6e-4* 2.725   1e-3 2.741   2e-3 3.242
-    steepest-lion-k       1e-2 2.765    3e-2* 2.568  6e-2 2.554 (nuclear; 3e-2 for the same reason
-                                                    as Muon's 0.02)
-    steepest-signum       2.5e-4 2.940  5e-4* 2.766  1e-3 2.892  2e-3 2.937
-    steepest-diffgrad     4e-3* 2.703   8e-3 2.727
-    steepest-mfac         1e-4 4.279    1e-3 3.084   3e-3* 2.697  1e-2 2.640  3e-2 2.706
-                          (ngrads 32, damp 1e-5, no momentum: the preset's defaults; in the
-                          300-step default run 1e-2 spiked to 3.54 at step 150 and ended at 2.576,
-                          3e-3 ran smoothly to 2.542)
+The LANTON peers:
+
     steepest-lanton(-base) LANTON with and without its noise-adaptive rates (the base is the same
                           preset with noise_adaptive=False, at lr 0.02, its best in the study);
                           steepest-muon-lanton is Muon with noise_adaptive=True. The

@@ -204,7 +204,7 @@ def run_suite(config: SuiteConfig, run_dir: str | Path, show_progress: bool = Tr
     elif "torch-muon" in optimizers and machine["mkldnn_bf16_supported"]:
         notes.append("oneDNN reports native bf16 on this CPU, so torch.optim.Muon's hard-coded bfloat16 "
                      "Newton-Schulz is fast here; on CPUs without AVX512-BF16/AMX it runs on a slow "
-                     "fallback (~0.76 s per step for the GPT, research/benchmarks.md section 1)")
+                     "fallback (~0.76 s per step for the GPT, docs/benchmarks.md)")
     results = summarize(config, tasks, data, records, notes)
     results.update(machine=machine, run_dir=str(run_dir), total_wall_seconds=time.perf_counter() - started,
                    cells_total=len(cells), cells_resumed=resumed,

@@ -4,8 +4,8 @@ Sign convention used throughout the library: ``lmo(x)`` returns the unit-norm di
 *maximizes* ``<x, d>`` over the unit ball ``{||d|| <= 1}``, so ``<x, lmo(x)> == dual_norm(x)``; an
 optimizer subtracts it (``W <- W - step * lmo(D)``). Every norm here is the unscaled one (spectral,
 max-entry, max-column, max-row, RMS); the shape-dependent factor that turns it into an operator norm
-between RMS-normed spaces (research/algorithms.md 0.1) is ``shape_scale(shape)``, a separate stage
-of the step size.
+between RMS-normed spaces (Scion's norms, Pethick et al., arXiv 2502.07529) is
+``shape_scale(shape)``, a separate stage of the step size.
 
 A geometry is a small immutable object built from a parameter group's flat keys; it never lives
 inside a tensor, so param groups stay plain data (state_dict and ``weights_only`` loading work).

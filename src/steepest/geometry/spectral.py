@@ -9,7 +9,7 @@ The polar factor comes from :func:`steepest.polar.polar`: a Newton-Schulz schedu
 returns ``U S' V^T`` with ``S'`` in the schedule's band, so the identities hold to that tolerance.
 Same-shape matrices are orthogonalized in one batched call (``lmo_many``).
 
-``shape_scale`` modes for ``(m, n) = (fan_out, fan_in)`` (research/algorithms.md 0.1):
+``shape_scale`` modes for ``(m, n) = (fan_out, fan_in)``:
 
 - ``original``: ``sqrt(max(1, m/n))`` (Keller Jordan's Muon, torch ``adjust_lr_fn="original"``);
   update RMS ``1/sqrt(n)``.

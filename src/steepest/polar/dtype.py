@@ -1,9 +1,9 @@
 """Choosing the dtype that orthogonalization iterates in.
 
-Policy (DESIGN.md, numerics): the iteration dtype follows the device. On CPU it is float32: on CPUs
-without AVX512-BF16 or AMX, bfloat16 matmul runs 60-600x slower than float32 (research/benchmarks.md
-section 4 measured 0.3-3 GFLOP/s against ~180). On CUDA it is bfloat16, as in every reference
-implementation. ``ns_dtype`` overrides the choice with a flat string.
+Policy: the iteration dtype follows the device. On CPU it is float32: on CPUs without AVX512-BF16
+or AMX, bfloat16 matmul falls back to a reference path that is two to three orders of magnitude
+slower than float32 (docs/benchmarks.md has the measurement). On CUDA it is bfloat16, as in every
+reference implementation. ``ns_dtype`` overrides the choice with a flat string.
 """
 from __future__ import annotations
 

@@ -8,7 +8,8 @@ spectral-norm ball (Muon's direction). Newton-Schulz approximates it with matmul
     A   = X X^T                          # on the wide orientation, so A is the smaller Gram
     X  <- a X + (b A + c A^2) X          # per singular value: x <- a x + b x^3 + c x^5
 
-FLOPs per iteration for a p x q matrix (p <= q): about 4 p^2 q + 2 p^3 (research/algorithms.md 0.1).
+FLOPs per iteration for a p x q matrix (p <= q): about 4 p^2 q + 2 p^3 (``X X^T`` and the final
+product 2 p^2 q each, ``A^2`` 2 p^3).
 
 The power-of-two prescale runs in the input's dtype before the cast to the iteration dtype, per
 matrix of a stack. It makes the step independent of the gradient's scale over the whole floating
@@ -81,8 +82,8 @@ def newton_schulz(G: Tensor, schedule: Schedule, steps: int, dtype: torch.dtype,
 #: magnitude ``a`` in ``[2**-40, 2**40]`` with ``a * input_scale >= eps``, in a float32, bfloat16
 #: or float64 iteration. Then no square over- or underflows and the eps clamp does not act, so
 #: both paths give the same bits; the check costs one reduction and a host read, which on the CPU
-#: is no synchronization, and saves the multiplication and its copy (about 0.2 ms of a 4x512x128
-#: stack).
+#: is no synchronization, and saves the multiplication and its copy (measured in
+#: docs/benchmarks.md, "Measurements behind the defaults").
 _SKIP_RANGE = (2.0 ** -40, 2.0 ** 40)
 
 
@@ -91,8 +92,8 @@ def _prescaled(G: Tensor, dtype: torch.dtype, eps: float, input_scale: float) ->
     ``[0.5, 1)``, in ``dtype`` (``G`` itself on the CPU where that cannot change the result, see
     :data:`_SKIP_RANGE`). The product is written straight into a ``dtype`` tensor, one pass that
     also does the cast (the product is exact, so rounding it once to ``dtype`` is the same as
-    casting first: on an H100 0.07 ms for a 12x768x3072 float32 stack to bfloat16, like the cast
-    alone, against 0.17 ms for a product and then a cast)."""
+    casting first; on an H100 it costs what the cast alone costs, a product and then a cast more than
+    twice that: docs/benchmarks.md, "Measurements behind the defaults")."""
     if G.device.type == "cpu" and dtype != torch.float16 and G.numel():
         peaks = max_abs(G, dim=None if G.ndim == 2 else (-2, -1)).reshape(-1).tolist()  # per matrix
         low, high = min(peaks), max(peaks)

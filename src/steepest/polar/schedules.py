@@ -5,16 +5,18 @@ orientation of ``X`` after ``X <- X / (input_scale * ||X||_F + eps)``; each step
 singular value independently as ``x <- a x + b x^3 + c x^5``. A schedule is a list of ``(a, b, c)``
 tuples; asking for more steps than listed repeats the last tuple.
 
-Sources (research/algorithms.md section 2):
+Sources:
 
-- ``keller``: (3.4445, -4.7750, 2.0315) for 5 steps, from Keller Jordan's Muon and the default of
-  ``torch.optim.Muon``. It does not converge to ``U V^T``: singular values land roughly in
+- ``keller``: (3.4445, -4.7750, 2.0315) for 5 steps, from Keller Jordan's Muon
+  (github.com/KellerJordan/Muon) and the default of ``torch.optim.Muon``. It does not converge to ``U V^T``: singular values land roughly in
   [0.68, 1.13] for sigma >= 1e-2 ||X||_F, which trains just as well; below that the five-fold
   composition peaks at 1.20 near sigma = 4e-3 ||X||_F (measured on square Gaussian inputs by
   ``steepest bench kernels``) and falls to 0.47 at 1e-3.
-- ``you``: the 6-step schedule with rational coefficients /1024 attributed to You Jiacheng; output
+- ``you``: the 6-step schedule with rational coefficients /1024 attributed to You Jiacheng (his
+  post x.com/YouJiacheng/status/1893704552689303901; modula's docs list it too); output
   singular values in [0.87, 0.9993] for sigma >= 1e-3 ||X||_F.
-- ``quintic``: the 5-step schedule used by modded-nanogpt and Dion's Muon.
+- ``quintic``: the 5-step schedule used by modded-nanogpt (github.com/KellerJordan/modded-nanogpt)
+  and Dion's Muon (github.com/microsoft/dion).
 - ``polar_express``: Polar Express (Amsel, Persson, Musco, Gower; arXiv 2505.16932), the 5-step list
   designed for sigma_min/sigma_max >= 1e-3 with the 2e-2 safety factor baked in, input scaled by
   1.02 ||X||_F (the modded-nanogpt / Dion list). Output range [0.85, 1.14].

@@ -2,9 +2,9 @@
 
 ``polar(G) = U V^T`` over the singular values that are numerically nonzero, so a rank-deficient
 input gives the partial isometry (zero singular values stay zero, as in the Newton-Schulz limit) and
-a zero input gives zeros. Wide inputs are transposed first: LAPACK is about 2x faster on tall
-matrices (research/benchmarks.md section 4: 217 ms vs 421 ms for 3072x768 vs 768x3072). On CPU an
-exact polar factor costs only 1.3-2.3x a 5-step Newton-Schulz.
+a zero input gives zeros. Wide inputs are transposed first: LAPACK's SVD is faster on tall
+matrices, and on CPU an exact polar factor costs only a small multiple of a 5-step Newton-Schulz
+(docs/benchmarks.md has both measurements).
 """
 from __future__ import annotations
 

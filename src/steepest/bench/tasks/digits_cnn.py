@@ -123,7 +123,8 @@ class DigitsCNN(Task):
     metric = "test_loss"
     metric_label = "test loss (cross-entropy)"
     extra_metrics = ("test_accuracy",)
-    # About 6-8 ms a step on 2 CPU threads: a quick trial trains in about 2 s, a full one in about 4 s.
+    # A step takes milliseconds on 2 CPU threads, so a trial trains in seconds (the report's ms per
+    # step has the numbers).
     budgets = {
         "smoke": Budget(steps=6, batch_size=8, eval_every=3),
         "quick": Budget(steps=300, batch_size=64, eval_every=20),
