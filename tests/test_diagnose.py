@@ -10,7 +10,7 @@ from torch import nn
 
 from steepest.cli import main
 from steepest.diagnostics import layer_sharpness
-from steepest.diagnostics.run import hidden_layers, measure_sharpness
+from steepest.diagnostics.layers import hidden_layers, measure_sharpness
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def test_digits_classifier_features_are_the_heads_inputs():
 
 def test_diagnose_starts_from_a_checkpoint(tmp_path):
     from steepest.bench.tasks import make_task
-    from steepest.diagnostics.run import run_diagnostics
+    from steepest.bench.diagnose import run_diagnostics
 
     task = make_task("digits-cnn")
     task.prepare()
@@ -112,7 +112,7 @@ def test_bad_checkpoints_fail_before_training(tmp_path, content, message, capsys
 
 def test_checkpoint_with_a_wrong_shape_names_the_tensor(tmp_path):
     from steepest.bench.tasks import make_task
-    from steepest.diagnostics.run import load_model_checkpoint
+    from steepest.bench.diagnose import load_model_checkpoint
 
     model = make_task("digits-cnn").trial(0, 8).model
     state = model.state_dict()
@@ -166,7 +166,7 @@ def test_diagnose_argument_errors(argv, message, capsys, tmp_path):
 def test_sharpness_through_scaled_dot_product_attention():
     # the fused attention kernels have no double backward; the math kernel is used for the HVPs
     from steepest.bench.gpt import GPT, GPTConfig
-    from steepest.diagnostics.run import hidden_layers, measure_sharpness
+    from steepest.diagnostics.layers import hidden_layers, measure_sharpness
 
     model = GPT(GPTConfig(vocab_size=11, n_layer=1, d_model=16, n_head=2, ctx=8), seed=0)
     idx = torch.randint(0, 11, (2, 8), generator=torch.Generator().manual_seed(0))
