@@ -50,6 +50,7 @@ A peer that cannot be built here (``torch.optim.Muon`` before torch 2.9) raises
 """
 from __future__ import annotations
 
+import inspect
 from typing import Callable, Mapping
 
 import torch
@@ -57,6 +58,7 @@ from torch import nn
 
 from ..explain import explain
 from ..factory import for_model
+from ..optim.registry import REGISTRY
 from .external_peers import EXTERNAL_BUILDERS, EXTERNAL_LRS, installed
 from .peer_base import (AUX_ADAMW_LR, BETAS, Peer, PeerUnavailable, hidden_matrix_names,  # noqa: F401
                         split_hidden, state_bytes)
@@ -66,20 +68,24 @@ from .peer_base import (AUX_ADAMW_LR, BETAS, Peer, PeerUnavailable, hidden_matri
 STUDY_NOISE = {"noise_rule": "alpha_sqrt", "noise_alpha": 0.3, "noise_every": 10, "noise_beta": 0.9,
                "noise_source": "previous"}
 
+
+def registry_peers() -> dict[str, tuple[str, dict]]:
+    """``steepest-<name>`` for every registered preset, with its registry entry's ``bench`` keywords;
+    presets with an AdamW fallback also get :data:`AUX_ADAMW_LR` (as the AdamW beside
+    torch.optim.Muon)."""
+    peers = {}
+    for name, entry in REGISTRY.items():
+        kwargs = dict(entry.bench)
+        if "adamw_lr" in inspect.signature(entry.cls).parameters:
+            kwargs["adamw_lr"] = AUX_ADAMW_LR
+        peers[f"steepest-{name.replace('_', '-')}"] = (name, kwargs)
+    return peers
+
+
 #: peer name -> (steepest preset, constructor keywords). ``lr`` is the benchmark's base peak lr;
-#: ``build_peer(..., lr=x)`` replaces it.
+#: ``build_peer(..., lr=x)`` replaces it. The registry's presets, then variants of them.
 STEEPEST_PEERS: dict[str, tuple[str, dict]] = {
-    "steepest-muon": ("muon", {"lr": 0.02, "adamw_lr": AUX_ADAMW_LR}),
-    "steepest-scion": ("scion", {"lr": 2.0 ** -6}),
-    "steepest-normuon": ("normuon", {"lr": 0.02, "adamw_lr": AUX_ADAMW_LR}),
-    "steepest-auon": ("auon", {"lr": 0.4, "adamw_lr": AUX_ADAMW_LR}),
-    "steepest-hybrid-auon": ("hybrid_auon", {"lr": 0.4, "adamw_lr": AUX_ADAMW_LR}),
-    "steepest-lion": ("lion", {"lr": 6e-4}),
-    "steepest-lion-k": ("lion_k", {"lr": 3e-2}),
-    "steepest-signum": ("signum", {"lr": 5e-4}),
-    "steepest-diffgrad": ("diffgrad", {"lr": 4e-3}),
-    "steepest-mfac": ("mfac", {"lr": 3e-3}),
-    "steepest-lanton": ("lanton", {"lr": 0.04, "sign_lr": 5e-4}),
+    **registry_peers(),
     "steepest-lanton-base": ("lanton", {"lr": 0.02, "sign_lr": 5e-4, "noise_adaptive": False}),
     # the LANTON study (steepest.bench.lanton_study): each noise rule and option spelled out, so that
     # a change of the preset's defaults leaves these peers (and their recorded cells) as they are
