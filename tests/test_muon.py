@@ -1,11 +1,18 @@
-"""steepest.Muon against torch.optim.Muon and torch.optim.AdamW (references, not "loss goes down")."""
+"""steepest.Muon against torch.optim.Muon and torch.optim.AdamW (references, not "loss goes down").
+
+Updates are compared as displacements ``W_t - W_0`` with an error relative to the displacement: an
+lr of a few hundredths moves the weights by about 1% of their size in a few steps, so an error
+relative to the weights would pass with any update at all (even none)."""
+import inspect
 import math
 
 import pytest
 import torch
+import torch.optim._muon as torch_muon
 from torch import nn
 
 import steepest
+from steepest.polar import SCHEDULES
 
 SHAPES = [(8, 16), (24, 8), (16, 16), (5, 7)]
 
@@ -22,39 +29,105 @@ def _step_both(ref, ours, opt_ref, opt_ours, gen, steps):
 
 
 def _run_pair(ref_cls, ref_kwargs, ours_kwargs, shapes=SHAPES, steps=10, seed=0):
+    """Both optimizers from the same start with the same gradients: ``(start, ref, ours)``."""
     gen = torch.Generator().manual_seed(seed)
     ref = [torch.randn(s, generator=gen).requires_grad_() for s in shapes]
+    start = [p.detach().clone() for p in ref]
     ours = [p.detach().clone().requires_grad_() for p in ref]
     opt_ref = ref_cls(ref, **ref_kwargs)
     opt_ours = steepest.Muon([{"params": ours, "role": "hidden"}], **ours_kwargs)
     _step_both(ref, ours, opt_ref, opt_ours, gen, steps)
-    return ref, ours
+    return start, ref, ours
 
 
 def _max_rel(a, b):
     return ((a - b).abs().max() / a.abs().max()).item()
 
 
+def _displacement_error(start, a, b):
+    """``max |(b - W0) - (a - W0)| / max |a - W0|``: the error of ``b``'s update relative to ``a``'s
+    update (``a`` must have moved)."""
+    da, db = a.detach() - start, b.detach() - start
+    assert da.abs().max() > 0, "the reference did not move: the comparison would say nothing"
+    return ((db - da).abs().max() / da.abs().max()).item()
+
+
 @pytest.mark.parametrize("adjust", [None, "original", "match_rms_adamw"])
 @pytest.mark.parametrize("nesterov", [True, False])
 def test_matches_torch_muon_for_ten_steps(adjust, nesterov):
     """Same coefficients, steps and dtype (bfloat16, torch's fixed choice): within 1e-6 relative."""
-    ref, ours = _run_pair(
+    start, ref, ours = _run_pair(
         torch.optim.Muon,
         dict(lr=0.02, weight_decay=0.1, momentum=0.9, nesterov=nesterov, adjust_lr_fn=adjust),
         dict(lr=0.02, weight_decay=0.1, momentum=0.9, nesterov=nesterov, adjust_lr=adjust or "original",
              ns="keller", ns_steps=5, ns_dtype="bfloat16"),
     )
-    for a, b in zip(ref, ours):
+    for w0, a, b in zip(start, ref, ours):
         assert _max_rel(a, b) <= 1e-6
+        assert _displacement_error(w0, a, b) <= 1e-6
 
 
-def test_float32_default_tracks_torch_muon_closely():
-    """The CPU default (float32 iteration) differs from torch's bfloat16 only by rounding."""
-    ref, ours = _run_pair(torch.optim.Muon, dict(lr=0.02, weight_decay=0.0), dict(lr=0.02))
-    for a, b in zip(ref, ours):
+# torch.optim.Muon's defaults that steepest.Muon shares (lr and weight_decay differ on purpose: 0.02
+# and 0, Keller Jordan's reference, against torch's 1e-3 and 0.1; see steepest.Muon's docstring).
+TORCH_DEFAULTS = {name: p.default for name, p in inspect.signature(torch.optim.Muon).parameters.items()
+                  if p.default is not inspect.Parameter.empty}
+#: steepest's documented defaults where they differ from torch's, passed to torch.optim.Muon.
+DOCUMENTED = dict(lr=0.02, weight_decay=0.0)
+
+
+def _default_hidden_group() -> dict:
+    """The settings a hidden matrix gets from ``steepest.Muon`` with no arguments."""
+    return steepest.Muon([torch.zeros(4, 3, requires_grad=True)]).param_groups[0]
+
+
+def test_defaults_are_torch_muons():
+    """Momentum, Nesterov, the Newton-Schulz coefficients, step count and eps, and the shape factor
+    are torch.optim.Muon's; lr and weight decay are the documented exceptions."""
+    group = _default_hidden_group()
+    assert group["role"] == "hidden" and group["geometry"] == "spectral" and group["transform"] == "momentum"
+    assert {k: group[k] for k in DOCUMENTED} == DOCUMENTED
+    assert group["momentum"] == TORCH_DEFAULTS["momentum"] == 0.95
+    assert group["nesterov"] is TORCH_DEFAULTS["nesterov"] is True
+    keller = SCHEDULES[group["ns"]]
+    assert group["ns_steps"] is None and keller.default_steps == TORCH_DEFAULTS["ns_steps"]
+    assert keller.coefficients_for(keller.default_steps) == [TORCH_DEFAULTS["ns_coefficients"]] * 5
+    assert keller.input_scale == 1.0
+    assert group["ns_eps"] == TORCH_DEFAULTS["eps"]
+    assert group["shape_scale"] == "original" and TORCH_DEFAULTS["adjust_lr_fn"] is None  # torch: None = original
+    # ... and they act as torch's: only the iteration dtype (torch's fixed bfloat16) is named.
+    start, ref, ours = _run_pair(torch.optim.Muon, DOCUMENTED, dict(ns_dtype="bfloat16"))
+    for w0, a, b in zip(start, ref, ours):
+        assert _displacement_error(w0, a, b) <= 1e-6
+
+
+def _newton_schulz_float32(grad, ns_coefficients, ns_steps, eps):
+    """torch.optim.Muon's Newton-Schulz iteration (torch/optim/_muon.py) in float32 instead of bfloat16."""
+    a, b, c = ns_coefficients
+    x = grad.float()
+    if grad.size(0) > grad.size(1):
+        x = x.T
+    x = x.div(x.norm().clamp(min=eps))
+    for _ in range(ns_steps):
+        gram = x @ x.T
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.T if grad.size(0) > grad.size(1) else x
+
+
+def test_float32_default_tracks_torch_muon_closely(monkeypatch):
+    """The CPU default (float32 iteration) is torch.optim.Muon's algorithm at torch's defaults (but
+    the documented lr and weight decay) with its iteration run in float32; it differs from torch's
+    bfloat16 iteration only by rounding."""
+    assert _default_hidden_group()["ns_dtype"] == "auto"
+    start, ref16, ours = _run_pair(torch.optim.Muon, DOCUMENTED, {})
+    for a, b in zip(ref16, ours):
         assert _max_rel(a, b) < 2e-2
         assert not torch.equal(a, b)  # really a different dtype path
+    for w0, a, b in zip(start, ref16, ours):
+        assert _displacement_error(w0, a, b) < 3e-2  # measured 0.016: bfloat16 rounding of the update
+    monkeypatch.setattr(torch_muon, "_zeropower_via_newtonschulz", _newton_schulz_float32)
+    start, ref32, ours = _run_pair(torch.optim.Muon, DOCUMENTED, {})
+    for w0, a, b in zip(start, ref32, ours):
+        assert _displacement_error(w0, a, b) <= 1e-6  # measured 0 (the same float32 op sequence)
 
 
 def test_same_shape_matrices_are_batched_and_match_single_calls(monkeypatch):
@@ -67,17 +140,34 @@ def test_same_shape_matrices_are_batched_and_match_single_calls(monkeypatch):
         calls.append(tuple(G.shape))
         return real(G, *args, **kwargs)
 
-    monkeypatch.setattr(spectral, "polar", counting)
     shapes = [(16, 32)] * 4 + [(32, 16)]
-    ref, ours = _run_pair(torch.optim.Muon, dict(lr=0.02, weight_decay=0.0),
-                          dict(lr=0.02, ns_dtype="float32"), shapes=shapes, steps=3)
-    assert calls.count((4, 16, 32)) == 3 and calls.count((32, 16)) == 3
+    kwargs = dict(lr=0.02, ns_dtype="float32")
+    with monkeypatch.context() as patch:
+        patch.setattr(spectral, "polar", counting)
+        start, ref, ours = _run_pair(torch.optim.Muon, dict(lr=0.02, weight_decay=0.0), kwargs, shapes=shapes,
+                                     steps=3)
+    assert calls.count((4, 16, 32)) == 3 and calls.count((32, 16)) == 3 and len(calls) == 6
+    # the same steps with one optimizer per matrix (nothing to batch): single polar calls
+    singles = [p.detach().clone().requires_grad_() for p in start]
+    opts = [steepest.Muon([{"params": [p], "role": "hidden"}], **kwargs) for p in singles]
+    gen = torch.Generator().manual_seed(0)
+    for shape in shapes:  # the start drawn by _run_pair
+        torch.randn(shape, generator=gen)
+    for _ in range(3):  # the gradients _run_pair fed, in its order
+        for p in singles:
+            p.grad = torch.randn(p.shape, generator=gen)
+        for opt in opts:
+            opt.step()
+    for w0, single, batched in zip(start, singles, ours):
+        assert _displacement_error(w0, single, batched) <= 1e-6  # measured 0
     # batched float32 path vs torch's bfloat16 single calls: rounding-level agreement only
-    for a, b in zip(ref, ours):
+    for w0, a, b in zip(start, ref, ours):
         assert _max_rel(a, b) < 2e-2
+        assert _displacement_error(w0, a, b) < 3e-2  # measured 0.012
 
 
 def test_conv_weights_are_flattened_with_fan_in_of_the_flattened_view():
+    torch.manual_seed(20)
     w = torch.randn(8, 2, 3, 3, requires_grad=True)
     g = torch.randn(8, 2, 3, 3)
     w.grad = g
@@ -103,6 +193,7 @@ def test_fallback_groups_match_torch_adamw():
 
 
 def test_unlabelled_parameters_are_split_by_shape():
+    torch.manual_seed(21)
     model = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Conv1d(8, 8, 3))
     opt = steepest.Muon(model.parameters())
     roles = {g["role"]: len(g["params"]) for g in opt.param_groups}
@@ -113,6 +204,7 @@ def test_unlabelled_parameters_are_split_by_shape():
 
 
 def test_match_rms_adamw_gives_update_rms_0_2():
+    torch.manual_seed(22)
     w = torch.zeros(64, 256, requires_grad=True)
     w.grad = torch.randn(64, 256)
     opt = steepest.Muon([w], lr=1.0, momentum=0.0, adjust_lr="match_rms_adamw", ns="svd")
