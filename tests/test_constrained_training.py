@@ -2,6 +2,7 @@
 every step (the constrained presets of arXiv 2507.13338), and the constraint keys of the engine."""
 from __future__ import annotations
 
+import copy
 import re
 
 import pytest
@@ -10,6 +11,8 @@ from torch import nn
 
 import steepest
 from steepest.optim import Muon
+
+from state_dict_checks import assert_state_dicts_equal
 
 pytest.importorskip("sklearn")
 from steepest.bench.tasks.digits_cnn import load_digits_split  # noqa: E402
@@ -49,6 +52,7 @@ def test_digits_mlp_trains_with_every_hidden_matrix_in_the_spectral_ball(constra
 
 
 def test_constraint_keys_are_validated_and_explained():
+    torch.manual_seed(10)
     w = nn.Parameter(torch.randn(8, 4))
     opt = Muon([{"params": [("w", w)], "role": "hidden", "constraint": "stiefel"}])
     assert "+ stiefel(1)" in steepest.explain(opt)
@@ -72,8 +76,21 @@ def test_a_stiefel_group_stays_orthonormal_and_checkpoints_round_trip():
         w.grad = torch.randn(16, 8)
         opt.step()
         assert torch.allclose(w.T @ w, torch.eye(8), atol=1e-5)
-    state = opt.state_dict()
+    state = copy.deepcopy(opt.state_dict())
     assert state["param_groups"][0]["constraint"] == "stiefel"
-    again = Muon([{"params": [("w", nn.Parameter(w.detach().clone()))], "role": "hidden"}], lr=0.05)
+    w2 = nn.Parameter(w.detach().clone())
+    again = Muon([{"params": [("w", w2)], "role": "hidden"}], lr=0.05)
     again.load_state_dict(state)
     assert again.param_groups[0]["constraint"] == "stiefel"
+    assert torch.equal(w2, w)
+    assert_state_dicts_equal(again.state_dict(), opt.state_dict())
+    # the resumed run continues exactly as the uninterrupted one, on the manifold
+    gen = torch.Generator().manual_seed(2)
+    for step in range(4):
+        grad = torch.randn(16, 8, generator=gen)
+        w.grad, w2.grad = grad.clone(), grad.clone()
+        opt.step()
+        again.step()
+        assert torch.equal(w2, w)
+        assert_state_dicts_equal(again.state_dict(), opt.state_dict())
+        assert torch.allclose(w2.T @ w2, torch.eye(8), atol=1e-5)

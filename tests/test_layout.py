@@ -2,12 +2,16 @@
 every preset then updates them exactly as it updates the same layer stored ``(out, in)``."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
 
 import steepest
 from steepest.roles import in_out_weights
+
+from state_dict_checks import assert_state_dicts_equal
 
 
 class Conv1D(nn.Module):
@@ -79,6 +83,7 @@ def test_in_out_weights_step_exactly_like_their_linear_twins(preset):
 
 
 def test_a_constraint_sees_the_out_in_matrix():
+    torch.manual_seed(3)
     linear, stored = _pair()
     spec = {"hidden": ("spectral_hardcap", 0.5, "rms")}
     opt_l = steepest.for_model(linear, "muon", constraints=spec)
@@ -93,6 +98,7 @@ def test_a_constraint_sees_the_out_in_matrix():
 
 
 def test_declared_layouts_and_errors():
+    torch.manual_seed(4)
     class Declared(nn.Module):
         steepest_layouts = {"w": "in_out"}
 
@@ -113,21 +119,64 @@ def test_declared_layouts_and_errors():
         steepest.Muon([{"params": [nn.Parameter(torch.randn(4, 4, 3))], "layout": "in_out", "role": "conv"}])
 
 
+def _train(model, opt, seed: int, steps: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        tokens, labels = torch.randint(0, 16, (32,), generator=gen), torch.randint(0, 4, (32,), generator=gen)
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(tokens), labels).backward()
+        opt.step()
+
+
+def _assert_same_weights(a: nn.Module, b: nn.Module) -> None:
+    for (name, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+        assert torch.equal(p, q), name
+
+
 def test_layout_round_trips_through_state_dict_and_old_state_dicts_load():
     _, stored = _pair()
     opt = steepest.for_model(stored, "muon")
-    state = opt.state_dict()
+    _train(stored, opt, seed=2, steps=3)
+    state, weights = copy.deepcopy(opt.state_dict()), copy.deepcopy(stored.state_dict())
     assert [g["layout"] for g in state["param_groups"]].count("in_out") == 1
-    fresh = steepest.for_model(stored, "muon")
+    _, resumed = _pair()
+    with torch.no_grad():  # another start: everything must come from the state dicts
+        for p in resumed.parameters():
+            p.add_(1.0)
+    resumed.load_state_dict(weights)
+    fresh = steepest.for_model(resumed, "muon")
     fresh.load_state_dict(state)
     assert [g["layout"] for g in fresh.param_groups] == [g["layout"] for g in opt.param_groups]
+    _assert_same_weights(stored, resumed)
+    assert_state_dicts_equal(opt.state_dict(), fresh.state_dict())
+    # the resumed run continues exactly as the uninterrupted one
+    _train(stored, opt, seed=3, steps=3)
+    _train(resumed, fresh, seed=3, steps=3)
+    _assert_same_weights(stored, resumed)
+    assert_state_dicts_equal(opt.state_dict(), fresh.state_dict())
+    assert not torch.equal(stored.fc.weight, weights["fc.weight"])  # it did move
+
     # a state_dict saved before the key existed loads and steps as out_in
+    torch.manual_seed(0)
     plain = nn.Linear(4, 4)
+    twin = nn.Parameter(plain.weight.detach().clone())
     old = steepest.Muon([{"params": [plain.weight], "role": "hidden"}])
-    saved = old.state_dict()
+    plain.weight.grad = torch.randn(4, 4)
+    old.step()
+    saved = copy.deepcopy(old.state_dict())
     for g in saved["param_groups"]:
         del g["layout"]
     again = steepest.Muon([{"params": [plain.weight], "role": "hidden"}])
     again.load_state_dict(saved)
-    plain.weight.grad = torch.randn(4, 4)
+    assert again.param_groups[0]["layout"] == "out_in"
+    assert_state_dicts_equal(again.state_dict(), old.state_dict())
+    reference = steepest.Muon([{"params": [twin], "role": "hidden", "layout": "out_in"}])
+    reference.load_state_dict(old.state_dict())
+    with torch.no_grad():
+        twin.copy_(plain.weight)
+    grad = torch.randn(4, 4)
+    plain.weight.grad, twin.grad = grad.clone(), grad.clone()
     again.step()
+    reference.step()
+    assert torch.equal(plain.weight, twin)
+    assert_state_dicts_equal(again.state_dict(), reference.state_dict())

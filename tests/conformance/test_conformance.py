@@ -1,7 +1,8 @@
 """Conformance suite: every check runs over every preset of ``steepest.optim.PRESETS``.
 
 Registering a preset is all it takes to get these checks (the torch.optim ``OptimizerInfo`` /
-``TestOptimRenewed`` checklist, research/anchors.md 2(b)); ``presets.py`` only holds optional knobs.
+``TestOptimRenewed`` checklist of PyTorch's torch/testing/_internal/common_optimizers.py and
+test/optim/test_optim.py); ``presets.py`` only holds optional knobs.
 
 The test model has every role: an ``nn.Embedding`` (embedding), a ``Conv1d`` (conv), hidden
 ``nn.Linear`` layers (hidden), a ``LayerNorm`` and biases (vector) and an ``lm_head`` (head).
@@ -26,6 +27,8 @@ from steepest.geometry import GEOMETRY_NAMES
 from steepest.optim import ENGINE_DEFAULTS, PRESETS
 from steepest.polar import SCHEDULE_NAMES
 from steepest.roles import ROLES
+
+from state_dict_checks import assert_state_dicts_equal
 
 from .presets import ErrorCase, knobs_for
 
@@ -187,14 +190,17 @@ def test_goes_right_direction(name):
 
 
 # -- state_dict round trips --------------------------------------------------------------------
-def _continue_both(model_a, opt_a, model_b, opt_b, steps: int = 4) -> None:
-    """Step both pairs with the gradients computed on ``model_a``."""
+def _continue_both(model_a, opt_a, model_b, opt_b, steps: int = 6) -> None:
+    """Step both pairs with the gradients computed on ``model_a``; after every step the parameters
+    and the whole optimizer state are the same bits."""
     for i in range(steps):
         backward(model_a, batch(200 + i))
         for p, q in zip(model_a.parameters(), model_b.parameters()):
             q.grad = p.grad.clone()
         opt_a.step()
         opt_b.step()
+        assert_params_equal(model_a, model_b)
+        assert_state_dicts_equal(opt_a.state_dict(), opt_b.state_dict())
 
 
 def _reloaded(name, model_sd, opt_sd, **options):
@@ -213,6 +219,7 @@ def test_state_dict_round_trip_continues_bit_identically(name):
     opt_sd = copy.deepcopy(opt.state_dict())
     model2, opt2 = _reloaded(name, copy.deepcopy(model.state_dict()), opt_sd)
     assert_state_equal(snapshot_state(opt), snapshot_state(opt2))
+    assert_state_dicts_equal(opt.state_dict(), opt2.state_dict())
     assert [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups] == \
         [{k: v for k, v in g.items() if k != "params"} for g in opt2.param_groups]
     _continue_both(model, opt, model2, opt2)
@@ -220,17 +227,35 @@ def test_state_dict_round_trip_continues_bit_identically(name):
     assert_state_equal(snapshot_state(opt), snapshot_state(opt2))
 
 
+def _serialized(state_dict: dict) -> bytes:
+    buf = io.BytesIO()
+    torch.save(state_dict, buf)
+    return buf.getvalue()
+
+
 @parametrize_presets
 def test_state_dict_is_deterministic(name):
-    model = make_model()
-    opt = build(model, name)
-    train(model, opt, 2)
-    a, b = opt.state_dict(), opt.state_dict()
-    assert a["param_groups"] == b["param_groups"]
-    assert a["state"].keys() == b["state"].keys()
-    for k in a["state"]:
-        for key, v in a["state"][k].items():
-            assert torch.equal(v, b["state"][k][key])
+    """Two optimizers built and stepped the same way have equal state dicts; asking one for its state
+    dict again gives the same bytes (``state_dict()`` changes nothing). The dicts compared are
+    independent: two optimizers, or serialized copies taken one after the other (a state dict holds
+    the live state tensors, so comparing two of one optimizer's would compare a tensor with itself)."""
+    opts = []
+    for _ in range(2):
+        model = make_model()
+        opt = build(model, name)
+        train(model, opt, 2)
+        opts.append(opt)
+    a, b = opts[0].state_dict(), opts[1].state_dict()
+    assert a["state"] and len(a["state"]) == sum(len(g["params"]) for g in opts[0].param_groups)
+    tensors_a = [v for s in a["state"].values() for v in s.values() if isinstance(v, torch.Tensor)]
+    tensors_b = [v for s in b["state"].values() for v in s.values() if isinstance(v, torch.Tensor)]
+    assert tensors_a and not {v.data_ptr() for v in tensors_a} & {v.data_ptr() for v in tensors_b if v.numel()}
+    assert_state_dicts_equal(a, b)
+    first = _serialized(opts[0].state_dict())
+    second = _serialized(opts[0].state_dict())
+    assert first == second, "a second state_dict() call gave other bytes"
+    assert _serialized(b) == first
+    assert_state_dicts_equal(torch.load(io.BytesIO(first), weights_only=True), b)
 
 
 def _via_torch_save_weights_only(model, opt):
@@ -251,7 +276,11 @@ def test_saved_state_dict_continues_bit_identically(name, transport):
     model = make_model()
     opt = build(model, name)
     train(model, opt, 3)
-    model2, opt2 = _reloaded(name, *transport(model, opt))
+    model_sd, opt_sd = transport(model, opt)
+    assert_state_dicts_equal(opt_sd, opt.state_dict())
+    model2, opt2 = _reloaded(name, model_sd, opt_sd)
+    assert_params_equal(model, model2)
+    assert_state_dicts_equal(opt.state_dict(), opt2.state_dict())
     _continue_both(model, opt, model2, opt2)
     assert_params_equal(model, model2)
 
@@ -357,7 +386,8 @@ def test_bfloat16_state_dict_round_trip_keeps_float32_state(name):
         for key, value in opt2.state[p].items():
             want = torch.float64 if key in ("gram", "noise_sq") else torch.float32  # squares: float64
             assert value.dtype == want, f"state {key!r} became {value.dtype}"
-    _continue_both(model, opt, model2, opt2, steps=2)
+    assert_state_dicts_equal(opt.state_dict(), opt2.state_dict())
+    _continue_both(model, opt, model2, opt2)
     assert_params_equal(model, model2)
 
 
@@ -804,7 +834,8 @@ def test_named_parameters_fill_param_names_and_survive_round_trip(name):
     named2 = dict(model2.named_parameters())
     for g in opt2.param_groups:
         assert all(named2[n] is p for n, p in zip(g["param_names"], g["params"]))
-    _continue_both(model, opt, model2, opt2, steps=2)
+    assert_state_dicts_equal(opt.state_dict(), opt2.state_dict())
+    _continue_both(model, opt, model2, opt2)
     assert_params_equal(model, model2)
 
 
