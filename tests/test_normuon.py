@@ -69,21 +69,71 @@ def test_rows_have_equal_rms_before_the_frobenius_rescale(shape):
 
 
 def test_rms_scale_gives_update_rms_point_two():
+    torch.manual_seed(10)
     o = torch.randn(8, 5, dtype=F64)
     out = neuron_normalize(o, torch.zeros(8, dtype=F64), 0.9, "rms")
     assert out.square().mean().sqrt().item() == pytest.approx(0.2, rel=1e-9)
 
 
-def test_conv_rows_are_output_channels():
-    """Conv filters are normalized on the out x in*k*k view: one second moment per output channel."""
-    w = torch.randn(5, 3, 2, 2, requires_grad=True)
+def _reference_conv_run(w0, grads, lr, momentum, beta2, weight_decay, scale):
+    """NorMuon's formulas (the class docstring) on the ``out x in*k*k`` matrix of a conv filter, in
+    float64 with the exact polar factor: the weights after the steps and the per-row ``v``."""
+    m = w0.shape[0]
+    w = w0.reshape(m, -1).clone()
+    n = w.shape[1]
+    buf, v = torch.zeros_like(w), torch.zeros(m, dtype=F64)
+    for g in grads:
+        g = g.reshape(m, -1)
+        buf = momentum * buf + (1 - momentum) * g
+        d = (1 - momentum) * g + momentum * buf  # Nesterov
+        u, _, vh = torch.linalg.svd(d, full_matrices=False)
+        o = u @ vh
+        v = beta2 * v + (1 - beta2) * o.square().mean(dim=1)
+        o_hat = o / (v.sqrt() + 1e-10)[:, None]
+        if scale == "frobenius":  # Muon's Frobenius norm, times Keller's sqrt(max(1, m/n))
+            update = o_hat * o.norm() / (o_hat.norm() + 1e-10) * math.sqrt(max(1.0, m / n))
+        else:  # update RMS 0.2, adjust_lr "none"
+            update = o_hat * 0.2 * math.sqrt(m * n) / (o_hat.norm() + 1e-10)
+        w = (1 - lr * weight_decay) * w - lr * update
+    return w.reshape(w0.shape), v
+
+
+@pytest.mark.parametrize("scale", ["frobenius", "rms"])
+@pytest.mark.parametrize("shape", [(5, 3, 2, 2), (8, 1, 2, 2), (6, 2, 3)], ids=["wide", "tall", "conv1d"])
+def test_conv_rows_are_output_channels(shape, scale):
+    """Conv filters are normalized on the out x in*k*k view: one second moment per output channel,
+    and the weights and moments equal the float64 reference above (``tall``: the view is 8 x 4, so
+    the Frobenius scale's shape factor is sqrt(2), not the kernel's)."""
+    gen = torch.Generator().manual_seed(5)
+    w0 = torch.randn(shape, generator=gen, dtype=F64)
+    row_sizes = torch.linspace(0.1, 3, shape[0], dtype=F64).reshape(-1, *[1] * (len(shape) - 1))
+    grads = [torch.randn(shape, generator=gen, dtype=F64) * row_sizes for _ in range(3)]  # the row factor matters
+    hyper = dict(lr=0.05, momentum=0.9, beta2=0.8, weight_decay=0.1)
+    w = w0.clone().requires_grad_()
+    opt = NorMuon([{"params": [w], "role": "conv"}], scale=scale, ns="svd", ns_dtype="float64", **hyper)
+    for g in grads:
+        w.grad = g.clone()
+        opt.step()
+    want_w, want_v = _reference_conv_run(w0, grads, scale=scale, **hyper)
+    assert opt.state[w]["row_sq"].shape == (shape[0],)
+    torch.testing.assert_close(opt.state[w]["row_sq"].double(), want_v, rtol=1e-10, atol=0)
+    torch.testing.assert_close(w.detach(), want_w, rtol=0, atol=1e-12)
+    moved = (want_w - w0).abs().max().item()
+    assert moved > 1e-2  # the comparison is not vacuous: the weights moved
+
+
+def test_conv_rows_default_float32_path():
+    """The default (float32 Newton-Schulz) path keeps one second moment per output channel."""
+    gen = torch.Generator().manual_seed(6)
+    w = torch.randn(5, 3, 2, 2, generator=gen).requires_grad_()
     opt = NorMuon([{"params": [w], "role": "conv"}], lr=0.01)
-    w.grad = torch.randn(5, 3, 2, 2)
+    w.grad = torch.randn(5, 3, 2, 2, generator=gen)
     opt.step()
     assert opt.state[w]["row_sq"].shape == (5,)
 
 
 def test_fallback_groups_have_no_row_state_and_adjust_lr_defaults():
+    torch.manual_seed(11)
     b = torch.zeros(4, requires_grad=True)
     w = torch.randn(4, 3, requires_grad=True)
     opt = NorMuon([{"params": [w], "role": "hidden"}, {"params": [b], "role": "vector"}], scale="rms")
