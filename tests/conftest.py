@@ -15,14 +15,14 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-# -- property-based tests (tests/test_properties.py) ----------------------------------------------
+# -- property-based tests (tests/properties) ------------------------------------------------------
 _PROPERTY_CASES = pytest.StashKey[dict]()
 
 
 @pytest.fixture(scope="session")
 def property_cases(request):
-    """``{property: [generated cases, parametrizations]}`` of tests/test_properties.py, filled as its
-    properties run and printed in the terminal summary below."""
+    """``{property: [generated cases, parametrizations]}`` of the property-based tests
+    (tests/properties), filled as its properties run and printed in the terminal summary below."""
     return request.config.stash.setdefault(_PROPERTY_CASES, {})
 
 

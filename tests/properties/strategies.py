@@ -1,4 +1,4 @@
-"""Hypothesis strategies of the property-based tests (tests/test_properties.py).
+"""Hypothesis strategies of the property-based tests (tests/properties).
 
 Hypothesis draws the *structure* of a case (shapes, kinds of tensors, spectra, hyperparameters, the
 number of steps, a seed); the entries of a tensor then come from ``torch.Generator(seed)``. So a case
