@@ -202,6 +202,7 @@ def test_fallback_groups_are_plain_adamw(cls):
 @pytest.mark.parametrize("cls", CLASSES)
 @pytest.mark.parametrize("how", ["deepcopy", "pickle"])
 def test_groups_recipes_and_copies(cls, how):
+    torch.manual_seed(10)
     model = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Conv1d(8, 8, 3))
     opt = cls(model.parameters())
     kinds = {g["role"]: (g["geometry"], g["transform"], g["cosh_brake"]) for g in opt.param_groups}

@@ -139,6 +139,7 @@ def test_init_stack_is_n_times_a_prenorm_residual_network(mixer):
 
 
 def test_static_bias_conventions():
+    torch.manual_seed(10)
     for layer_index in range(6):
         hc = HyperConnections(C, N, mixer="stiefel", layer_index=layer_index)
         h_pre, h_post, h_res = hc.mappings(torch.randn(3, N, C))

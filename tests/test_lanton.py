@@ -144,6 +144,7 @@ def test_noisier_layer_gets_a_smaller_lr():
 def test_previous_gradient_noise_value():
     """Option 'previous': no estimate at the first step; then sqrt(bias-corrected H) is exactly the
     scaled dual norm of the gradient difference (one measurement)."""
+    torch.manual_seed(30)
     w = torch.zeros(5, 3, dtype=F64, requires_grad=True)
     e = torch.zeros(7, 3, dtype=F64, requires_grad=True)
     opt = LANTON([{"params": [("w", w)], "role": "hidden"}, {"params": [("e", e)], "role": "embedding"}],
@@ -162,6 +163,7 @@ def test_previous_gradient_noise_value():
 
 
 def test_second_gradient_option():
+    torch.manual_seed(31)
     w = torch.zeros(4, 4, requires_grad=True)
     b = torch.zeros(4, requires_grad=True)
     opt = LANTON([{"params": [w], "role": "hidden"}, {"params": [b], "role": "vector"}], noise_source="second",
@@ -185,6 +187,7 @@ def test_second_gradient_option():
 
 
 def test_noise_flag_on_muon_scion_normuon():
+    torch.manual_seed(32)
     model = torch.nn.Sequential(torch.nn.Embedding(10, 8), torch.nn.Linear(8, 8), torch.nn.Linear(8, 10))
     for preset in ("muon", "scion", "normuon"):
         opt = steepest.for_model(model, preset, noise_adaptive=True)
@@ -198,6 +201,7 @@ def test_noise_flag_on_muon_scion_normuon():
 
 
 def test_custom_rule_by_overriding_layer_rule():
+    torch.manual_seed(33)
     class Halving(LANTON):
         def layer_rule(self, group, stds):
             return [0.5] * len(stds)
@@ -282,6 +286,7 @@ def test_noise_beta_is_per_step_whatever_noise_every():
 
 
 def test_second_gradients_are_needed_only_at_measuring_steps():
+    torch.manual_seed(34)
     w = torch.zeros(4, 4, requires_grad=True)
     opt = LANTON([{"params": [w], "role": "hidden"}], noise_source="second", noise_every=3)
     needed = []
@@ -399,6 +404,7 @@ def test_factor_cache_follows_changed_settings():
 
 
 def test_explain_names_the_rule_alpha_and_interval():
+    torch.manual_seed(35)
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
     text = steepest.explain(steepest.for_model(model, "lanton", noise_rule="alpha_sqrt", noise_alpha=0.25,
                                                noise_every=7))

@@ -1,5 +1,5 @@
-"""steepest.Scion against the reference semantics of Scion (arXiv 2502.07529, research/algorithms.md 3.2),
-written out here with exact polar factors."""
+"""steepest.Scion against the reference semantics of Scion (arXiv 2502.07529; scion.py of
+github.com/LIONS-EPFL/scion), written out here with exact polar factors."""
 import math
 
 import pytest
