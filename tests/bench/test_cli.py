@@ -102,7 +102,6 @@ def test_bad_arguments_exit_2_with_exact_message(argv, message, capsys):
 
 
 def test_explain_prints_the_role_table(capsys):
-    pytest.importorskip("steepest.factory")
     assert main(["explain", "--preset", "muon"]) == 0
     out = capsys.readouterr().out
     assert "preset 'muon'" in out
@@ -112,7 +111,6 @@ def test_explain_prints_the_role_table(capsys):
 
 
 def test_explain_unknown_preset_is_an_error(capsys):
-    pytest.importorskip("steepest.factory")
     assert main(["explain", "--preset", "no-such-preset"]) == 2
     assert "no-such-preset" in capsys.readouterr().err
 

@@ -28,9 +28,8 @@ def test_default_model_matches_the_research_configuration():
 
 
 def test_roles_of_the_benchmark_model():
-    roles = pytest.importorskip("steepest.roles")
     model = GPT(GPTConfig(vocab_size=84))
-    labels = roles.classify(model)
+    labels = classify(model)
     params = dict(model.named_parameters())
     hidden = [n for n, r in labels.items() if r == "hidden"]
     assert len(hidden) == 16 and sum(params[n].numel() for n in hidden) == 786_432
