@@ -18,7 +18,7 @@ import time
 import torch
 
 import steepest
-import steepest.optim.mfac as mfac_mod
+import steepest.optim.fisher_window as mfac_mod
 import steepest.optim.transforms as transforms
 from steepest.bench.gpt import GPT, GPTConfig
 from steepest.geometry import colrow, sign
@@ -31,7 +31,7 @@ def old_prescaled(G, dtype, eps, input_scale):
     return G.to(dtype)
 
 
-def old_rms_update(r, g, beta2):  # r held v in 0.6; the sqrt copy was taken in the caller
+def old_rms_kernel(r, g, beta2):  # r held v in 0.6; the sqrt copy was taken in the caller
     r.mul_(beta2).addcmul_(g, g, value=1 - beta2)
     r.sqrt()
 
@@ -67,7 +67,7 @@ def old_insert_gradient(windows, grams, grads, row, whole_sums=None):
 
 SWAPS = [  # (module or class, attribute, 0.6 version)
     (newton_schulz, "_prescaled", old_prescaled),
-    (transforms, "rms_update", old_rms_update),
+    (transforms, "rms_kernel", old_rms_kernel),
     (sign.Sign, "dual_norm", old_sign_dual_norm),
     (colrow, "_norms_along", old_norms_along),
     (colrow, "_normalize_along", old_normalize_along),

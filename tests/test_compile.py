@@ -141,12 +141,12 @@ def test_compiled_matches_eager(name, monkeypatch):
         assert mine.keys() == theirs.keys()
         for key in mine:
             torch.testing.assert_close(mine[key], theirs[key], rtol=RTOL, atol=ATOL, msg=lambda m: f"{key}: {m}")
-    expected = {"muon": {"momentum_update", "newton_schulz_wide", "adam_update"},
-                "normuon": {"momentum_update", "newton_schulz_wide", "adam_update"},
-                "lanton": {"momentum_update", "newton_schulz_wide"},
-                "scion": {"momentum_update", "newton_schulz_wide"},
-                "lion": {"lion_update"},
-                "diffgrad": {"diffgrad_update"}}[name]
+    expected = {"muon": {"momentum_kernel", "newton_schulz_wide", "adam_kernel"},
+                "normuon": {"momentum_kernel", "newton_schulz_wide", "adam_kernel"},
+                "lanton": {"momentum_kernel", "newton_schulz_wide"},
+                "scion": {"momentum_kernel", "newton_schulz_wide"},
+                "lion": {"lion_kernel"},
+                "diffgrad": {"diffgrad_kernel"}}[name]
     assert used == expected
 
 

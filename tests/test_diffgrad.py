@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from steepest.optim import DiffGrad
-from steepest.optim.transforms import diffgrad_signal
+from steepest.optim.transforms import diffgrad_transform
 
 F64 = torch.float64
 
@@ -52,7 +52,7 @@ def test_first_step_friction_is_sigmoid_of_abs_grad():
     g = torch.tensor([0.0, 1.0, -2.0, 10.0], dtype=F64)
     m, v, prev = torch.zeros(4, dtype=F64), torch.zeros(4, dtype=F64), torch.zeros(4, dtype=F64)
     step = torch.tensor(0.0)
-    out = diffgrad_signal(m, v, prev, step, g, 0.9, 0.999, 1e-8)
+    out = diffgrad_transform(m, v, prev, step, g, 0.9, 0.999, 1e-8)
     xi = torch.sigmoid(g.abs())
     # First step: m = 0.1 g, v = 0.001 g^2, step scale sqrt(1 - 0.999) / (1 - 0.9).
     expected = (0.001**0.5 / 0.1) * xi * (0.1 * g) / ((0.001 * g * g).sqrt() + 1e-8)

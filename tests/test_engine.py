@@ -5,23 +5,23 @@ import pytest
 import torch
 
 import steepest
-from steepest.optim.transforms import adam_signal, momentum_signal
+from steepest.optim.transforms import adam_transform, momentum_transform
 
 
-def test_momentum_signal_is_the_ema_with_nesterov():
+def test_momentum_transform_is_the_ema_with_nesterov():
     buf = torch.tensor([1.0, 2.0])
     g = torch.tensor([3.0, -1.0])
-    d = momentum_signal(buf, g, 0.9, nesterov=True)
+    d = momentum_transform(buf, g, 0.9, nesterov=True)
     m = 0.9 * torch.tensor([1.0, 2.0]) + 0.1 * g
     torch.testing.assert_close(buf, m)
     torch.testing.assert_close(d, 0.1 * g + 0.9 * m)
-    assert momentum_signal(None, g, 0.0, nesterov=True) is g
+    assert momentum_transform(None, g, 0.0, nesterov=True) is g
 
 
-def test_adam_signal_first_step_is_sign_like():
+def test_adam_transform_first_step_is_sign_like():
     m, v, t = torch.zeros(3), torch.zeros(3), torch.tensor(0.0)
     g = torch.tensor([2.0, -0.5, 0.0])
-    d = adam_signal(m, v, t, g, 0.9, 0.999, 1e-12)
+    d = adam_transform(m, v, t, g, 0.9, 0.999, 1e-12)
     torch.testing.assert_close(d, torch.tensor([1.0, -1.0, 0.0]))
     assert t.item() == 1.0
 
@@ -91,12 +91,12 @@ def test_overriding_the_geometry_brings_its_default_shape_factor():
     assert opt2.param_groups[0]["geometry"] == "colnorm" and opt2.param_groups[0]["shape_scale"] == "none"
 
 
-def test_lion_signal_uses_beta1_for_the_update_and_beta2_for_the_buffer():
-    from steepest.optim.transforms import lion_signal
+def test_lion_transform_uses_beta1_for_the_update_and_beta2_for_the_buffer():
+    from steepest.optim.transforms import lion_transform
 
     buf = torch.tensor([1.0, -2.0])
     g = torch.tensor([3.0, 1.0])
-    d = lion_signal(buf, g, 0.9, 0.99)
+    d = lion_transform(buf, g, 0.9, 0.99)
     torch.testing.assert_close(d, 0.9 * torch.tensor([1.0, -2.0]) + 0.1 * g)
     torch.testing.assert_close(buf, 0.99 * torch.tensor([1.0, -2.0]) + 0.01 * g)
 

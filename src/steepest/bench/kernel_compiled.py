@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ..optim.transforms import adam_signal, lion_signal, momentum_signal
+from ..optim.transforms import adam_transform, lion_transform, momentum_transform
 from ..polar import polar
 from .kernel_config import COMPILE_KERNELS, NS_EPS, KernelConfig
 from .kernel_measure import fmt_ms, gaussian, say, time_pair
@@ -40,10 +40,10 @@ def _transform_case(name: str, m: int, n: int, seed: int) -> tuple[Callable[[boo
         buf, buf_sq = torch.zeros_like(grad), torch.zeros_like(grad)
         step = torch.tensor(0.0)
         if name == "momentum":
-            return lambda: momentum_signal(buf, grad, 0.95, True, compile=compile)
+            return lambda: momentum_transform(buf, grad, 0.95, True, compile=compile)
         if name == "adam":
-            return lambda: adam_signal(buf, buf_sq, step, grad, 0.9, 0.95, 1e-8, compile=compile)
-        return lambda: lion_signal(buf, grad, 0.9, 0.99, compile=compile)
+            return lambda: adam_transform(buf, buf_sq, step, grad, 0.9, 0.95, 1e-8, compile=compile)
+        return lambda: lion_transform(buf, grad, 0.9, 0.99, compile=compile)
 
     labels = {"momentum": "momentum (Nesterov, 0.95)", "adam": "adam ((0.9, 0.95), eps 1e-8)",
               "lion": "lion ((0.9, 0.99))"}

@@ -36,9 +36,9 @@ kept as ``exp_avg_rms``, as for ``adam``). The published
 code kept a reference to the gradient tensor instead of a copy, so with in-place gradient
 accumulation g_prev aliased g and xi was 0.5 everywhere; here g_prev is a buffer of its own.
 
-Every transform is split into its pure elementwise kernel (``*_update``: in-place state updates and
+Every transform is split into its pure elementwise kernel (``*_kernel``: in-place state updates and
 the signal, all tensors, with the per-step scalars passed in as Python floats) and the host-side
-bookkeeping around it (the step counter, the bias corrections). With ``compile=True`` the kernel
+bookkeeping around it (``*_transform``: the step counter, the bias corrections). With ``compile=True`` the kernel
 runs as one ``torch.compile(fullgraph=True)`` graph (see :mod:`steepest.compiled`): one fused pass
 over the tensors instead of two to eight. Inductor may contract or reorder the float operations,
 so compiled results agree with eager ones to rounding (about 1e-7 relative in float32), not bit
@@ -56,74 +56,74 @@ from ..compiled import kernel
 from .checks import check_betas, check_eps, check_momentum
 
 
-def momentum_signal(buf: Tensor | None, grad: Tensor, beta: float, nesterov: bool, *,
+def momentum_transform(buf: Tensor | None, grad: Tensor, beta: float, nesterov: bool, *,
                     compile: bool = False) -> Tensor:
     """Update ``buf`` in place and return the momentum signal (``grad`` itself when ``beta == 0``)."""
     if buf is None:
         return grad
-    return kernel(momentum_update, compile)(buf, grad, beta, nesterov)
+    return kernel(momentum_kernel, compile)(buf, grad, beta, nesterov)
 
 
-def momentum_update(buf: Tensor, grad: Tensor, beta: float, nesterov: bool) -> Tensor:
-    """The kernel of :func:`momentum_signal` (``buf`` is not None)."""
+def momentum_kernel(buf: Tensor, grad: Tensor, beta: float, nesterov: bool) -> Tensor:
+    """The kernel of :func:`momentum_transform` (``buf`` is not None)."""
     buf.lerp_(grad, 1 - beta)
     return grad.lerp(buf, beta) if nesterov else buf
 
 
-def adam_signal(exp_avg: Tensor, exp_avg_rms: Tensor, step: Tensor, grad: Tensor, beta1: float,
+def adam_transform(exp_avg: Tensor, exp_avg_rms: Tensor, step: Tensor, grad: Tensor, beta1: float,
                 beta2: float, eps: float, *, compile: bool = False) -> Tensor:
     """Update Adam's moments and step counter in place and return the bias-corrected direction."""
     step += 1
     t = float(step)
     bias1 = 1 - beta1**t
     bias2_sqrt = math.sqrt(1 - beta2**t)
-    return kernel(adam_update, compile)(exp_avg, exp_avg_rms, grad, beta1, beta2, eps, bias1, bias2_sqrt)
+    return kernel(adam_kernel, compile)(exp_avg, exp_avg_rms, grad, beta1, beta2, eps, bias1, bias2_sqrt)
 
 
-def adam_update(exp_avg: Tensor, exp_avg_rms: Tensor, grad: Tensor, beta1: float, beta2: float, eps: float,
+def adam_kernel(exp_avg: Tensor, exp_avg_rms: Tensor, grad: Tensor, beta1: float, beta2: float, eps: float,
                 bias1: float, bias2_sqrt: float) -> Tensor:
-    """The kernel of :func:`adam_signal`, given the bias corrections ``1 - beta1^t`` and
+    """The kernel of :func:`adam_transform`, given the bias corrections ``1 - beta1^t`` and
     ``sqrt(1 - beta2^t)`` of the new step ``t``."""
     exp_avg.lerp_(grad, 1 - beta1)
-    rms_update(exp_avg_rms, grad, beta2)
+    rms_kernel(exp_avg_rms, grad, beta2)
     denom = (exp_avg_rms / bias2_sqrt).add_(eps)
     return (exp_avg / bias1).div_(denom)
 
 
-def rms_update(exp_avg_rms: Tensor, grad: Tensor, beta2: float) -> None:
+def rms_kernel(exp_avg_rms: Tensor, grad: Tensor, beta2: float) -> None:
     """``r <- sqrt(beta2 r^2 + (1 - beta2) g^2)`` in place, as ``hypot`` of the two scaled terms:
     nothing is squared, so it is finite for every finite ``r`` and ``g``."""
     exp_avg_rms.mul_(math.sqrt(beta2)).hypot_(grad * math.sqrt(1 - beta2))
 
 
-def lion_signal(exp_avg: Tensor, grad: Tensor, beta1: float, beta2: float, *, compile: bool = False) -> Tensor:
+def lion_transform(exp_avg: Tensor, grad: Tensor, beta1: float, beta2: float, *, compile: bool = False) -> Tensor:
     """Return Lion's interpolation ``beta1 m + (1 - beta1) g`` and then move ``m`` (in place) with ``beta2``."""
-    return kernel(lion_update, compile)(exp_avg, grad, beta1, beta2)
+    return kernel(lion_kernel, compile)(exp_avg, grad, beta1, beta2)
 
 
-def lion_update(exp_avg: Tensor, grad: Tensor, beta1: float, beta2: float) -> Tensor:
-    """The kernel of :func:`lion_signal`."""
+def lion_kernel(exp_avg: Tensor, grad: Tensor, beta1: float, beta2: float) -> Tensor:
+    """The kernel of :func:`lion_transform`."""
     signal = exp_avg.mul(beta1).add_(grad, alpha=1 - beta1)
     exp_avg.mul_(beta2).add_(grad, alpha=1 - beta2)
     return signal
 
 
-def diffgrad_signal(exp_avg: Tensor, exp_avg_rms: Tensor, prev_grad: Tensor, step: Tensor, grad: Tensor,
+def diffgrad_transform(exp_avg: Tensor, exp_avg_rms: Tensor, prev_grad: Tensor, step: Tensor, grad: Tensor,
                     beta1: float, beta2: float, eps: float, *, compile: bool = False) -> Tensor:
     """Update diffGrad's moments, previous gradient and step in place; return the friction-scaled direction."""
     step += 1
     t = float(step)
     step_scale = math.sqrt(1 - beta2**t) / (1 - beta1**t)
-    return kernel(diffgrad_update, compile)(exp_avg, exp_avg_rms, prev_grad, grad, beta1, beta2, eps, step_scale)
+    return kernel(diffgrad_kernel, compile)(exp_avg, exp_avg_rms, prev_grad, grad, beta1, beta2, eps, step_scale)
 
 
-def diffgrad_update(exp_avg: Tensor, exp_avg_rms: Tensor, prev_grad: Tensor, grad: Tensor, beta1: float,
+def diffgrad_kernel(exp_avg: Tensor, exp_avg_rms: Tensor, prev_grad: Tensor, grad: Tensor, beta1: float,
                     beta2: float, eps: float, step_scale: float) -> Tensor:
-    """The kernel of :func:`diffgrad_signal`, given ``sqrt(1 - beta2^t) / (1 - beta1^t)`` of the new step ``t``."""
+    """The kernel of :func:`diffgrad_transform`, given ``sqrt(1 - beta2^t) / (1 - beta1^t)`` of the new step ``t``."""
     friction = torch.sigmoid((prev_grad - grad).abs_())
     prev_grad.copy_(grad)
     exp_avg.lerp_(grad, 1 - beta1)
-    rms_update(exp_avg_rms, grad, beta2)
+    rms_kernel(exp_avg_rms, grad, beta2)
     return friction.mul_(exp_avg).div_(exp_avg_rms.add(eps)).mul_(step_scale)
 
 
@@ -163,7 +163,7 @@ class Transform:
 
 
 class Momentum(Transform):
-    """``momentum`` (:func:`momentum_signal`); no state when ``momentum == 0``."""
+    """``momentum`` (:func:`momentum_transform`); no state when ``momentum == 0``."""
 
     name = "momentum"
     state_keys = ("momentum_buffer",)
@@ -174,7 +174,7 @@ class Momentum(Transform):
 
     def apply(self, group: dict, state: dict, grad: Tensor, compile: bool) -> Tensor:
         beta = group["momentum"]
-        return momentum_signal(state.get("momentum_buffer") if beta > 0 else None, grad, beta, group["nesterov"],
+        return momentum_transform(state.get("momentum_buffer") if beta > 0 else None, grad, beta, group["nesterov"],
                                compile=compile)
 
     def describe(self, group: dict) -> str:
@@ -187,14 +187,14 @@ class Momentum(Transform):
 
 
 class Adam(Transform):
-    """``adam`` (:func:`adam_signal`), the AdamW-style fallback."""
+    """``adam`` (:func:`adam_transform`), the AdamW-style fallback."""
 
     name = "adam"
     state_keys = ("step", "exp_avg", "exp_avg_rms")
 
     def apply(self, group: dict, state: dict, grad: Tensor, compile: bool) -> Tensor:
         beta1, beta2 = group["betas"]
-        return adam_signal(state["exp_avg"], state["exp_avg_rms"], state["step"], grad, beta1, beta2, group["eps"],
+        return adam_transform(state["exp_avg"], state["exp_avg_rms"], state["step"], grad, beta1, beta2, group["eps"],
                            compile=compile)
 
     def describe(self, group: dict) -> str:
@@ -206,14 +206,14 @@ class Adam(Transform):
 
 
 class Lion(Transform):
-    """``lion`` (:func:`lion_signal`), Lion's two betas."""
+    """``lion`` (:func:`lion_transform`), Lion's two betas."""
 
     name = "lion"
     state_keys = ("exp_avg",)
 
     def apply(self, group: dict, state: dict, grad: Tensor, compile: bool) -> Tensor:
         beta1, beta2 = group["betas"]
-        return lion_signal(state["exp_avg"], grad, beta1, beta2, compile=compile)
+        return lion_transform(state["exp_avg"], grad, beta1, beta2, compile=compile)
 
     def describe(self, group: dict) -> str:
         return f"lion(betas={tuple(group['betas'])})"
@@ -223,14 +223,14 @@ class Lion(Transform):
 
 
 class DiffGrad(Adam):
-    """``diffgrad`` (:func:`diffgrad_signal`): Adam's moments with the friction coefficient."""
+    """``diffgrad`` (:func:`diffgrad_transform`): Adam's moments with the friction coefficient."""
 
     name = "diffgrad"
     state_keys = ("step", "exp_avg", "exp_avg_rms", "prev_grad")
 
     def apply(self, group: dict, state: dict, grad: Tensor, compile: bool) -> Tensor:
         beta1, beta2 = group["betas"]
-        return diffgrad_signal(state["exp_avg"], state["exp_avg_rms"], state["prev_grad"], state["step"], grad,
+        return diffgrad_transform(state["exp_avg"], state["exp_avg_rms"], state["prev_grad"], state["step"], grad,
                                beta1, beta2, group["eps"], compile=compile)
 
     def describe(self, group: dict) -> str:
