@@ -311,7 +311,8 @@ class GeometryOptimizer(Optimizer):
         directions = self._scale_entries(group, params, directions)             # stage 3
         steps = self._step_sizes(group, params, directions)
         self._apply(group, params, directions, steps)                           # stage 4
-        self._constraints.project(group, params, steps, self.geometry(group), self._topology)
+        if group["constraint"] is not None:
+            self._constraints.project(group, params, steps, self.geometry(group), self._topology)
 
     def _transforms(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> list[Tensor]:
         """Stage 1 for a whole group: the group's transform turns each gradient into its signal."""
