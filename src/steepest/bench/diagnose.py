@@ -8,17 +8,10 @@ benchmark). At a checkpoint step ``s`` (every ``every`` steps and the last step)
 ``s`` is applied, at the current parameters ``theta_{s-1}``
 (:func:`steepest.diagnostics.layers.layer_checkpoint`):
 
-- two mini-batch gradients ``G_a``, ``G_b`` are drawn (two calls of ``trial.train_loss()``); batch
-  ``a`` is the batch that training step ``s`` uses (the trial's random generators are rewound after
-  the diagnostics, so the training batch stream is the one an undiagnosed run would see);
-- **sharpness**: the top eigenvalue of each layer's diagonal Hessian block on batch ``a``
-  (power iteration, ``sharpness_iters`` HVPs; the same computation as
-  :func:`steepest.diagnostics.layer_sharpness` with a generator seeded with ``seed``);
-- **noise**: ``||G_a - G_b||_*`` in the dual norm of the layer's group geometry (Frobenius norm for
-  AdamW-style groups, whose "geometry" is the identity);
-- **orthogonality error** (spectral groups only): ``orthogonality_error(geometry.lmo(G_a), rank)``
-  with ``rank = min(m, n, numerical rank of G_a)`` (at ``G_a``'s precision): the polar factor of a rank-``r`` matrix has only
-  ``r`` unit singular values, so the zero ones are not counted as errors;
+two mini-batch gradients are drawn (batch ``a`` is the one training step ``s`` uses; the trial's
+random generators are rewound afterwards, so the training batch stream is the one an undiagnosed
+run would see), and each layer's sharpness, gradient noise in its group's dual norm and
+orthogonality error are measured as that function's docstring says;
 
 then step ``s`` is taken and **update_rms / update_spectral** of that step come from
 :func:`steepest.diagnostics.update_stats`; the task metric is evaluated after the step.
