@@ -6,8 +6,11 @@ combines them is :mod:`steepest.optim.validation`.
 """
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any
+
+import torch
 
 ON_NONFINITE = ("raise", "skip")
 
@@ -24,7 +27,15 @@ def _number(name: str, value: Any) -> float:
 
 
 def check_lr(lr: Any) -> None:
-    if not _number("lr", lr) >= 0.0:  # "not >=": NaN is rejected too
+    """A learning rate: a real number >= 0, or a 1-element Tensor holding one (as torch's
+    optimizers accept, for compiled and capturable loops)."""
+    if isinstance(lr, torch.Tensor):
+        if lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        value = float(lr)
+    else:
+        value = _number("lr", lr)
+    if not value >= 0.0:  # "not >=": NaN is rejected too
         raise ValueError(f"Invalid learning rate: {lr}")
 
 
@@ -68,6 +79,20 @@ def check_eps(name: str, value: Any) -> None:
 def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"Unknown {name} {value!r}; expected one of: {', '.join(choices)}")
+
+
+def check_ns(key: str, value: Any, schedules: tuple[str, ...], label: str | None = None) -> None:
+    """The group key ``key``, a Newton-Schulz schedule: one of ``schedules`` (an unknown name is
+    reported as an unknown ``label``) or a tuple of three finite reals ``(a, b, c)``
+    (``torch.optim.Muon``'s ``ns_coefficients``, with its error for another length)."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 3:
+            raise ValueError("Coefficients must be a tuple of exactly 3 values")
+        for i, v in enumerate(value):
+            if not math.isfinite(_number(f"{key}[{i}]", v)):
+                raise ValueError(f"Invalid {key}[{i}] value: {v}; expected a finite number")
+        return
+    check_choice(label or key, value, schedules)
 
 
 def check_compile(value: Any) -> None:

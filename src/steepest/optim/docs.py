@@ -7,10 +7,12 @@ PARAMS_DOC = """params: an iterable of tensors, of ``(name, tensor)`` pairs, or 
             group overrides the recipe. :func:`steepest.for_model` builds labelled groups for you."""
 
 NS_DOC = """ns: Newton-Schulz schedule (``keller``, ``you``, ``quintic``, ``polar_express``,
-            ``polar_express_8``) or ``svd`` for the exact polar factor.
-        ns_steps: Newton-Schulz iterations; ``None`` uses the schedule's default.
+            ``polar_express_8``), ``svd`` for the exact polar factor, or a tuple ``(a, b, c)``
+            applied at every step (as ``torch.optim.Muon``'s ``ns_coefficients``).
+        ns_steps: Newton-Schulz iterations; ``None`` uses the schedule's default (5 for a tuple).
         ns_dtype: iteration dtype: ``auto`` (float32 on CPU, bfloat16 on CUDA), ``float32``,
-            ``bfloat16``, ``float16`` or ``float64``."""
+            ``bfloat16``, ``float16`` or ``float64``, by name or as a ``torch.dtype`` (stored as
+            its name)."""
 
 COMMON_DOC = """maximize: maximize the objective instead of minimizing it.
         on_nonfinite: ``raise`` (default: ``FloatingPointError`` naming the parameter, nothing

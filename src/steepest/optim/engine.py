@@ -74,7 +74,7 @@ from ..geometry import Geometry, make_geometry
 from .initialization import init_on_sphere
 from .constraint_stage import ConstraintStage
 from .guards import collect_work, finite_or_skip
-from .group_keys import ENGINE_DEFAULTS, GEOMETRY_KEYS, split_by_role
+from .group_keys import ENGINE_DEFAULTS, GEOMETRY_KEYS, plain_keys, split_by_role
 from .noise_rates import NoiseRates, default_layer_rule, describe_noise, noise_active
 from .state_io import HOST_STATE, restore_saved_state
 from .transforms import TRANSFORMS, Transform
@@ -155,6 +155,7 @@ class GeometryOptimizer(Optimizer):
                 for key, value in self.role_settings(role).items():
                     sub.setdefault(key, value)
                 super().add_param_group(sub)
+                plain_keys(self.param_groups[-1])
                 self._validate_group(self.param_groups[-1])
         except (TypeError, ValueError):
             del self.param_groups[start:]  # all or nothing: no split part of a rejected group stays

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from .noise import NOISE_ALPHA, NOISE_EVERY, NOISE_RULE
@@ -66,6 +67,24 @@ GEOMETRY_KEYS = ("geometry", "shape_scale", "ns", "ns_steps", "ns_dtype", "ns_ep
 def default_role(p: Tensor) -> str:
     """Role of a parameter that arrives without one: ``conv`` (>= 3-D), ``hidden`` (2-D), ``vector``."""
     return "conv" if p.ndim >= 3 else "hidden" if p.ndim == 2 else "vector"
+
+
+#: group keys that name a dtype (a ``torch.dtype`` is stored as its name, so groups stay plain data)
+DTYPE_KEYS = ("ns_dtype",)
+#: group keys that take a Newton-Schulz schedule (a list of coefficients is stored as a tuple)
+SCHEDULE_KEYS = ("ns", "noise_ns")
+
+
+def plain_keys(group: dict[str, Any]) -> None:
+    """Store the torch-style forms of a group's keys as plain data, in place: a ``torch.dtype`` as
+    its name (``torch.bfloat16`` -> ``"bfloat16"``), a list of Newton-Schulz coefficients as a
+    tuple."""
+    for key in DTYPE_KEYS:
+        if isinstance(group.get(key), torch.dtype):
+            group[key] = str(group[key]).removeprefix("torch.")
+    for key in SCHEDULE_KEYS:
+        if isinstance(group.get(key), list):
+            group[key] = tuple(group[key])
 
 
 def split_by_role(params: Any, group: dict[str, Any]) -> list[tuple[Any, list]]:

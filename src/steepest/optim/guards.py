@@ -26,10 +26,11 @@ def collect_work(optimizer: Any) -> Work:
             if topology is None and is_dtensor(p):
                 raise TypeError(f"Parameter {name(gi, pi)!r} is a DTensor but the optimizer has "
                                 f"no distributed_mesh (copies and unpickled optimizers step one process)")
+            # RuntimeError, as torch.optim.Muon raises for both
             if p.grad.is_sparse:
-                raise TypeError(f"{kind} does not support sparse gradients (parameter {name(gi, pi)!r})")
+                raise RuntimeError(f"{kind} does not support sparse gradients (parameter {name(gi, pi)!r})")
             if torch.is_complex(p):
-                raise TypeError(f"{kind} does not support complex parameters (parameter {name(gi, pi)!r})")
+                raise RuntimeError(f"{kind} does not support complex parameters (parameter {name(gi, pi)!r})")
             params.append(p)
             grads.append(p.grad if topology is None else local(p.grad))
         if params:

@@ -6,7 +6,7 @@ from typing import Any, Iterable
 from .docs import fill_doc
 from .engine import GeometryOptimizer
 from .noise import NOISE_ALPHA, NOISE_EVERY, NOISE_RULE
-from .checks import as_betas, check_choice
+from .checks import as_betas, check_choice, check_eps
 
 ADJUST_LR = ("original", "match_rms_adamw", "rms_to_rms", "none")
 MATRIX_ROLES = ("hidden", "conv")
@@ -16,6 +16,25 @@ def adamw_fallback(lr: float, betas: tuple[float, float], eps: float, weight_dec
     """Group keys of the AdamW-style fallback that matrix presets give embeddings, heads and vectors."""
     return {"transform": "adam", "geometry": "identity", "shape_scale": None, "lr": lr,
             "betas": as_betas(betas), "eps": eps, "weight_decay": weight_decay}
+
+
+def torch_muon_arguments(ns: Any, adjust_lr: str, ns_coefficients: Any, eps: Any,
+                         adjust_lr_fn: Any) -> tuple[Any, str, dict[str, Any]]:
+    """``torch.optim.Muon``'s argument names in steepest's terms: ``(ns, adjust_lr, extra keys)``."""
+    if eps is not None:
+        check_eps("eps", eps)  # reported under torch's name, with the group key eps's rules
+    extra = {} if eps is None else {"ns_eps": eps}
+    if ns_coefficients is not None:
+        if ns != "keller":
+            raise ValueError("Pass either ns or ns_coefficients, not both")
+        ns = tuple(ns_coefficients) if isinstance(ns_coefficients, (tuple, list)) else ns_coefficients
+    if adjust_lr_fn is not None:
+        if adjust_lr_fn not in ("original", "match_rms_adamw"):
+            raise ValueError(f"Adjust learning rate function {adjust_lr_fn} is not supported")
+        if adjust_lr not in ("original", adjust_lr_fn):
+            raise ValueError("Pass either adjust_lr or adjust_lr_fn, not both")
+        adjust_lr = adjust_lr_fn
+    return ns, adjust_lr, extra
 
 
 class Muon(GeometryOptimizer):
@@ -57,6 +76,10 @@ class Muon(GeometryOptimizer):
         {NS_DOC}
         adamw_lr, adamw_betas, adamw_eps, adamw_weight_decay: the fallback AdamW's hyperparameters.
         {NOISE_DOC}
+        ns_coefficients, eps, adjust_lr_fn: ``torch.optim.Muon``'s names, with its meaning: a fixed
+            ``(a, b, c)`` Newton-Schulz step (the same as ``ns=(a, b, c)``), the Newton-Schulz
+            epsilon (group key ``ns_eps``) and the shape factor (``None`` or ``"original"``, or
+            ``"match_rms_adamw"``). Each conflicts with a different value of steepest's own name.
         {COMMON_DOC}
     """)
 
@@ -68,8 +91,11 @@ class Muon(GeometryOptimizer):
                  noise_source: str = "previous", noise_rule: str = NOISE_RULE, noise_alpha: float = NOISE_ALPHA,
                  noise_every: int = NOISE_EVERY, maximize: bool = False,
                  on_nonfinite: str = "raise", distributed_mesh: Any = None,
-                 compile: bool | str = "auto", **preset_keys: Any):
+                 compile: bool | str = "auto", ns_coefficients: tuple[float, float, float] | None = None,
+                 eps: float | None = None, adjust_lr_fn: str | None = None, **preset_keys: Any):
         # preset_keys: a subclass's PRESET_KEYS values (NorMuon's beta2 and scale), checked by the engine
+        ns, adjust_lr, torch_keys = torch_muon_arguments(ns, adjust_lr, ns_coefficients, eps, adjust_lr_fn)
+        preset_keys.update(torch_keys)
         check_choice("adjust_lr", adjust_lr, ADJUST_LR)
         self.recipes = {"hidden": {}, "conv": {}, "*": adamw_fallback(adamw_lr, adamw_betas, adamw_eps,
                                                                        adamw_weight_decay)}

@@ -15,7 +15,7 @@ from ..distributed import is_dtensor
 from ..geometry import GEOMETRY_NAMES, LAYOUTS, geometry_class
 from ..polar import NS_DTYPE_NAMES, SCHEDULE_NAMES
 from ..roles import ROLES
-from .checks import MIN_EPS, _number, check_choice, check_lr, check_nonnegative, check_ns_steps, check_positive  # noqa: F401 (MIN_EPS: public)
+from .checks import MIN_EPS, _number, check_choice, check_lr, check_ns, check_nonnegative, check_ns_steps, check_positive  # noqa: F401 (MIN_EPS: public)
 from .noise import NOISE_RULES, NOISE_SOURCES
 from .transforms import TRANSFORMS as TRANSFORM_TABLE
 
@@ -38,7 +38,7 @@ def check_noise_keys(group: Mapping[str, Any]) -> None:
         raise TypeError(f"Invalid type for noise_every: expected int, got {type(every).__name__}")
     if every < 1:
         raise ValueError(f"Invalid noise_every value: {every}; expected an integer >= 1")
-    check_choice("noise_ns", group["noise_ns"], SCHEDULE_NAMES)
+    check_ns("noise_ns", group["noise_ns"], SCHEDULE_NAMES)
     check_nonnegative("noise_eps", group["noise_eps"])
 
 
@@ -66,7 +66,7 @@ def check_group(group: Mapping[str, Any], transform_of=lambda group: TRANSFORM_T
     transform_of(group).validate(group)
     check_choice("geometry", group["geometry"], GEOMETRY_NAMES)
     if group["geometry"] == "spectral":
-        check_choice("Newton-Schulz schedule", group["ns"], SCHEDULE_NAMES)
+        check_ns("ns", group["ns"], SCHEDULE_NAMES, "Newton-Schulz schedule")
         check_ns_steps(group["ns_steps"])
         check_choice("ns_dtype", group["ns_dtype"], NS_DTYPE_NAMES)
         check_positive("ns_eps", group["ns_eps"])

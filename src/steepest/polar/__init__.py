@@ -27,14 +27,15 @@ __all__ = [
 ]
 
 
-def polar(G: Tensor, ns: str = "keller", steps: int | None = None, dtype: torch.dtype | None = None,
+def polar(G: Tensor, ns: str | tuple[float, float, float] = "keller", steps: int | None = None, dtype: torch.dtype | None = None,
           eps: float = 1e-7, *, compile: bool = False) -> Tensor:
     """The polar factor of ``G`` (2-D, or 3-D for a batch of same-shape matrices).
 
     Args:
         G: input matrix or stack.
         ns: a Newton-Schulz schedule name (``keller``, ``you``, ``quintic``, ``polar_express``,
-            ``polar_express_8``) or ``svd`` for the exact factor.
+            ``polar_express_8``), ``svd`` for the exact factor, or a tuple ``(a, b, c)`` applied
+            at every step (``torch.optim.Muon``'s ``ns_coefficients``; 5 steps by default).
         steps: iterations; ``None`` uses the schedule's default. Ignored by ``svd``.
         dtype: iteration dtype; ``None`` follows the device (float32 on CPU, bfloat16 on CUDA).
         eps: normalization guard for Newton-Schulz.

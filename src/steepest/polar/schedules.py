@@ -28,6 +28,8 @@ The ``svd`` schedule name (exact polar factor) is handled by :mod:`steepest.pola
 """
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass
 
 Coefficients = tuple[float, float, float]
@@ -126,8 +128,34 @@ SCHEDULES: dict[str, Schedule] = {
 SCHEDULE_NAMES: tuple[str, ...] = tuple(SCHEDULES) + ("svd",)
 
 
-def get_schedule(name: str) -> Schedule:
-    """Look up a Newton-Schulz schedule by name (``svd`` is not a schedule: see ``polar``)."""
+#: steps of a custom ``(a, b, c)`` schedule when none are asked for (torch.optim.Muon's ``ns_steps``)
+CUSTOM_STEPS = 5
+
+
+@functools.lru_cache(maxsize=64)
+def custom_schedule(coefficients: Coefficients) -> Schedule:
+    """The fixed ``(a, b, c)`` applied at every step (``torch.optim.Muon``'s ``ns_coefficients``),
+    input scaled by ``||X||_F``. Its ``band`` is computed: the range of the scalar map
+    ``x <- a x + b x^3 + c x^5`` composed :data:`CUSTOM_STEPS` times over ``x`` in ``[1e-2, 1]``
+    (2,001 log-spaced points), as the named schedules' bands are stated."""
+    a, b, c = coefficients
+    outputs = []
+    for i in range(2001):
+        x = 10.0 ** (-2 + 2 * i / 2000)
+        for _ in range(CUSTOM_STEPS):
+            x = a * x + b * x**3 + c * x**5
+            if not math.isfinite(x):
+                break
+        outputs.append(abs(x) if math.isfinite(x) else math.inf)
+    name = f"({a:g}, {b:g}, {c:g})"
+    return Schedule(name, (coefficients,), CUSTOM_STEPS, 1.0, (min(outputs), max(outputs)))
+
+
+def get_schedule(name: str | Coefficients) -> Schedule:
+    """Look up a Newton-Schulz schedule by name, or build the fixed schedule of an ``(a, b, c)``
+    tuple (``svd`` is not a schedule: see ``polar``)."""
+    if isinstance(name, tuple):
+        return custom_schedule(tuple(float(v) for v in name))
     try:
         return SCHEDULES[name]
     except KeyError:
