@@ -349,19 +349,26 @@ class GeometryOptimizer(Optimizer):
         return steps
 
     def _apply(self, group: dict[str, Any], params: list[Tensor], directions: list[Tensor], steps: list[float]) -> None:
-        """Stage 4: decoupled decay with the unadjusted lr, then the step."""
+        """Stage 4: decoupled decay with the unadjusted lr, then the step, as grouped (foreach)
+        kernels over the parameters that share a step size; bfloat16/float16 parameters are
+        updated in float32, one by one."""
         shrink = 1 - float(group["lr"]) * group["weight_decay"]
         if self._topology is not None:
             params = [local(p) for p in params]
+        by_step: dict[float, tuple[list[Tensor], list[Tensor]]] = {}
         for p, d, s in zip(params, directions, steps):
             if p.dtype in _LOW_PRECISION:
                 w = p.float()
                 w.mul_(shrink).add_(d, alpha=-s)
                 p.copy_(w)
             else:
-                if shrink != 1.0:
-                    p.mul_(shrink)
-                p.add_(d, alpha=-s)
+                ps, ds = by_step.setdefault(s, ([], []))
+                ps.append(p)
+                ds.append(d)
+        for s, (ps, ds) in by_step.items():
+            if shrink != 1.0:
+                torch._foreach_mul_(ps, shrink)
+            torch._foreach_add_(ps, ds, alpha=-s)
 
     def compiles(self, tensor: Tensor) -> bool:
         """Whether the kernels run compiled for ``tensor`` under this optimizer's ``compile`` setting."""

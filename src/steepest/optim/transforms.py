@@ -57,7 +57,7 @@ from .checks import check_betas, check_eps, check_momentum
 
 
 def momentum_transform(buf: Tensor | None, grad: Tensor, beta: float, nesterov: bool, *,
-                    compile: bool = False) -> Tensor:
+                       compile: bool = False) -> Tensor:
     """Update ``buf`` in place and return the momentum signal (``grad`` itself when ``beta == 0``)."""
     if buf is None:
         return grad
@@ -70,8 +70,14 @@ def momentum_kernel(buf: Tensor, grad: Tensor, beta: float, nesterov: bool) -> T
     return grad.lerp(buf, beta) if nesterov else buf
 
 
+def momentum_foreach(bufs: list[Tensor], grads: list[Tensor], beta: float, nesterov: bool) -> list[Tensor]:
+    """:func:`momentum_kernel` over lists of tensors, as grouped (``torch._foreach_*``) kernels."""
+    torch._foreach_lerp_(bufs, grads, 1 - beta)
+    return torch._foreach_lerp(grads, bufs, beta) if nesterov else list(bufs)
+
+
 def adam_transform(exp_avg: Tensor, exp_avg_rms: Tensor, step: Tensor, grad: Tensor, beta1: float,
-                beta2: float, eps: float, *, compile: bool = False) -> Tensor:
+                   beta2: float, eps: float, *, compile: bool = False) -> Tensor:
     """Update Adam's moments and step counter in place and return the bias-corrected direction."""
     step += 1
     t = float(step)
@@ -108,8 +114,23 @@ def lion_kernel(exp_avg: Tensor, grad: Tensor, beta1: float, beta2: float) -> Te
     return signal
 
 
+def lion_foreach(exp_avgs: list[Tensor], grads: list[Tensor], beta1: float, beta2: float) -> list[Tensor]:
+    """:func:`lion_kernel` over lists of tensors, as grouped (``torch._foreach_*``) kernels."""
+    signals = torch._foreach_mul(exp_avgs, beta1)
+    torch._foreach_add_(signals, grads, alpha=1 - beta1)
+    torch._foreach_mul_(exp_avgs, beta2)
+    torch._foreach_add_(exp_avgs, grads, alpha=1 - beta2)
+    return signals
+
+
+def grouped(compile: bool, grads: list[Tensor]) -> bool:
+    """Whether a group's stage 1 runs as grouped (foreach) kernels: eager, more than one tensor,
+    one device and dtype (torch's foreach kernels need them alike)."""
+    return not compile and len(grads) > 1 and len({(g.device, g.dtype) for g in grads}) == 1
+
+
 def diffgrad_transform(exp_avg: Tensor, exp_avg_rms: Tensor, prev_grad: Tensor, step: Tensor, grad: Tensor,
-                    beta1: float, beta2: float, eps: float, *, compile: bool = False) -> Tensor:
+                       beta1: float, beta2: float, eps: float, *, compile: bool = False) -> Tensor:
     """Update diffGrad's moments, previous gradient and step in place; return the friction-scaled direction."""
     step += 1
     t = float(step)
@@ -177,6 +198,13 @@ class Momentum(Transform):
         return momentum_transform(state.get("momentum_buffer") if beta > 0 else None, grad, beta, group["nesterov"],
                                compile=compile)
 
+    def apply_group(self, group: dict, states: list[dict], grads: list[Tensor], compile: bool,
+                    whole_sums=None) -> list[Tensor]:
+        if group["momentum"] > 0 and grouped(compile, grads):
+            return momentum_foreach([s["momentum_buffer"] for s in states], grads, group["momentum"],
+                                    group["nesterov"])
+        return super().apply_group(group, states, grads, compile, whole_sums)
+
     def describe(self, group: dict) -> str:
         return f"momentum({group['momentum']}{', nesterov' if group['nesterov'] else ''})"
 
@@ -214,6 +242,12 @@ class Lion(Transform):
     def apply(self, group: dict, state: dict, grad: Tensor, compile: bool) -> Tensor:
         beta1, beta2 = group["betas"]
         return lion_transform(state["exp_avg"], grad, beta1, beta2, compile=compile)
+
+    def apply_group(self, group: dict, states: list[dict], grads: list[Tensor], compile: bool,
+                    whole_sums=None) -> list[Tensor]:
+        if grouped(compile, grads):
+            return lion_foreach([s["exp_avg"] for s in states], grads, *group["betas"])
+        return super().apply_group(group, states, grads, compile, whole_sums)
 
     def describe(self, group: dict) -> str:
         return f"lion(betas={tuple(group['betas'])})"
