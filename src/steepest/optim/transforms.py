@@ -96,6 +96,24 @@ def adam_kernel(exp_avg: Tensor, exp_avg_rms: Tensor, grad: Tensor, beta1: float
     return (exp_avg / bias1).div_(denom)
 
 
+def adam_foreach(exp_avgs: list[Tensor], exp_avg_rmss: list[Tensor], steps: list[Tensor], grads: list[Tensor],
+                 beta1: float, beta2: float, eps: float) -> list[Tensor]:
+    """:func:`adam_transform` over lists of tensors, as grouped (``torch._foreach_*``) kernels; the
+    same operations in the same order, so the results are the same to the bit (``hypot`` has no
+    grouped kernel and runs per tensor)."""
+    torch._foreach_add_(steps, 1.0)
+    ts = [float(t) for t in steps]  # host counters
+    torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+    torch._foreach_mul_(exp_avg_rmss, math.sqrt(beta2))
+    for rms, scaled in zip(exp_avg_rmss, torch._foreach_mul(grads, math.sqrt(1 - beta2))):
+        rms.hypot_(scaled)
+    denoms = torch._foreach_div(exp_avg_rmss, [math.sqrt(1 - beta2**t) for t in ts])
+    torch._foreach_add_(denoms, eps)
+    out = torch._foreach_div(exp_avgs, [1 - beta1**t for t in ts])
+    torch._foreach_div_(out, denoms)
+    return out
+
+
 def rms_kernel(exp_avg_rms: Tensor, grad: Tensor, beta2: float) -> None:
     """``r <- sqrt(beta2 r^2 + (1 - beta2) g^2)`` in place, as ``hypot`` of the two scaled terms:
     nothing is squared, so it is finite for every finite ``r`` and ``g``."""
@@ -223,7 +241,14 @@ class Adam(Transform):
     def apply(self, group: dict, state: dict, grad: Tensor, compile: bool) -> Tensor:
         beta1, beta2 = group["betas"]
         return adam_transform(state["exp_avg"], state["exp_avg_rms"], state["step"], grad, beta1, beta2, group["eps"],
-                           compile=compile)
+                              compile=compile)
+
+    def apply_group(self, group: dict, states: list[dict], grads: list[Tensor], compile: bool,
+                    whole_sums=None) -> list[Tensor]:
+        if type(self) is Adam and grouped(compile, grads):  # diffGrad keeps its per-tensor kernel
+            return adam_foreach([s["exp_avg"] for s in states], [s["exp_avg_rms"] for s in states],
+                                [s["step"] for s in states], grads, *group["betas"], group["eps"])
+        return super().apply_group(group, states, grads, compile, whole_sums)
 
     def describe(self, group: dict) -> str:
         return f"adamw(betas={tuple(group['betas'])})"
