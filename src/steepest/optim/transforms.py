@@ -141,10 +141,24 @@ def lion_foreach(exp_avgs: list[Tensor], grads: list[Tensor], beta1: float, beta
     return signals
 
 
+#: tensors up to this many entries run stage 1 as grouped (foreach) kernels; larger ones one by one,
+#: where each tensor's few passes stay in cache (on CPU a grouped pass over large tensors was slower)
+GROUPED_MAX_NUMEL = 1 << 14
+
+
 def grouped(compile: bool, grads: list[Tensor]) -> bool:
-    """Whether a group's stage 1 runs as grouped (foreach) kernels: eager, more than one tensor,
-    one device and dtype (torch's foreach kernels need them alike)."""
+    """Whether tensors run stage 1 as grouped (foreach) kernels: eager, more than one tensor, one
+    device and dtype (torch's foreach kernels need them alike)."""
     return not compile and len(grads) > 1 and len({(g.device, g.dtype) for g in grads}) == 1
+
+
+def split_grouped(compile: bool, grads: list[Tensor]) -> tuple[list[int], list[int]]:
+    """The indices of ``grads`` that run grouped (the tensors of at most :data:`GROUPED_MAX_NUMEL`
+    entries, when :func:`grouped` holds for them) and those that run one by one."""
+    small = [i for i, g in enumerate(grads) if g.numel() <= GROUPED_MAX_NUMEL]
+    if not grouped(compile, [grads[i] for i in small]):
+        return [], list(range(len(grads)))
+    return small, [i for i, g in enumerate(grads) if g.numel() > GROUPED_MAX_NUMEL]
 
 
 def diffgrad_transform(exp_avg: Tensor, exp_avg_rms: Tensor, prev_grad: Tensor, step: Tensor, grad: Tensor,
@@ -194,6 +208,18 @@ class Transform:
         on one process)."""
         return [self.apply(group, state, g, compile) for state, g in zip(states, grads)]
 
+    def apply_split(self, group: dict, states: list[dict], grads: list[Tensor], compile: bool, foreach) -> list[Tensor]:
+        """``foreach(states, grads)`` on the small tensors (:func:`split_grouped`), :meth:`apply` on
+        the others; the signals in the order of ``grads``."""
+        small, large = split_grouped(compile, grads)
+        out: list = [None] * len(grads)
+        if small:
+            for i, d in zip(small, foreach([states[i] for i in small], [grads[i] for i in small])):
+                out[i] = d
+        for i in large:
+            out[i] = self.apply(group, states[i], grads[i], compile)
+        return out
+
     def describe(self, group: dict) -> str:
         raise NotImplementedError
 
@@ -218,10 +244,10 @@ class Momentum(Transform):
 
     def apply_group(self, group: dict, states: list[dict], grads: list[Tensor], compile: bool,
                     whole_sums=None) -> list[Tensor]:
-        if group["momentum"] > 0 and grouped(compile, grads):
-            return momentum_foreach([s["momentum_buffer"] for s in states], grads, group["momentum"],
-                                    group["nesterov"])
-        return super().apply_group(group, states, grads, compile, whole_sums)
+        if group["momentum"] == 0:
+            return super().apply_group(group, states, grads, compile, whole_sums)
+        return self.apply_split(group, states, grads, compile, lambda ss, gs: momentum_foreach(
+            [s["momentum_buffer"] for s in ss], gs, group["momentum"], group["nesterov"]))
 
     def describe(self, group: dict) -> str:
         return f"momentum({group['momentum']}{', nesterov' if group['nesterov'] else ''})"
@@ -245,10 +271,11 @@ class Adam(Transform):
 
     def apply_group(self, group: dict, states: list[dict], grads: list[Tensor], compile: bool,
                     whole_sums=None) -> list[Tensor]:
-        if type(self) is Adam and grouped(compile, grads):  # diffGrad keeps its per-tensor kernel
-            return adam_foreach([s["exp_avg"] for s in states], [s["exp_avg_rms"] for s in states],
-                                [s["step"] for s in states], grads, *group["betas"], group["eps"])
-        return super().apply_group(group, states, grads, compile, whole_sums)
+        if type(self) is not Adam:  # diffGrad: one tensor at a time
+            return super().apply_group(group, states, grads, compile, whole_sums)
+        return self.apply_split(group, states, grads, compile, lambda ss, gs: adam_foreach(
+            [s["exp_avg"] for s in ss], [s["exp_avg_rms"] for s in ss], [s["step"] for s in ss], gs,
+            *group["betas"], group["eps"]))
 
     def describe(self, group: dict) -> str:
         return f"adamw(betas={tuple(group['betas'])})"
@@ -270,9 +297,8 @@ class Lion(Transform):
 
     def apply_group(self, group: dict, states: list[dict], grads: list[Tensor], compile: bool,
                     whole_sums=None) -> list[Tensor]:
-        if grouped(compile, grads):
-            return lion_foreach([s["exp_avg"] for s in states], grads, *group["betas"])
-        return super().apply_group(group, states, grads, compile, whole_sums)
+        return self.apply_split(group, states, grads, compile, lambda ss, gs: lion_foreach(
+            [s["exp_avg"] for s in ss], gs, *group["betas"]))
 
     def describe(self, group: dict) -> str:
         return f"lion(betas={tuple(group['betas'])})"
