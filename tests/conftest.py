@@ -15,6 +15,18 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="session")
+def generator():
+    """``tools/generate.py`` (``make docs``) as a module: what the registry generates."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("generate", Path(__file__).resolve().parents[1] / "tools" / "generate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 # -- property-based tests (tests/properties) ------------------------------------------------------
 _PROPERTY_CASES = pytest.StashKey[dict]()
 

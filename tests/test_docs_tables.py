@@ -4,14 +4,12 @@ The page holds the code that builds each table (a ``role_table()`` over every re
 role, read from ``steepest.explain_rows``; a ``benchmark_table()`` of the benchmark suite's preset
 settings) and a static copy of each table between ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->``
 markers. Here the page's own code runs again and its output must equal the static copy, so a change
-to a preset's defaults or to the benchmark's settings fails until the page is updated (the failure
-message holds the new table to paste).
+to a preset's defaults or to the benchmark's settings fails until the page is updated (``make docs``
+rewrites it).
 """
 from __future__ import annotations
 
 import inspect
-import os
-import re
 from pathlib import Path
 
 import pytest
@@ -20,23 +18,14 @@ import steepest
 from steepest.roles import ROLES
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "choosing.md"
-RUNNABLE = re.compile(r"^```python\n(.*?)^```\s*$", re.S | re.M)  # blocks without fence info run
 
 
 @pytest.fixture(scope="module")
-def page(tmp_path_factory) -> tuple[str, dict]:
+def page(generator) -> tuple[str, dict]:
     """The page's text and the namespace its runnable blocks leave behind (run in a scratch
-    directory, as tests/test_docs.py runs them)."""
+    directory by ``make docs``'s own runner)."""
     text = PAGE.read_text(encoding="utf-8")
-    namespace: dict = {"__name__": "docs_choosing_tables"}
-    cwd = os.getcwd()
-    os.chdir(tmp_path_factory.mktemp("choosing"))
-    try:
-        for code in RUNNABLE.findall(text):
-            exec(compile(code, str(PAGE), "exec"), namespace)
-    finally:
-        os.chdir(cwd)
-    return text, namespace
+    return text, generator.run_page(text, PAGE)
 
 
 def static_table(text: str, name: str) -> str:
@@ -50,7 +39,7 @@ def test_static_table_equals_the_generated_one(page, name, function):
     text, namespace = page
     generated = namespace[function]().strip()
     assert static_table(text, name) == generated, (
-        f"docs/choosing.md's {name} is stale; replace the lines between its markers with:\n{generated}")
+        f"docs/choosing.md's {name} is stale; run `make docs`")
 
 
 def test_role_table_lists_every_preset_and_role(page):

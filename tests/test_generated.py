@@ -1,7 +1,6 @@
 """The files generated from the preset registry are up to date (``make docs`` rewrites them)."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import steepest
@@ -9,15 +8,8 @@ import steepest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _generator():
-    spec = importlib.util.spec_from_file_location("generate", ROOT / "tools" / "generate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_generated_files_match_the_registry():
-    stale = [str(path.relative_to(ROOT)) for path in _generator().stale()]
+def test_generated_files_match_the_registry(generator):
+    stale = [str(path.relative_to(ROOT)) for path in generator.stale()]
     assert not stale, f"generated from the preset registry and stale: {stale}; run `make docs`"
 
 

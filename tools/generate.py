@@ -47,8 +47,8 @@ def replace_python_block(text: str, name: str, body: str) -> str:
     return f"{head}{begin}\n{body}\n{end}{tail}"
 
 
-def choosing_tables(text: str, page: Path) -> str:
-    """``docs/choosing.md`` with its tables rebuilt by the page's own code (run in a scratch dir)."""
+def run_page(text: str, page: Path) -> dict:
+    """The namespace a markdown page's runnable blocks leave behind, run in a scratch directory."""
     namespace: dict = {"__name__": "docs_choosing_tables"}
     cwd = os.getcwd()
     with tempfile.TemporaryDirectory() as scratch:
@@ -58,6 +58,12 @@ def choosing_tables(text: str, page: Path) -> str:
                 exec(compile(code, str(page), "exec"), namespace)
         finally:
             os.chdir(cwd)
+    return namespace
+
+
+def choosing_tables(text: str, page: Path) -> str:
+    """``docs/choosing.md`` with its tables rebuilt by the page's own code."""
+    namespace = run_page(text, page)
     for name, function in (("role-table", "role_table"), ("bench-table", "benchmark_table")):
         begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
         head, rest = text.split(begin, 1)

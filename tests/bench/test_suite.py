@@ -305,6 +305,9 @@ def test_a_refused_non_finite_gradient_is_a_divergence_not_a_failure():
             scale = float("inf") if self.calls == 3 else 1.0
             return (self.model.weight * scale).sum() if self.calls == 3 else self.model.weight.square().sum()
 
+        def second_loss(self):  # a fixed stream: this trial never measures noise
+            return self.model.weight.square().sum()
+
         def evaluate(self):
             return {"loss": float(self.model.weight.detach().square().sum())}
 

@@ -76,8 +76,8 @@ from .constraint_stage import ConstraintStage
 from .guards import collect_work, finite_or_skip
 from .group_keys import ENGINE_DEFAULTS, GEOMETRY_KEYS, plain_keys, split_by_role
 from .noise_rates import NoiseRates, default_layer_rule, describe_noise, noise_active
-from .state_io import HOST_STATE, restore_saved_state
-from .transforms import TRANSFORMS, Transform
+from .state_io import restore_saved_state
+from .transforms import TRANSFORMS, Transform, zeros_state
 from .checks import ON_NONFINITE, check_choice, check_compile
 from .validation import check_group, check_group_params
 
@@ -191,9 +191,6 @@ class GeometryOptimizer(Optimizer):
         return float(group["lr"]) * group["radius"] * self.geometry(group).shape_scale(p.shape)
 
     # -- state --------------------------------------------------------------------------------
-    #: state kept on the CPU whatever the parameter's device (see ``state_io.HOST_STATE``)
-    _HOST_STATE = HOST_STATE
-
     def state_dict(self) -> dict[str, Any]:
         """torch.optim's state dict plus ``nonfinite_skips``, the number of steps skipped for a
         non-finite gradient, so the count continues after a resume (a plain int: it loads with
@@ -238,14 +235,14 @@ class GeometryOptimizer(Optimizer):
         return torch.float32 if p.dtype in _LOW_PRECISION else p.dtype
 
     def _zeros_state(self, p: Tensor) -> Tensor:
-        return torch.zeros_like(p, dtype=self.state_dtype(p), memory_format=torch.preserve_format)
+        return zeros_state(p, self.state_dtype(p))
 
     def _ensure_state(self, group: dict[str, Any], p: Tensor) -> None:
         """Create the state ``p`` needs under ``group``'s settings (its missing keys only); called
         when the group is added and at the start of every step of the group, so settings changed
         later get their state."""
         state = self.state[p]
-        self.transform(group).init_state(group, state, p, lambda: self._zeros_state(p))
+        self.transform(group).init_state(group, state, p, self.state_dtype(p))
         if noise_active(group):
             self._noise.ensure_state(group, p, state)
 

@@ -174,12 +174,12 @@ class FisherWindow(Transform):
     state_keys = ("step", "grad_window", "gram", "momentum_buffer")
     inner = TRANSFORMS["momentum"]
 
-    def init_state(self, group: dict, state: dict, p: Tensor, zeros) -> None:
-        self.inner.init_state(group, state, p, zeros)
+    def init_state(self, group: dict, state: dict, p: Tensor, dtype: torch.dtype) -> None:
+        self.inner.init_state(group, state, p, dtype)
         m = group["ngrads"]
         if "grad_window" not in state or (float(state["step"]) == 0 and state["grad_window"].shape[0] != m):
             state["step"] = torch.tensor(0.0, dtype=torch.float32)
-            state["grad_window"] = rows_stack_like(p, m, zeros().dtype)
+            state["grad_window"] = rows_stack_like(p, m, dtype)
             device = local(p).device
             state["gram"] = torch.zeros(m, m, dtype=wide_float(device), device=device)
 

@@ -48,6 +48,7 @@ for bit; the eager path is unchanged.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 
 import torch
 from torch import Tensor
@@ -180,32 +181,56 @@ def diffgrad_kernel(exp_avg: Tensor, exp_avg_rms: Tensor, prev_grad: Tensor, gra
     return friction.mul_(exp_avg).div_(exp_avg_rms.add(eps)).mul_(step_scale)
 
 
-class Transform:
+def zeros_state(p: Tensor, dtype: torch.dtype) -> Tensor:
+    """A zero state tensor like ``p`` (its layout and local shard) in the state ``dtype``."""
+    return torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
+
+
+class Transform(ABC):
     """One stage-1 transform: the state it keeps, how it turns a gradient into the signal ``D``,
     how ``explain`` names it and which group keys it validates.
 
-    ``init_state`` adds the missing keys of one parameter's state (``zeros()`` makes a zero tensor
-    like the parameter in its state dtype); ``apply`` updates that state in place and returns
-    ``D``; ``apply_group`` runs ``apply`` over a group (a transform that spans the group, such as
-    M-FAC's window, overrides it)."""
+    ``init_state`` adds the missing keys of one parameter's state (``dtype``: the state dtype);
+    ``apply_group`` updates a group's states in place and returns one ``D`` per parameter. Most
+    transforms act on each tensor alone (:class:`ElementwiseTransform`); M-FAC's window spans the
+    group."""
 
     name: str = ""
-    #: the state keys this transform creates (the conformance suite checks every state against them)
+    #: the state keys :meth:`init_state` creates (``step`` a float32 counter, the others like the
+    #: parameter)
     state_keys: tuple[str, ...] = ()
 
-    def init_state(self, group: dict, state: dict, p: Tensor, zeros) -> None:
+    def init_state(self, group: dict, state: dict, p: Tensor, dtype: torch.dtype) -> None:
         for key in self.state_keys:
             if key not in state:
-                state[key] = torch.tensor(0.0, dtype=torch.float32) if key == "step" else zeros()
+                state[key] = torch.tensor(0.0, dtype=torch.float32) if key == "step" else zeros_state(p, dtype)
 
-    def apply(self, group: dict, state: dict, grad: Tensor, compile: bool) -> Tensor:
-        raise NotImplementedError
-
+    @abstractmethod
     def apply_group(self, group: dict, states: list[dict], grads: list[Tensor], compile: bool,
                     whole_sums=None) -> list[Tensor]:
         """Stage 1 over a group: ``states`` are the parameters' state views, ``grads`` their working
         gradients; ``whole_sums(partial)`` sums per-parameter partial sums over shards (``None``
         on one process)."""
+
+    @abstractmethod
+    def describe(self, group: dict) -> str:
+        """The transform of ``group`` in words, for ``explain``."""
+
+    @abstractmethod
+    def validate(self, group: dict) -> None:
+        """Check the group keys the transform reads (exact errors, as ``checks.py``)."""
+
+
+class ElementwiseTransform(Transform):
+    """A transform that acts on each tensor alone: :meth:`apply` for one, and grouped (foreach)
+    kernels for the small tensors of a group where a subclass has them (:meth:`apply_split`)."""
+
+    @abstractmethod
+    def apply(self, group: dict, state: dict, grad: Tensor, compile: bool) -> Tensor:
+        """Update one parameter's ``state`` with its working gradient and return the signal."""
+
+    def apply_group(self, group: dict, states: list[dict], grads: list[Tensor], compile: bool,
+                    whole_sums=None) -> list[Tensor]:
         return [self.apply(group, state, g, compile) for state, g in zip(states, grads)]
 
     def apply_split(self, group: dict, states: list[dict], grads: list[Tensor], compile: bool, foreach) -> list[Tensor]:
@@ -220,22 +245,16 @@ class Transform:
             out[i] = self.apply(group, states[i], grads[i], compile)
         return out
 
-    def describe(self, group: dict) -> str:
-        raise NotImplementedError
 
-    def validate(self, group: dict) -> None:
-        raise NotImplementedError
-
-
-class Momentum(Transform):
+class Momentum(ElementwiseTransform):
     """``momentum`` (:func:`momentum_transform`); no state when ``momentum == 0``."""
 
     name = "momentum"
     state_keys = ("momentum_buffer",)
 
-    def init_state(self, group: dict, state: dict, p: Tensor, zeros) -> None:
+    def init_state(self, group: dict, state: dict, p: Tensor, dtype: torch.dtype) -> None:
         if group["momentum"] > 0 and "momentum_buffer" not in state:
-            state["momentum_buffer"] = zeros()
+            state["momentum_buffer"] = zeros_state(p, dtype)
 
     def apply(self, group: dict, state: dict, grad: Tensor, compile: bool) -> Tensor:
         beta = group["momentum"]
@@ -258,7 +277,7 @@ class Momentum(Transform):
             raise TypeError(f"Invalid type for nesterov: expected bool, got {type(group['nesterov']).__name__}")
 
 
-class Adam(Transform):
+class Adam(ElementwiseTransform):
     """``adam`` (:func:`adam_transform`), the AdamW-style fallback."""
 
     name = "adam"
@@ -271,8 +290,6 @@ class Adam(Transform):
 
     def apply_group(self, group: dict, states: list[dict], grads: list[Tensor], compile: bool,
                     whole_sums=None) -> list[Tensor]:
-        if type(self) is not Adam:  # diffGrad: one tensor at a time
-            return super().apply_group(group, states, grads, compile, whole_sums)
         return self.apply_split(group, states, grads, compile, lambda ss, gs: adam_foreach(
             [s["exp_avg"] for s in ss], [s["exp_avg_rms"] for s in ss], [s["step"] for s in ss], gs,
             *group["betas"], group["eps"]))
@@ -285,7 +302,7 @@ class Adam(Transform):
         check_eps("eps", group["eps"])  # eps = 0 would turn a zero gradient into 0/0
 
 
-class Lion(Transform):
+class Lion(ElementwiseTransform):
     """``lion`` (:func:`lion_transform`), Lion's two betas."""
 
     name = "lion"
@@ -312,6 +329,8 @@ class DiffGrad(Adam):
 
     name = "diffgrad"
     state_keys = ("step", "exp_avg", "exp_avg_rms", "prev_grad")
+    #: one tensor at a time (diffGrad has no grouped kernel)
+    apply_group = ElementwiseTransform.apply_group
 
     def apply(self, group: dict, state: dict, grad: Tensor, compile: bool) -> Tensor:
         beta1, beta2 = group["betas"]

@@ -99,11 +99,11 @@ class Trial(ABC):
     def evaluate(self) -> dict[str, float]:
         """The task's metrics on its fixed evaluation data (the model is left in training mode)."""
 
+    @abstractmethod
     def second_loss(self) -> torch.Tensor:
         """The training loss of a batch from a second stream, independent of :meth:`train_loss`'s
         (for optimizers that estimate gradient noise from a second gradient at the same point,
         such as LANTON with ``noise_source="second"``); drawing it leaves the main stream as it is."""
-        raise NotImplementedError(f"the {type(self).__name__} trial has no second batch stream")
 
 
 class Task(ABC):
