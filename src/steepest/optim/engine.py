@@ -339,7 +339,9 @@ class GeometryOptimizer(Optimizer):
     def _step_sizes(self, group: dict[str, Any], params: list[Tensor], directions: list[Tensor]) -> list[float]:
         """Stage 3, scalar part: one step size per parameter (override for group-level adaptive rules);
         with ``noise_adaptive`` times the layer's noise factor."""
-        steps = [self.effective_lr(group, p) for p in params]
+        base = float(group["lr"]) * group["radius"]  # read once: a Tensor lr is one host read per group
+        shape_scale = self.geometry(group).shape_scale
+        steps = [base * shape_scale(p.shape) for p in params]
         if noise_active(group):
             factors = self.noise_factors(group)
             steps = [s * factors.get(id(p), 1.0) for s, p in zip(steps, params)]

@@ -27,7 +27,7 @@ def torch_muon_arguments(ns: Any, adjust_lr: str, ns_coefficients: Any, eps: Any
     if ns_coefficients is not None:
         if ns != "keller":
             raise ValueError("Pass either ns or ns_coefficients, not both")
-        ns = tuple(ns_coefficients) if isinstance(ns_coefficients, (tuple, list)) else ns_coefficients
+        ns = ns_coefficients  # a list is stored as a tuple with the group (group_keys.plain_keys)
     if adjust_lr_fn is not None:
         if adjust_lr_fn not in ("original", "match_rms_adamw"):
             raise ValueError(f"Adjust learning rate function {adjust_lr_fn} is not supported")
