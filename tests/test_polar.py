@@ -7,6 +7,7 @@ are frozen below to 4 decimals (``FROZEN_RANGES``), and the scalar maps must rep
 """
 from __future__ import annotations
 
+import math
 import re
 
 import pytest
@@ -14,6 +15,8 @@ import torch
 
 from steepest.polar import (NS_DTYPE_NAMES, SCHEDULE_NAMES, SCHEDULES, Schedule, get_schedule, newton_schulz,
                             polar, resolve_ns_dtype, svd_polar)
+from steepest.polar.dtype import auto_ns_dtype, native_bf16_matmul
+from steepest.polar.newton_schulz import choose_form, direct_flops, gram_flops
 
 SCHEDULE_LIST = list(SCHEDULES)
 F64 = torch.float64
@@ -303,7 +306,8 @@ def test_unknown_schedule_message():
 
 def test_resolve_ns_dtype():
     cpu = torch.device("cpu")
-    assert resolve_ns_dtype("auto", cpu) == torch.float32
+    native = native_bf16_matmul()
+    assert resolve_ns_dtype("auto", cpu) == (torch.bfloat16 if native else torch.float32)
     assert resolve_ns_dtype("auto", torch.device("cuda")) == torch.bfloat16  # no CUDA needed
     expected = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": F64}
     for name, dtype in expected.items():
@@ -324,3 +328,120 @@ def test_keller_bfloat16_equals_torch_muon_kernel(shape):
     out = polar(G, ns="keller", dtype=torch.bfloat16, eps=1e-7)
     assert out.dtype == torch.bfloat16
     assert torch.equal(out, expected)
+
+
+# -- ns_dtype="auto" on the CPU: decided by the CPU's bfloat16 matrix instructions -----------------
+@pytest.mark.parametrize("caps, expected, feature", [
+    ({"architecture": "x86_64", "avx2": True, "amx_bf16": False, "avx512_bf16": False}, torch.float32, None),
+    ({"architecture": "x86_64", "avx512_f": True, "avx512_bf16": False}, torch.float32, None),  # AVX-512 alone is not enough
+    ({"architecture": "x86_64", "avx512_f": True, "avx512_bf16": True}, torch.bfloat16, "avx512_bf16"),
+    ({"architecture": "x86_64", "amx_bf16": True, "amx_tile": True, "avx512_bf16": True}, torch.bfloat16, "amx_bf16"),
+    ({}, torch.float32, None),  # a build that cannot tell: the safe choice
+])
+def test_auto_ns_dtype_follows_cpu_capabilities(caps, expected, feature):
+    assert native_bf16_matmul(caps) == feature
+    dtype, reason = auto_ns_dtype("cpu", caps)
+    assert dtype == expected
+    assert resolve_ns_dtype("auto", torch.device("cpu"), caps) == expected
+    if feature:
+        assert reason == f"bfloat16: the CPU has {feature} (native bfloat16 matmul)"
+    else:
+        assert reason == ("float32: the CPU has neither amx_bf16 nor avx512_bf16 "
+                          "(bfloat16 matmul would take a slow reference path)")
+
+
+def test_auto_ns_dtype_other_devices():
+    assert auto_ns_dtype("cuda") == (torch.bfloat16, "bfloat16 on CUDA (tensor-core matmul)")
+    assert auto_ns_dtype("mps") == (torch.float32, "float32 on mps (no bfloat16 policy for this device)")
+    # the detection reads torch's own report of this CPU
+    assert native_bf16_matmul() == native_bf16_matmul(torch.cpu.get_capabilities())
+
+
+# -- the Gram form (fewer FLOPs on rectangular matrices, the same polynomial) ------------------------
+def _spectrum_input(m: int, n: int, rank: int, seed: int) -> torch.Tensor:
+    """A float64 m x n matrix of exact rank ``rank`` with singular values log-spaced over [1e-2, 1]."""
+    gen = torch.Generator().manual_seed(seed)
+    U = torch.linalg.qr(torch.randn(m, rank, generator=gen, dtype=F64))[0]
+    V = torch.linalg.qr(torch.randn(n, rank, generator=gen, dtype=F64))[0]
+    return U @ torch.diag(torch.logspace(0, -2, rank, dtype=F64)) @ V.T
+
+
+GRAM_CASES = [  # (m, n, rank): wide, tall, square, rank-deficient wide and tall
+    (64, 256, 64), (320, 80, 80), (96, 96, 96), (96, 384, 40), (300, 64, 17)]
+
+
+@pytest.mark.parametrize("schedule", SCHEDULE_LIST)
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("m,n,rank", GRAM_CASES)
+def test_gram_form_stays_in_band_against_svd(schedule, dtype, m, n, rank):
+    """On the input's rank the Gram form's singular values lie in the schedule's band (float64 SVD),
+    its zero singular values stay near zero, and it agrees with the direct form to rounding."""
+    G = _spectrum_input(m, n, rank, seed=m + n + rank)
+    sched = SCHEDULES[schedule]
+    gram = polar(G.to(dtype), ns=schedule, dtype=dtype, form="gram")
+    direct = polar(G.to(dtype), ns=schedule, dtype=dtype, form="direct")
+    U, S, Vh = torch.linalg.svd(G, full_matrices=False)
+    images = torch.diagonal(U[:, :rank].T @ gram.double() @ Vh[:rank].T)
+    images = images[S[:rank] >= 1e-2 * torch.linalg.vector_norm(S)]  # the band's documented domain
+    assert images.numel() >= rank // 3
+    lo, hi = sched.band
+    tol = 1e-4 if dtype == torch.float32 else 1e-9
+    assert float(images.min()) >= lo - tol and float(images.max()) <= hi + tol, images
+    sv = torch.linalg.svdvals(gram.double())
+    growth = math.prod(abs(a) for a, _, _ in sched.coefficients_for(sched.default_steps))
+    if rank < len(sv):
+        assert float(sv[rank:].max()) <= 8 * torch.finfo(dtype).eps * growth
+    # Rounding: the direct form corrects its own at every step, the Gram form carries Q's into the
+    # result (growing with prod(a)): measured 10-50x the direct form's float32 error, at most 7.5e-4
+    # per entry on these inputs, still 10-500x below a bfloat16 direct iteration's (0.006-0.36).
+    reference = polar(G, ns=schedule, dtype=F64, form="direct")
+    err_gram = float((gram.double() - reference).abs().max())
+    err_direct = float((direct.double() - reference).abs().max())
+    if dtype == torch.float32:
+        assert err_gram <= 1e-3 and err_gram <= 64 * err_direct + 1e-6, (err_gram, err_direct)
+    else:
+        assert err_gram <= 1e-11, err_gram
+
+
+def test_choose_form_rule():
+    f32, bf16 = torch.float32, torch.bfloat16
+    assert choose_form("auto", (96, 384), 5, f32) == "gram"          # 0.55x the direct FLOPs
+    assert choose_form("auto", (384, 96), 5, f32) == "gram"          # either orientation
+    assert choose_form("auto", (7, 96, 384), 5, F64) == "gram"       # a stack: the matrices' shape
+    assert choose_form("auto", (96, 96), 5, f32) == "direct"         # square: more FLOPs
+    assert choose_form("auto", (96, 192), 5, f32) == "direct"        # 0.84x: not enough
+    assert choose_form("auto", (32, 128), 5, f32) == "direct"        # short side below 64
+    assert choose_form("auto", (96, 384), 5, bf16) == "direct"       # bfloat16 leaves the band
+    assert choose_form("auto", (96, 384), 1, f32) == "direct"        # one step: no saving
+    assert choose_form("gram", (8, 8), 5, bf16) == "gram"            # an explicit form is kept
+    assert choose_form("direct", (96, 384), 5, f32) == "direct"
+    assert gram_flops(96, 384, 5) == 4 * 96 * 96 * 384 + 2 * 96 ** 3 * 17
+    assert direct_flops(384, 96, 5) == 5 * (4 * 96 * 96 * 384 + 2 * 96 ** 3)
+    with pytest.raises(ValueError, match=exact("Unknown ns_form 'fast'; expected one of: auto, direct, gram")):
+        choose_form("fast", (4, 4), 5, f32)
+
+
+def test_auto_form_is_direct_in_bfloat16_bit_for_bit():
+    G = torch.randn(96, 384, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(polar(G, dtype=torch.bfloat16), polar(G, dtype=torch.bfloat16, form="direct"))
+    assert torch.equal(polar(G, dtype=torch.float32), polar(G, dtype=torch.float32, form="gram"))
+
+
+def test_ns_form_group_key_reaches_the_geometry():
+    from steepest.geometry import make_geometry
+    geom = make_geometry({"geometry": "spectral", "ns_form": "direct"})
+    assert geom.ns_form == "direct"
+    assert make_geometry({"geometry": "spectral"}).ns_form == "auto"
+    with pytest.raises(ValueError, match=exact("Unknown ns_form 'x'; expected one of: auto, direct, gram")):
+        make_geometry({"geometry": "spectral", "ns_form": "x"})
+    W = torch.nn.Parameter(torch.randn(96, 384))
+    W.grad = torch.randn(96, 384)
+    import steepest
+    steps = {}
+    for form in ("direct", "gram"):
+        w = torch.nn.Parameter(W.detach().clone())
+        w.grad = W.grad.clone()
+        steepest.Muon([{"params": [w], "ns_form": form}], lr=0.1).step()
+        steps[form] = w.detach() - W.detach()
+    assert not torch.equal(steps["direct"], steps["gram"])  # two computations ...
+    assert torch.allclose(steps["direct"], steps["gram"], atol=1e-6)  # ... of the same step

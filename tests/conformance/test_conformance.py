@@ -624,6 +624,8 @@ GENERIC_ERRORS = [
     ErrorCase("ns_dtype", {"ns_dtype": "nope"}, ValueError,
               "Unknown ns_dtype 'nope'; expected one of: auto, float32, bfloat16, float16, float64",
               group={"geometry": "spectral"}),
+    ErrorCase("ns_form", {"ns_form": "fast"}, ValueError,
+              "Unknown ns_form 'fast'; expected one of: auto, direct, gram", group={"geometry": "spectral"}),
     ErrorCase("shape_scale", {}, ValueError,
               "Unknown shape_scale 'nope' for geometry 'spectral'; expected one of: "
               "original, match_rms_adamw, rms_to_rms, none",

@@ -14,7 +14,7 @@ from steepest.geometry import GEOMETRIES, GEOMETRY_NAMES, LAYOUTS
 from steepest.optim import PRESETS
 from steepest.optim.noise import NOISE_RULES, NOISE_SOURCES
 from steepest.optim.validation import CONSTRAINT_UNITS, MIN_EPS, TRANSFORMS
-from steepest.polar import NS_DTYPE_NAMES, SCHEDULE_NAMES
+from steepest.polar import NS_DTYPE_NAMES, NS_FORMS, SCHEDULE_NAMES
 from steepest.roles import ROLES
 
 from conformance.presets import knobs_for
@@ -170,6 +170,8 @@ INVALID: dict[str, Invalid] = {
         lambda s: f"Invalid type for ns_steps: expected an int or None, got {_type_name(s)}", group=_SPECTRAL),
     "ns_dtype_unknown": Invalid(_one("ns_dtype", _unknown(NS_DTYPE_NAMES)), ValueError,
                                 _choice_message("ns_dtype", NS_DTYPE_NAMES), group=_SPECTRAL),
+    "ns_form_unknown": Invalid(_one("ns_form", _unknown(NS_FORMS)), ValueError,
+                               _choice_message("ns_form", NS_FORMS), group=_SPECTRAL),
     "ns_eps_invalid": Invalid(_one("ns_eps", _nonpositive), ValueError,
                               lambda s: f"Invalid ns_eps value: {_value(s)}; expected a positive number",
                               group=_SPECTRAL),

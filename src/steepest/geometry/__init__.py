@@ -43,7 +43,7 @@ def make_geometry(group: Mapping[str, Any]) -> Geometry:
     """Build the geometry a parameter group describes with its flat keys.
 
     Keys read: ``geometry`` (name), ``shape_scale`` (mode or ``None`` for the geometry's default),
-    for ``spectral`` also ``ns``, ``ns_steps``, ``ns_dtype``, ``ns_eps``, and ``layout``
+    for ``spectral`` also ``ns``, ``ns_steps``, ``ns_dtype``, ``ns_eps``, ``ns_form``, and ``layout``
     (``"in_out"``: weights stored ``(in, out)`` get :class:`Transposed`).
     """
     layout = group.get("layout", "out_in")
@@ -63,5 +63,6 @@ def _make(group: Mapping[str, Any]) -> Geometry:
             ns_dtype=group.get("ns_dtype", "auto"),
             eps=group.get("ns_eps", 1e-7),
             shape_scale=shape_scale,
+            ns_form=group.get("ns_form", "auto"),
         )
     return cls(shape_scale=shape_scale)

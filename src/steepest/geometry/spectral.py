@@ -28,7 +28,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ..polar import get_schedule, polar, resolve_ns_dtype
+from ..polar import NS_FORMS, get_schedule, polar, resolve_ns_dtype
 from .base import Geometry, as_matrix, shape_fans
 
 
@@ -38,9 +38,12 @@ class Spectral(Geometry):
     Args:
         ns: schedule name or ``"svd"``.
         ns_steps: iterations (``None``: the schedule's default).
-        ns_dtype: ``"auto"`` (float32 on CPU, bfloat16 on CUDA) or a dtype name.
+        ns_dtype: ``"auto"`` (:func:`steepest.polar.dtype.auto_ns_dtype`: bfloat16 on CUDA and on CPUs
+            with native bfloat16 matmul, float32 elsewhere) or a dtype name.
         eps: normalization guard of Newton-Schulz (zero input -> zero output).
         shape_scale: one of ``original``, ``match_rms_adamw``, ``rms_to_rms``, ``none``.
+        ns_form: ``"auto"``, ``"direct"`` or ``"gram"``: Newton-Schulz on the matrix or on its short
+            side's Gram matrix (:func:`steepest.polar.choose_form`).
     """
 
     name = "spectral"
@@ -48,8 +51,11 @@ class Spectral(Geometry):
     min_ndim = 2
 
     def __init__(self, ns: str = "keller", ns_steps: int | None = None, ns_dtype: str = "auto",
-                 eps: float = 1e-7, shape_scale: str | None = None):
+                 eps: float = 1e-7, shape_scale: str | None = None, ns_form: str = "auto"):
         super().__init__(shape_scale)
+        if ns_form not in NS_FORMS:
+            raise ValueError(f"Unknown ns_form {ns_form!r}; expected one of: {', '.join(NS_FORMS)}")
+        self.ns_form = ns_form
         self.ns = ns
         self.ns_steps = ns_steps
         self.ns_dtype = ns_dtype
@@ -65,7 +71,8 @@ class Spectral(Geometry):
 
     def lmo(self, x: Tensor, compile: bool = False) -> Tensor:
         m = as_matrix(x)
-        return polar(m, self.ns, self.ns_steps, self._dtype(x), self.eps, compile=compile).reshape(x.shape)
+        return polar(m, self.ns, self.ns_steps, self._dtype(x), self.eps, compile=compile,
+                     form=self.ns_form).reshape(x.shape)
 
     def lmo_many(self, xs: list[Tensor], compiles: Callable[[Tensor], bool] | None = None) -> list[Tensor]:
         """Polar factors of every tensor, one batched call per (shape, dtype, device) bucket, with
@@ -81,7 +88,8 @@ class Spectral(Geometry):
                 out[idx[0]] = self.lmo(first, compile=compile)
                 continue
             stack = torch.stack([as_matrix(xs[i]) for i in idx])
-            result = polar(stack, self.ns, self.ns_steps, self._dtype(first), self.eps, compile=compile)
+            result = polar(stack, self.ns, self.ns_steps, self._dtype(first), self.eps, compile=compile,
+                           form=self.ns_form)
             for k, i in enumerate(idx):
                 out[i] = result[k].reshape(first.shape)
         return out  # type: ignore[return-value]

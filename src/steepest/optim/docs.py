@@ -10,7 +10,8 @@ NS_DOC = """ns: Newton-Schulz schedule (``keller``, ``you``, ``quintic``, ``pola
             ``polar_express_8``), ``svd`` for the exact polar factor, or a tuple ``(a, b, c)``
             applied at every step (as ``torch.optim.Muon``'s ``ns_coefficients``).
         ns_steps: Newton-Schulz iterations; ``None`` uses the schedule's default (5 for a tuple).
-        ns_dtype: iteration dtype: ``auto`` (float32 on CPU, bfloat16 on CUDA), ``float32``,
+        ns_dtype: iteration dtype: ``auto`` (bfloat16 on CUDA and on CPUs with AMX-BF16 or AVX512-BF16, float32 elsewhere:
+            :func:`steepest.polar.dtype.auto_ns_dtype`), ``float32``,
             ``bfloat16``, ``float16`` or ``float64``, by name or as a ``torch.dtype`` (stored as
             its name)."""
 

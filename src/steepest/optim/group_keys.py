@@ -5,7 +5,8 @@ Group keys: ``lr``, ``weight_decay``, ``radius``, ``transform`` (``momentum`` | 
 ``momentum``, ``nesterov``, ``betas``, ``eps``, ``geometry`` (``spectral`` | ``sign`` | ``colnorm``
 | ``rownorm`` | ``rms`` | ``frobenius`` | ``identity``), ``shape_scale`` (a mode of the geometry,
 ``None`` for its default; a group that names its ``geometry`` without a ``shape_scale`` gets the
-geometry's default), ``ns``, ``ns_steps``, ``ns_dtype``, ``ns_eps``, ``layout`` (``out_in``, as
+geometry's default), ``ns``, ``ns_steps``, ``ns_dtype``, ``ns_eps``, ``ns_form`` (``auto`` | ``direct`` |
+``gram``: Newton-Schulz on the matrix or on its short side's Gram matrix, ``steepest.polar``), ``layout`` (``out_in``, as
 ``nn.Linear`` stores weights, or ``in_out`` for weights stored transposed, such as GPT-2's ``Conv1D``:
 the geometry then acts on ``W^T``, ``steepest.geometry.transposed``), ``maximize``, ``role`` (informational:
 ``hidden``, ``conv``, ``embedding``, ``head``, ``vector`` or ``""``), and the noise-adaptive
@@ -45,6 +46,7 @@ ENGINE_DEFAULTS: dict[str, Any] = {
     "ns_steps": None,
     "ns_dtype": "auto",
     "ns_eps": 1e-7,
+    "ns_form": "auto",
     "layout": "out_in",
     "maximize": False,
     "role": "",
@@ -61,7 +63,7 @@ ENGINE_DEFAULTS: dict[str, Any] = {
     "constraint_units": "spectral",
 }
 
-GEOMETRY_KEYS = ("geometry", "shape_scale", "ns", "ns_steps", "ns_dtype", "ns_eps", "layout")
+GEOMETRY_KEYS = ("geometry", "shape_scale", "ns", "ns_steps", "ns_dtype", "ns_eps", "ns_form", "layout")
 
 
 def default_role(p: Tensor) -> str:

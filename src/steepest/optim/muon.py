@@ -62,7 +62,8 @@ class Muon(GeometryOptimizer):
     Defaults: ``lr=0.02``, ``momentum=0.95``, Nesterov, 5 Keller steps, ``weight_decay=0`` (Keller
     Jordan's reference); AdamW side ``lr=3e-4``, ``betas=(0.9, 0.95)``, ``eps=1e-10``,
     ``weight_decay=0`` (his ``MuonWithAuxAdam``). Differences from ``torch.optim.Muon``: Newton-Schulz
-    runs in float32 on CPU (bfloat16 matmul is 60-600x slower on CPUs without AVX512-BF16), conv
+    runs in float32 on CPUs without native bfloat16 matmul (there it is 60-600x slower than
+    float32) and in bfloat16 on CPUs with AMX-BF16 or AVX512-BF16 and on CUDA, conv
     and other >= 3-D tensors are accepted, same-shape matrices are orthogonalized in one batched
     call, and lr defaults to 0.02 rather than 1e-3.
 

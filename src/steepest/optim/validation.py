@@ -13,7 +13,7 @@ from typing import Any, Mapping
 from ..constraints.registry import CONSTRAINT_NAMES
 from ..distributed import is_dtensor
 from ..geometry import GEOMETRY_NAMES, LAYOUTS, geometry_class
-from ..polar import NS_DTYPE_NAMES, SCHEDULE_NAMES
+from ..polar import NS_DTYPE_NAMES, NS_FORMS, SCHEDULE_NAMES
 from ..roles import ROLES
 from .checks import MIN_EPS, _number, check_choice, check_lr, check_ns, check_nonnegative, check_ns_steps, check_positive  # noqa: F401 (MIN_EPS: public)
 from .noise import NOISE_RULES, NOISE_SOURCES
@@ -70,6 +70,7 @@ def check_group(group: Mapping[str, Any], transform_of=lambda group: TRANSFORM_T
         check_ns_steps(group["ns_steps"])
         check_choice("ns_dtype", group["ns_dtype"], NS_DTYPE_NAMES)
         check_positive("ns_eps", group["ns_eps"])
+        check_choice("ns_form", group["ns_form"], NS_FORMS)
     cls = geometry_class(group["geometry"])
     if group["shape_scale"] is not None and group["shape_scale"] not in cls.shape_scales:
         raise ValueError(f"Unknown shape_scale {group['shape_scale']!r} for geometry {group['geometry']!r}; "

@@ -8,8 +8,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .dtype import NS_DTYPE_NAMES, resolve_ns_dtype
-from .newton_schulz import newton_schulz, newton_schulz_wide
+from .dtype import NS_DTYPE_NAMES, auto_ns_dtype, resolve_ns_dtype
+from .newton_schulz import NS_FORMS, choose_form, newton_schulz, newton_schulz_gram, newton_schulz_wide
 from .schedules import SCHEDULE_NAMES, SCHEDULES, Schedule, get_schedule
 from .svd import svd_polar
 
@@ -17,9 +17,13 @@ __all__ = [
     "polar",
     "newton_schulz",
     "newton_schulz_wide",
+    "newton_schulz_gram",
+    "choose_form",
+    "NS_FORMS",
     "svd_polar",
     "get_schedule",
     "resolve_ns_dtype",
+    "auto_ns_dtype",
     "Schedule",
     "SCHEDULES",
     "SCHEDULE_NAMES",
@@ -28,7 +32,7 @@ __all__ = [
 
 
 def polar(G: Tensor, ns: str | tuple[float, float, float] = "keller", steps: int | None = None, dtype: torch.dtype | None = None,
-          eps: float = 1e-7, *, compile: bool = False) -> Tensor:
+          eps: float = 1e-7, *, compile: bool = False, form: str = "auto") -> Tensor:
     """The polar factor of ``G`` (2-D, or 3-D for a batch of same-shape matrices).
 
     Args:
@@ -37,10 +41,13 @@ def polar(G: Tensor, ns: str | tuple[float, float, float] = "keller", steps: int
             ``polar_express_8``), ``svd`` for the exact factor, or a tuple ``(a, b, c)`` applied
             at every step (``torch.optim.Muon``'s ``ns_coefficients``; 5 steps by default).
         steps: iterations; ``None`` uses the schedule's default. Ignored by ``svd``.
-        dtype: iteration dtype; ``None`` follows the device (float32 on CPU, bfloat16 on CUDA).
+        dtype: iteration dtype; ``None`` is ``ns_dtype="auto"``'s choice for the device (:func:`auto_ns_dtype`).
         eps: normalization guard for Newton-Schulz.
         compile: run Newton-Schulz compiled (``torch.compile``, see :mod:`steepest.compiled`);
             ignored by ``svd``.
+        form: Newton-Schulz on ``X`` (``"direct"``) or on the short side's Gram matrix (``"gram"``,
+            fewer FLOPs for rectangular matrices); ``"auto"`` picks (:func:`choose_form`). Ignored
+            by ``svd``.
 
     Returns:
         The (approximate) polar factor, in the iteration dtype.
@@ -51,4 +58,4 @@ def polar(G: Tensor, ns: str | tuple[float, float, float] = "keller", steps: int
         return svd_polar(G, dtype)
     schedule = get_schedule(ns)
     return newton_schulz(G, schedule, schedule.default_steps if steps is None else steps, dtype, eps,
-                         compile=compile)
+                         compile=compile, form=form)
