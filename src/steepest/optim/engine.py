@@ -291,6 +291,12 @@ class GeometryOptimizer(Optimizer):
             if noise_active(group):
                 self._noise.check_second_grads(gi, group, params)
         for _, group, params, grads in work:
+            for p in params:
+                self._ensure_state(group, p)  # settings may have changed since the group was added
+            if noise_active(group):
+                self._noise.measure(group, params, grads)                       # stage 3's inputs
+        self._noise.prefetch([group for _, group, _, _ in work if noise_active(group)])
+        for _, group, params, grads in work:
             self._update_group(group, params, grads)
 
     def _param_name(self, gi: int, pi: int) -> str:
@@ -300,10 +306,7 @@ class GeometryOptimizer(Optimizer):
         return f"param {pi} of group {gi} (shape {tuple(self.param_groups[gi]['params'][pi].shape)})"
 
     def _update_group(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
-        for p in params:
-            self._ensure_state(group, p)  # settings may have changed since the group was added
-        if noise_active(group):
-            self._noise.measure(group, params, grads)                           # stage 3's inputs
+        """Stages 1-4 for one group (its state exists and its noise is measured: :meth:`_step_groups`)."""
         signals = self._transforms(group, params, grads)                        # stage 1
         directions = self._lmo(group, params, signals)                          # stage 2
         directions = self._scale_entries(group, params, directions)             # stage 3

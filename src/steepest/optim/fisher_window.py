@@ -129,9 +129,10 @@ def solve_window_system(gram: Tensor, rhs: Tensor, damp: float) -> Tensor:
     eye = torch.eye(m, dtype=torch.float64, device=gram.device)
     b = rhs.double().reshape(m, 1).to(k.device)
     factor, info = torch.linalg.cholesky_ex(k + eye * (m * float(damp)))
-    if int(info) != 0:
-        floor = 4.0 * m * torch.finfo(torch.float32).eps * float(k.abs().max())
-        factor, info = torch.linalg.cholesky_ex(k + eye * max(m * float(damp), floor))
+    if int(info) == 0:  # the usual case: one host read
+        return torch.cholesky_solve(b, factor).reshape(m)
+    floor = 4.0 * m * torch.finfo(torch.float32).eps * float(k.abs().max())
+    factor, info = torch.linalg.cholesky_ex(k + eye * max(m * float(damp), floor))
     if int(info) != 0:  # a non-finite Gram: let the solve raise or propagate it
         return torch.linalg.solve(k + eye * (m * float(damp)), b).reshape(m)
     return torch.cholesky_solve(b, factor).reshape(m)

@@ -1,13 +1,15 @@
 """LANTON's noise-adaptive layerwise rates as a component of the engine (the math is in ``noise.py``).
 
 A group switches it on with ``noise_adaptive=True`` (any geometry but ``identity``). The engine
-calls four hooks and nothing else:
+calls five hooks and nothing else:
 
 - :meth:`NoiseRates.ensure_state`: the state it keeps per parameter (``noise_sq``, ``noise_count``,
   ``noise_step``, and ``noise_prev_grad`` / ``noise_prev_valid`` for ``noise_source="previous"``);
 - :meth:`NoiseRates.check_second_grads` before anything is modified;
 - :meth:`NoiseRates.measure` before stage 1: advance each layer's step count and, at its measuring
   steps (``noise_every``), update its EMA of ``||G - G~||_*^2``;
+- :meth:`NoiseRates.prefetch` once per step, after every group's measurement: the factors of
+  every group whose estimates changed, from one device-to-host read for the whole optimizer;
 - :meth:`NoiseRates.factors` in stage 3: ``{id(param): lr factor}``, cached between measurements.
 
 ``second_grads`` (the second mini-batch gradients of ``noise_source="second"``) are held only for
@@ -178,35 +180,67 @@ class NoiseRates:
         """Bias-corrected ``H`` of each parameter (``None`` before its first estimate), read with
         one device-to-host transfer (the counts live on the CPU)."""
         counts = self.counts(params, "noise_count")
-        measured = [p for p, c in zip(params, counts) if c > 0]
-        if not measured:
-            return [None] * len(params)
-        values = dict(zip(map(id, measured), torch.stack([self.opt.state[p]["noise_sq"] for p in measured]).tolist()))
+        return self._corrected(group, params, counts, self._read_noise(
+            [p for p, c in zip(params, counts) if c > 0]))
+
+    def _read_noise(self, params: list[Tensor]) -> dict[int, float]:
+        """``{id(p): noise_sq}`` of ``params``, one device-to-host transfer per device."""
+        by_device: dict[torch.device, list[Tensor]] = {}
+        for p in params:
+            by_device.setdefault(self.opt.state[p]["noise_sq"].device, []).append(p)
+        values: dict[int, float] = {}
+        for ps in by_device.values():
+            values.update(zip(map(id, ps), torch.stack([self.opt.state[p]["noise_sq"] for p in ps]).tolist()))
+        return values
+
+    def _corrected(self, group: dict[str, Any], params: list[Tensor], counts: list[float],
+                   values: dict[int, float]) -> list[float | None]:
         beta = measurement_beta(group["noise_beta"], group["noise_every"])
         out: list[float | None] = []
         for p, count in zip(params, counts):
-            h = values.get(id(p))
+            h = values.get(id(p)) if count > 0 else None
             if h is not None and beta > 0:
                 h /= 1 - beta ** count
             out.append(h)
         return out
 
-    def factors(self, group: dict[str, Any]) -> dict[int, float]:
-        """``{id(param): lr factor}``; see :meth:`GeometryOptimizer.noise_factors`."""
+    def _cached(self, group: dict[str, Any]) -> dict[int, float] | None:
         settings = (tuple(map(id, group["params"])), group["noise_rule"], group["noise_alpha"],
                     group["noise_eps"], group["noise_beta"])
         cached = self.factor_cache.get(id(group))
-        if cached is not None and cached[0] == settings:
-            return cached[1]
-        params = [p for p, done in zip(group["params"], self.counts(group["params"], "noise_step")) if done > 0]
-        noise_sq = self.noise_sq(group, params)
-        if not params or None in noise_sq:
-            factors = {id(p): 1.0 for p in params}
-        else:
-            stds = noise_stds(noise_sq, group["noise_eps"])  # type: ignore[arg-type]
-            factors = {id(p): f for p, f in zip(params, self.opt.layer_rule(group, stds))}
-        self.factor_cache[id(group)] = (settings, factors)
-        return factors
+        return cached[1] if cached is not None and cached[0] == settings else None
+
+    def prefetch(self, groups: list[dict[str, Any]]) -> None:
+        """Compute the factors of every group of ``groups`` whose cache is stale (a measurement, a
+        joining layer or changed settings), reading all their noise EMAs from the device in one
+        transfer: the engine calls it once per step, after every group's :meth:`measure`, so a
+        measuring step adds one host read for the whole optimizer, not one per group."""
+        pending = []
+        for group in groups:
+            if self._cached(group) is None:
+                params = [p for p, done in zip(group["params"], self.counts(group["params"], "noise_step")) if done > 0]
+                pending.append((group, params, self.counts(params, "noise_count")))
+        if not pending:
+            return
+        values = self._read_noise([p for _, params, counts in pending for p, c in zip(params, counts) if c > 0])
+        for group, params, counts in pending:
+            noise_sq = self._corrected(group, params, counts, values)
+            if not params or None in noise_sq:
+                factors = {id(p): 1.0 for p in params}
+            else:
+                stds = noise_stds(noise_sq, group["noise_eps"])  # type: ignore[arg-type]
+                factors = {id(p): f for p, f in zip(params, self.opt.layer_rule(group, stds))}
+            settings = (tuple(map(id, group["params"])), group["noise_rule"], group["noise_alpha"],
+                        group["noise_eps"], group["noise_beta"])
+            self.factor_cache[id(group)] = (settings, factors)
+
+    def factors(self, group: dict[str, Any]) -> dict[int, float]:
+        """``{id(param): lr factor}``; see :meth:`GeometryOptimizer.noise_factors`."""
+        cached = self._cached(group)
+        if cached is None:
+            self.prefetch([group])
+            cached = self._cached(group)
+        return cached  # type: ignore[return-value]
 
     def layer_stats(self) -> list[dict[str, Any]]:
         rows = []

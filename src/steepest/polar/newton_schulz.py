@@ -156,12 +156,17 @@ def _prescaled(G: Tensor, dtype: torch.dtype, eps: float, input_scale: float) ->
     also does the cast (the product is exact, so rounding it once to ``dtype`` is the same as
     casting first; on an H100 it costs what the cast alone costs, a product and then a cast more than
     twice that: docs/benchmarks.md, "Measurements behind the defaults")."""
-    if G.device.type == "cpu" and dtype != torch.float16 and G.numel():
-        peaks = max_abs(G, dim=None if G.ndim == 2 else (-2, -1)).reshape(-1).tolist()  # per matrix
-        low, high = min(peaks), max(peaks)
-        if _SKIP_RANGE[0] <= low and high <= _SKIP_RANGE[1] and low * input_scale >= eps:
-            return G.to(dtype)
+    if G.device.type == "cpu" and dtype != torch.float16 and G.numel() and _prescale_is_exact_noop(G, eps, input_scale):
+        return G.to(dtype)
     return torch.mul(G, power_of_two_scale(G, dims=(-2, -1)), out=torch.empty(G.shape, dtype=dtype, device=G.device))
+
+
+def _prescale_is_exact_noop(G: Tensor, eps: float, input_scale: float) -> bool:
+    """Whether every matrix of ``G`` has its largest magnitude in :data:`_SKIP_RANGE` with
+    ``a * input_scale >= eps`` (CPU only: the one host read is no device synchronization)."""
+    peaks = max_abs(G, dim=None if G.ndim == 2 else (-2, -1)).reshape(-1).tolist()  # per matrix
+    low, high = min(peaks), max(peaks)
+    return _SKIP_RANGE[0] <= low and high <= _SKIP_RANGE[1] and low * input_scale >= eps
 
 
 def newton_schulz_wide(X: Tensor, coefficients: tuple[Coefficients, ...], input_scale: float, eps: float) -> Tensor:
