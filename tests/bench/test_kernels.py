@@ -15,8 +15,9 @@ import pytest
 import torch
 from torch import nn
 
-from steepest.bench import kernel_backends, kernel_report, kernel_shapes, kernels
+from steepest.bench import environment, kernel_backends, kernel_measure, kernel_report, kernel_shapes, kernels
 from steepest.bench.kernels import BACKEND_NAMES, KernelConfig, run_kernels
+from steepest.polar import dtype as ns_dtype
 
 GPT_SHAPES = {(384, 128), (128, 128), (512, 128), (128, 512)}
 
@@ -35,6 +36,10 @@ def results() -> dict:
 
 def by_key(results: dict) -> dict[tuple[str, str], dict]:
     return {(e["shape"], e["backend"]): e for e in results["measurements"]}
+
+
+#: the roofline table of each matmul dtype
+PRODUCTS_KEY = {"float32": "shape_products", "bfloat16": "shape_products_bf16"}
 
 
 def test_config_presets_and_validation():
@@ -80,7 +85,9 @@ def test_every_backend_and_shape_measured(results):
 
 def test_gflops_follow_the_flop_formula(results):
     steps = {b["name"]: b["steps"] for b in results["backends"]}
+    dtypes = {b["name"]: b["dtype"] for b in results["backends"]}
     assert steps["keller"] == 5 and steps["polar_express_8"] == 8 and steps["hybrid_auon"] == 1
+    assert steps["keller_bf16"] == steps["auto"] == 5 and steps["polar_express_bf16"] == steps["polar_express"]
     peak = results["roofline"]["peak_gflops"]
     for e in results["measurements"]:
         if e["status"] != "ok":
@@ -92,8 +99,11 @@ def test_gflops_follow_the_flop_formula(results):
         assert e["gflop"] == pytest.approx(flops / 1e9)
         assert e["gflops"] == pytest.approx(flops / (e["ms"] / 1e3) / 1e9, rel=1e-9)
         assert e["pct_peak"] == pytest.approx(100 * e["gflops"] / peak)
-        same = results["roofline"]["shape_products"][e["shape"]]["gflops"]
-        assert e["pct_matmul"] == pytest.approx(100 * e["gflops"] / same)
+        # % of same-size matmul: against the products in the backend's own dtype
+        assert e["dtype"] == dtypes[e["backend"]]
+        same = results["roofline"][PRODUCTS_KEY[e["dtype"]]][e["shape"]]
+        assert same["dtype"] == e["dtype"] and same["status"] == "ok"
+        assert e["pct_matmul"] == pytest.approx(100 * e["gflops"] / same["gflops"])
     table = by_key(results)
     for label in ("8x32", "16x16", "32x32"):
         torch_ms = table[(label, "torch_muon")].get("ms")
@@ -107,16 +117,131 @@ def test_roofline_present(results):
     assert [p["n"] for p in roof["square"]] == [16, 32]
     for p in roof["square"]:
         assert p["gflops"] == pytest.approx(2 * p["n"] ** 3 / (p["ms"] / 1e3) / 1e9)
-        assert p["bf16"] is None or p["bf16"]["gflops"] > 0
-    assert set(roof["shape_products"]) == {"8x32", "16x16", "32x32"}
-    products = roof["shape_products"]["8x32"]["products"]
-    assert [p["shape"] for p in products] == ["8x32 @ 32x8", "8x8 @ 8x8", "8x8 @ 8x32"]
-    every = [p["gflops"] for p in roof["square"]]
-    every += [p["gflops"] for entry in roof["shape_products"].values() for p in entry["products"]]
-    assert roof["peak_gflops"] == pytest.approx(max(every)) and roof["peak_at"]
+        # the bfloat16 square point is the shape's bfloat16 A A product
+        assert p["bf16"] == {k: roof["shape_products_bf16"][f"{p['n']}x{p['n']}"]["products"][1][k]
+                             for k in ("ms", "min_ms", "gflops", "repeats", "over_budget")}
+    # every shape has its Newton-Schulz products timed in both dtypes (tiny shapes: within budget)
+    best = {}
+    for dtype, key in PRODUCTS_KEY.items():
+        table = roof[key]
+        assert set(table) == {"8x32", "16x16", "32x32"}
+        for label, entry in table.items():
+            assert entry["dtype"] == dtype and entry["status"] == "ok" and entry["gflops"] > 0
+            assert entry["flops"] == kernels.ns_flops(*map(int, label.split("x")), 1)
+        products = table["8x32"]["products"]
+        assert [p["shape"] for p in products] == ["8x32 @ 32x8", "8x8 @ 8x8", "8x8 @ 8x32"]
+        best[dtype] = max(p["gflops"] for entry in table.values() for p in entry["products"])
+        assert roof["peak_by_dtype"][dtype]["gflops"] == pytest.approx(best[dtype])
+    # the peak is the fastest dtype's, and says which dtype that is
+    assert roof["peak_gflops"] == pytest.approx(max(best.values())) and roof["peak_at"]
+    assert roof["peak_dtype"] == max(best, key=best.get)
+    assert roof["peak_at"] == roof["peak_by_dtype"][roof["peak_dtype"]]["at"]
     env = results["environment"]
     assert env["threads"] == torch.get_num_threads() and env["torch"] == torch.__version__
     assert "mkldnn_bf16_supported" in env
+
+
+def test_backends_in_both_dtypes(results):
+    dtype, reason = ns_dtype.auto_ns_dtype("cpu")
+    auto_name = str(dtype).removeprefix("torch.")
+    described = {b["name"]: b for b in results["backends"]}
+    for name in kernels.NS_SCHEDULES:
+        assert described[name]["dtype"] == "float32"  # the names earlier runs used keep their meaning
+    assert set(kernels.BF16_BACKENDS) >= {"keller_bf16", "polar_express_bf16"}
+    for name in kernels.BF16_BACKENDS:
+        assert described[name]["dtype"] == "bfloat16" and "bfloat16" in described[name]["label"]
+    assert described["torch_muon"]["dtype"] == "bfloat16"
+    assert described["auto"]["dtype"] == auto_name
+    assert f"resolved to {auto_name}" in described["auto"]["label"] and reason in described["auto"]["label"]
+    # the backends compute in the dtype they claim
+    G = kernel_measure.gaussian(8, 12, 0)
+    built = kernels.build_backends(["keller", "keller_bf16", "polar_express_bf16", "auto"])
+    assert built["keller"].fn(G).dtype == torch.float32
+    assert built["keller_bf16"].fn(G).dtype == built["polar_express_bf16"].fn(G).dtype == torch.bfloat16
+    assert built["auto"].fn(G).dtype == dtype
+    # auto is keller in the dtype it picked: same numbers as that backend
+    twin = "keller" if dtype == torch.float32 else "keller_bf16"
+    table = by_key(results)
+    for label in ("8x32", "16x16", "32x32"):
+        assert table[(label, "auto")]["accuracy"] == pytest.approx(table[(label, twin)]["accuracy"], rel=1e-6)
+
+
+def test_auto_backend_follows_the_cpu(monkeypatch):
+    # a CPU with AMX-BF16: auto picks bfloat16, in the backend, in polar and in the environment
+    monkeypatch.setattr(ns_dtype, "cpu_capabilities", lambda: {"amx_bf16": True, "avx512_bf16": True})
+    auto = kernels.build_backends(["auto"])["auto"]
+    assert auto.dtype == "bfloat16" and "amx_bf16" in auto.label
+    assert auto.fn(kernel_measure.gaussian(8, 12, 0)).dtype == torch.bfloat16
+    env = environment.machine_info()
+    assert env["bf16_matmul_feature"] == "amx_bf16" and env["ns_dtype_auto"] == "bfloat16"
+    assert "amx_bf16" in env["ns_dtype_auto_reason"]
+    # and an AVX2-only CPU: float32
+    monkeypatch.setattr(ns_dtype, "cpu_capabilities", lambda: {"avx2": True})
+    assert kernels.build_backends(["auto"])["auto"].dtype == "float32"
+    env = environment.machine_info()
+    assert env["bf16_matmul_feature"] is None and env["ns_dtype_auto"] == "float32"
+
+
+def test_environment_names_the_auto_dtype(results):
+    env = results["environment"]
+    dtype, reason = ns_dtype.auto_ns_dtype("cpu")
+    assert env["ns_dtype_auto"] == str(dtype).removeprefix("torch.") and env["ns_dtype_auto_reason"] == reason
+    assert env["bf16_matmul_feature"] == ns_dtype.native_bf16_matmul()
+    assert (env["ns_dtype_auto"] == "bfloat16") == (env["bf16_matmul_feature"] is not None)
+    if torch.cuda.is_available():
+        assert env["ns_dtype_auto_cuda"] == "bfloat16" and env["ns_dtype_auto_cuda_reason"]
+    else:
+        assert env["ns_dtype_auto_cuda"] is None and env["ns_dtype_auto_cuda_reason"] is None
+    for key in ("mkldnn_bf16_supported", "cpu_capability", "processor", "torch_threads"):
+        assert key in env  # read by steepest info and the suite's report
+    md = kernel_report.render_markdown(results)
+    assert f'`ns_dtype="auto"` picks **{env["ns_dtype_auto"]}** on the CPU ("{reason}")' in md
+
+
+def test_slow_bf16_matmul_skips_costlier_products(monkeypatch):
+    real = kernel_measure.matmul_point
+    calls = []
+
+    def slow_bf16(a, b, config):
+        """A bfloat16 product reports one call over the budget (time_call's part is tested above)."""
+        point = real(a, b, config)
+        calls.append(a.dtype)
+        return dict(point, repeats=0, over_budget=True) if a.dtype == torch.bfloat16 else point
+
+    monkeypatch.setattr(kernel_measure, "matmul_point", slow_bf16)
+    res = run_kernels(tiny(shapes=[(4, 8)], backends=["keller", "keller_bf16"], accuracy=False), progress=False)
+    assert calls.count(torch.bfloat16) == 3 and calls.count(torch.float32) == 9  # 3 products, 3 shapes
+    roof = res["roofline"]
+    first = roof["shape_products_bf16"]["4x8"]
+    assert first["status"] == "ok" and first["over_budget"] and all(p["repeats"] == 0 for p in first["products"])
+    for label in ("16x16", "32x32"):
+        skipped = roof["shape_products_bf16"][label]
+        assert skipped["status"] == "skipped" and skipped["dtype"] == "bfloat16"
+        assert skipped["note"].startswith("skipped: bfloat16 4x8 @ 8x4 took ")
+        assert roof["shape_products"][label]["status"] == "ok"  # float32 is not affected
+        e = by_key(res)[(label, "keller_bf16")]
+        assert e["status"] == "ok" and "pct_matmul" not in e and e["pct_peak"] > 0
+    assert [p["bf16"] for p in roof["square"]] == [None, None]
+    assert all(p["bf16_note"].startswith("skipped: bfloat16") for p in roof["square"])
+    assert roof["peak_by_dtype"]["bfloat16"]["at"].endswith("(for 4x8)")
+    assert any("costlier shapes skip the bfloat16 products" in n for n in res["notes"])
+    tables = kernel_report.roofline_tables(res)
+    assert "skipped: bfloat16 4x8 @ 8x4 took" in tables and "| 4x8 |" in tables
+
+
+def test_bf16_products_off():
+    res = run_kernels(tiny(sizes=[16], backends=["keller", "keller_bf16"], accuracy=False, bf16_matmul=False),
+                      progress=False)
+    roof = res["roofline"]
+    assert set(roof["shape_products_bf16"]) == {"8x32", "16x16"}
+    assert all(e["status"] == "skipped" and "bf16_matmul is off" in e["note"]
+               for e in roof["shape_products_bf16"].values())
+    assert roof["peak_dtype"] == "float32" and roof["peak_by_dtype"]["bfloat16"] is None
+    assert roof["square"][0]["bf16"] is None
+    e = by_key(res)[("16x16", "keller_bf16")]
+    assert "pct_matmul" not in e and e["pct_peak"] == pytest.approx(100 * e["gflops"] / roof["peak_gflops"])
+    assert "float32 not measured" not in kernel_report.peak_sentence(res)
+    assert "bfloat16 not measured" in kernel_report.peak_sentence(res)
 
 
 def test_accuracy_numbers(results):
@@ -128,9 +253,15 @@ def test_accuracy_numbers(results):
     # singular values much closer to 1 than the Frobenius-normalized input
     start = results["input_accuracy"]["8x32"]["max_abs_sigma_minus_1"]
     assert start > 0.5
-    for name in kernels.NS_SCHEDULES + ("torch_muon",):
+    for name in kernels.NS_SCHEDULES + kernels.BF16_BACKENDS + ("auto", "torch_muon"):
         if table[("8x32", name)]["status"] == "ok":
             assert table[("8x32", name)]["accuracy"]["max_abs_sigma_minus_1"] < 0.5 * start
+    # bfloat16 lands where float32 does, to bfloat16's precision (8-bit mantissa)
+    for name in kernels.BF16_BACKENDS:
+        bf16, fp32 = table[("8x32", name)]["accuracy"], table[("8x32", name.removesuffix("_bf16"))]["accuracy"]
+        assert bf16 != fp32
+        assert bf16["sigma_min"] == pytest.approx(fp32["sigma_min"], abs=0.06)
+        assert bf16["sigma_max"] == pytest.approx(fp32["sigma_max"], abs=0.06)
     assert table[("8x32", "polar_express_8")]["accuracy"]["max_abs_sigma_minus_1"] < 1e-3
     assert table[("8x32", "keller")]["accuracy"]["sigma_min"] > 0.6
     # AuON is only normalized and braked: close to the normalized input
@@ -182,6 +313,10 @@ def test_deadline_skips_remaining_shapes():
     res = run_kernels(tiny(deadline_s=1e-9, backends=["keller", "svd"]), progress=False)
     assert all(e["status"] == "skipped" and "time limit" in e["note"] for e in res["measurements"])
     assert any("time limit" in n for n in res["notes"])
+    for key in PRODUCTS_KEY.values():
+        assert len(res["roofline"][key]) == 3
+        assert all(e["status"] == "skipped" and "time limit" in e["note"] for e in res["roofline"][key].values())
+    assert res["roofline"]["peak_gflops"] is None and res["roofline"]["peak_dtype"] is None
     kernel_report.render_markdown(res)  # renders without any measurement
 
 
@@ -286,7 +421,9 @@ def test_write_kernel_report(results, tmp_path):
     for heading in ("## Environment", "## Matmul roofline", "## Time and throughput", "## Accuracy", "## Notes"):
         assert heading in md
     assert kernel_report.kernel_table(results) in md
-    assert "| 8x32 | keller |" in md and "Peak float32 matmul" in md and "input G/‖G‖_F" in md
+    assert "| 8x32 | keller | float32 |" in md and "| 8x32 | keller_bf16 | bfloat16 |" in md
+    assert "**Peak matmul: " in md and f"GFLOP/s, {results['roofline']['peak_dtype']}**" in md and "input G/‖G‖_F" in md
+    assert "| 8x32 | polar_express_bf16 |" in kernel_report.accuracy_table(results)
     # every markdown table row has the same number of cells as its header
     for block in md.split("\n\n"):
         rows = [r for r in block.splitlines() if r.startswith("| ")]
@@ -306,10 +443,13 @@ def test_report_without_matplotlib(results, tmp_path, monkeypatch):
 def test_kernel_table_rows(results):
     table = kernel_report.kernel_table(results)
     lines = table.splitlines()
-    assert lines[0].startswith("| shape | backend | ms |")
+    assert lines[0].startswith("| shape | backend | dtype | ms |")
+    assert f"% of peak ({results['roofline']['peak_dtype']} matmul)" in lines[0]
     assert len(lines) == 2 + 3 * len(BACKEND_NAMES)
     svd_row = next(line for line in lines if line.startswith("| 16x16 | svd |"))
-    assert svd_row.split("|")[5].strip() == "–"  # no GFLOP/s for SVD
+    assert svd_row.split("|")[6].strip() == "–"  # no GFLOP/s for SVD
+    muon_row = next(line for line in lines if line.startswith("| 16x16 | torch_muon |"))
+    assert muon_row.split("|")[3].strip() == "bfloat16"
     assert not math.isnan(results["roofline"]["peak_gflops"])
 
 

@@ -1,4 +1,5 @@
-"""What benchmark numbers were measured on: Python, torch, threads, CPU model and bf16 support."""
+"""What benchmark numbers were measured on: Python, torch, threads, CPU model, bfloat16 support, and
+the dtype ``ns_dtype="auto"`` picks for Newton-Schulz here (and why)."""
 from __future__ import annotations
 
 import os
@@ -6,9 +7,20 @@ import platform
 
 import torch
 
+from ..polar.dtype import auto_ns_dtype, native_bf16_matmul
+
 
 def machine_info() -> dict:
-    """What the numbers were measured on."""
+    """What the numbers were measured on.
+
+    Besides versions and the CPU: ``mkldnn_bf16_supported`` (oneDNN's own answer, ``None`` where
+    this torch cannot tell), ``bf16_matmul_feature`` (the CPU instruction set that gives native
+    bfloat16 matmul, ``amx_bf16`` or ``avx512_bf16``, or ``None``:
+    :func:`steepest.polar.dtype.native_bf16_matmul`), ``ns_dtype_auto`` and
+    ``ns_dtype_auto_reason`` (the dtype ``ns_dtype="auto"`` iterates in on the CPU, and the
+    sentence saying why: :func:`steepest.polar.dtype.auto_ns_dtype`), and ``ns_dtype_auto_cuda``
+    and ``ns_dtype_auto_cuda_reason``, the same for CUDA (``None`` when CUDA is unavailable).
+    """
     try:
         bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except Exception:  # private API: absent or failing on some builds
@@ -17,6 +29,8 @@ def machine_info() -> dict:
         capability = torch.backends.cpu.get_cpu_capability()
     except Exception:
         capability = None
+    cpu_dtype, cpu_reason = auto_ns_dtype("cpu")
+    cuda_dtype, cuda_reason = auto_ns_dtype("cuda") if torch.cuda.is_available() else (None, None)
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -26,7 +40,17 @@ def machine_info() -> dict:
         "torch_threads": torch.get_num_threads(),
         "cpu_capability": capability,
         "mkldnn_bf16_supported": bf16,
+        "bf16_matmul_feature": native_bf16_matmul(),
+        "ns_dtype_auto": _dtype_name(cpu_dtype),
+        "ns_dtype_auto_reason": cpu_reason,
+        "ns_dtype_auto_cuda": _dtype_name(cuda_dtype),
+        "ns_dtype_auto_cuda_reason": cuda_reason,
     }
+
+
+def _dtype_name(dtype: torch.dtype | None) -> str | None:
+    """``torch.float32`` -> ``"float32"``."""
+    return None if dtype is None else str(dtype).removeprefix("torch.")
 
 
 def _cpu_model() -> str | None:

@@ -6,16 +6,29 @@ Backends (:data:`BACKEND_NAMES`):
 * ``keller``, ``you``, ``quintic``, ``polar_express``, ``polar_express_8``: the library's
   Newton-Schulz schedules, called through :func:`steepest.polar.polar` in float32 with their
   default step counts, exactly as the spectral geometry calls it for a single matrix.
+  Their form is ``"auto"``: the Gram form on float32 matrices where it needs fewer FLOPs
+  (:func:`steepest.polar.choose_form`), whose FLOPs are then the ones counted.
+* ``keller_direct``: ``keller`` in the direct form on every shape, to set the Gram form against.
+* ``keller_bf16``, ``polar_express_bf16`` (:data:`BF16_BACKENDS`): the same call iterating in
+  bfloat16 (the float32 input is cast, the output is bfloat16), what ``ns_dtype="bfloat16"`` or
+  ``"auto"`` on a GPU or a CPU with native bfloat16 matmul runs. On a CPU without it they are
+  one to several hundred times slower than float32, hence the run's per-measurement time budget
+  (:mod:`steepest.bench.kernels`).
+* ``auto``: ``polar(G, "keller")`` with no dtype, so the dtype is ``ns_dtype="auto"``'s choice
+  for the input's device (:func:`steepest.polar.dtype.auto_ns_dtype`); its label and ``dtype`` say
+  which dtype that resolved to and why. It repeats ``keller`` or ``keller_bf16`` through the
+  library's own default, which is the point: it shows what a user who sets nothing gets.
 * ``svd``: the exact polar factor by LAPACK SVD (float32, :func:`steepest.polar.svd_polar`).
 * ``auon``: AuON's direction, the Frobenius LMO ``G / ||G||_F`` times the cosh brake
   (:func:`steepest.optim.auon.cosh_brakes`); linear in the number of entries.
 * ``hybrid_auon``: HybridAuON's direction, one Keller Newton-Schulz step then the brake (which
   renormalizes to unit Frobenius norm).
 * ``torch_muon``: ``torch.optim._muon._zeropower_via_newtonschulz`` as shipped, with
-  ``torch.optim.Muon``'s default coefficients, steps and eps. It casts to bfloat16 internally: on a
-  CPU without native bf16 matmul (``torch.ops.mkldnn._is_mkldnn_bf16_supported()`` false) it runs
-  one to several hundred times slower than float32 (docs/benchmarks.md), hence the run's
-  per-measurement time budget (:mod:`steepest.bench.kernels`).
+  ``torch.optim.Muon``'s default coefficients, steps and eps. It casts to bfloat16 internally, so it
+  is budget-guarded like the ``_bf16`` backends and set against the bfloat16 matmul roofline.
+
+Each backend's ``dtype`` is the dtype its matrix products run in; the run compares a FLOP-counted
+backend with the same shape's products in that dtype.
 """
 from __future__ import annotations
 
@@ -28,8 +41,13 @@ from torch import Tensor
 
 from ..geometry.frobenius import Frobenius
 from ..optim.auon import cosh_brakes
-from ..polar import SCHEDULES, polar
-from .kernel_config import BACKEND_NAMES, NS_EPS, NS_SCHEDULES, TORCH_MUON_DEFAULTS
+from ..polar import SCHEDULES, choose_form, polar
+from ..polar.dtype import NS_DTYPES
+from ..polar.newton_schulz import gram_flops
+from ..polar.dtype import auto_ns_dtype
+from .kernel_config import (AUTO_SCHEDULE, BACKEND_NAMES, BF16_BACKENDS, BF16_SUFFIX, DIRECT_BACKEND, NS_EPS,
+                            NS_SCHEDULES, TORCH_MUON_DEFAULTS)
+from .kernel_measure import dtype_name
 from .kernel_shapes import ns_flops
 
 __all__ = ["Backend", "build_backends"]
@@ -44,8 +62,11 @@ class Backend:
         label: human-readable description for the report.
         fn: ``G -> O`` (must not modify ``G``).
         steps: Newton-Schulz steps whose matmuls are counted (0: no FLOP count, ms only).
-        dtype: the iteration dtype, for the report.
+        dtype: the dtype its matrix products run in (``float32`` or ``bfloat16``): the report
+            sets its GFLOP/s against the same shape's products in that dtype.
         available: False when the backend cannot run here (``reason`` says why).
+        form: the Newton-Schulz form (``"auto"``, ``"direct"``, ``"gram"``:
+            :func:`steepest.polar.choose_form`); FLOPs are those of the form the shape runs in.
     """
 
     name: str
@@ -55,23 +76,44 @@ class Backend:
     dtype: str
     available: bool = True
     reason: str | None = None
+    form: str = "direct"
 
     def flops(self, m: int, n: int) -> int | None:
-        return ns_flops(m, n, self.steps) if self.steps else None
+        if not self.steps:
+            return None
+        if choose_form(self.form, (m, n), self.steps, NS_DTYPES[self.dtype]) == "gram":
+            return gram_flops(m, n, self.steps)
+        return ns_flops(m, n, self.steps)
 
     def describe(self) -> dict:
         return {"name": self.name, "label": self.label, "steps": self.steps, "dtype": self.dtype,
-                "flops_counted": bool(self.steps), "available": self.available, "reason": self.reason}
+                "form": self.form, "flops_counted": bool(self.steps), "available": self.available,
+                "reason": self.reason}
 
 
-def _ns_backend(name: str) -> Backend:
-    schedule = SCHEDULES[name]
-    steps = schedule.default_steps
+def _ns_backend(name: str, schedule: str, dtype: torch.dtype, form: str = "auto") -> Backend:
+    """Schedule ``schedule`` through :func:`polar` in ``dtype`` and ``form``, with its default step count."""
+    steps = SCHEDULES[schedule].default_steps
 
     def run(G: Tensor) -> Tensor:
-        return polar(G, name, steps, torch.float32, NS_EPS)
+        return polar(G, schedule, steps, dtype, NS_EPS, form=form)
 
-    return Backend(name, f"steepest NS `{name}` ({steps} steps, float32)", run, steps, "float32")
+    shown = "" if form == "auto" else f", {form} form"
+    return Backend(name, f"steepest NS `{schedule}` ({steps} steps, {dtype_name(dtype)}{shown})", run, steps,
+                   dtype_name(dtype), form=form)
+
+
+def _auto_backend() -> Backend:
+    """:data:`AUTO_SCHEDULE` with the dtype left to ``ns_dtype="auto"`` (``polar`` resolves it for
+    the input's device); the label names the dtype that resolves to for the benchmark's CPU inputs, and why."""
+    dtype, reason = auto_ns_dtype("cpu")
+    steps = SCHEDULES[AUTO_SCHEDULE].default_steps
+
+    def run(G: Tensor) -> Tensor:
+        return polar(G, AUTO_SCHEDULE, steps, None, NS_EPS)
+
+    return Backend("auto", f"steepest NS `{AUTO_SCHEDULE}` ({steps} steps) with ns_dtype=\"auto\", which resolved "
+                           f"to {dtype_name(dtype)} here (\"{reason}\")", run, steps, dtype_name(dtype), form="auto")
 
 
 _FROBENIUS = Frobenius()
@@ -124,7 +166,13 @@ def build_backends(names=BACKEND_NAMES) -> dict[str, Backend]:
     out: dict[str, Backend] = {}
     for name in names:
         if name in NS_SCHEDULES:
-            out[name] = _ns_backend(name)
+            out[name] = _ns_backend(name, name, torch.float32)
+        elif name == DIRECT_BACKEND:
+            out[name] = _ns_backend(name, AUTO_SCHEDULE, torch.float32, form="direct")
+        elif name in BF16_BACKENDS:
+            out[name] = _ns_backend(name, name.removesuffix(BF16_SUFFIX), torch.bfloat16)
+        elif name == "auto":
+            out[name] = _auto_backend()
         elif name == "svd":
             out[name] = Backend("svd", "steepest exact polar by SVD (float32)",
                                 lambda G: polar(G, "svd", dtype=torch.float32), 0, "float32")

@@ -1,14 +1,33 @@
 """What one ``steepest bench kernels`` run measures: :class:`KernelConfig`, its quick and full
 presets, and the names of the backends and of the kernels timed compiled against eager
 (:mod:`steepest.bench.kernels` runs it).
+
+Backend names: a Newton-Schulz schedule's own name (``keller``, ...) is that schedule in float32,
+the names earlier runs used; ``<schedule>_bf16`` is the same schedule iterating in bfloat16
+(:data:`BF16_SCHEDULES` have one); ``auto`` is ``keller`` in the dtype ``ns_dtype="auto"`` picks
+on this machine (:func:`steepest.polar.dtype.auto_ns_dtype`).
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+#: the Newton-Schulz schedules timed in float32, under their own names
 NS_SCHEDULES: tuple[str, ...] = ("keller", "you", "quintic", "polar_express", "polar_express_8")
+#: the schedules also timed in bfloat16, as ``<schedule>_bf16``. Without native bfloat16 matmul
+#: each of them costs about as much as ``torch_muon`` (one call over the budget, then skipped), so
+#: only the one torch.optim.Muon shares its coefficients with and the most accurate five-step one.
+BF16_SCHEDULES: tuple[str, ...] = ("keller", "polar_express")
+BF16_SUFFIX = "_bf16"
+#: the bfloat16 backends' names, in :data:`BF16_SCHEDULES` order
+BF16_BACKENDS: tuple[str, ...] = tuple(schedule + BF16_SUFFIX for schedule in BF16_SCHEDULES)
+#: the schedule the ``auto`` backend runs in the dtype ``ns_dtype="auto"`` picks
+AUTO_SCHEDULE = "keller"
+#: ``keller`` in float32 and the direct form on every shape (``keller`` itself takes the Gram form
+#: where that is cheaper: :func:`steepest.polar.choose_form`)
+DIRECT_BACKEND = "keller_direct"
 #: every backend, in report order
-BACKEND_NAMES: tuple[str, ...] = NS_SCHEDULES + ("svd", "auon", "hybrid_auon", "torch_muon")
+BACKEND_NAMES: tuple[str, ...] = (NS_SCHEDULES[:1] + (DIRECT_BACKEND,) + NS_SCHEDULES[1:] + BF16_BACKENDS
+                                  + ("auto", "svd", "auon", "hybrid_auon", "torch_muon"))
 QUICK_SIZES = (128, 256, 512, 1024)
 FULL_SIZES = (128, 256, 512, 1024, 2048)
 #: the kernels timed compiled against eager, in report order
@@ -51,7 +70,9 @@ class KernelConfig:
         threads: ``torch.set_num_threads`` for the run (``None``: leave torch's default).
         seed: seed of the Gaussian inputs.
         accuracy: compute the singular-value and polar-distance errors (float64 SVDs).
-        bf16_matmul: also time bfloat16 square matmuls (budget-guarded) for the roofline table.
+        bf16_matmul: also time each shape's Newton-Schulz products in bfloat16 for the roofline
+            (budget-guarded like a backend: once one is over ``budget_s``, costlier shapes skip
+            them with a note). Off: only float32 products, and the peak is float32's.
         compile: also time the compiled kernels against eager ones (:mod:`.kernel_compiled`; off
             by default, on in the quick and full presets). Compiling costs seconds per kernel.
         compile_shapes: the ``(m, n)`` shapes of that comparison.
@@ -108,7 +129,9 @@ class KernelConfig:
     @classmethod
     def quick_default(cls, **overrides) -> "KernelConfig":
         """Squares up to 1024, 5 repeats, 2 s per measurement, and the compiled-vs-eager comparison:
-        about a minute on 2 idle cores (most of it compiling)."""
+        about a minute on 2 idle cores (most of it compiling), plus about 20 s on a CPU without
+        native bfloat16 matmul, where the bfloat16 backends and products each run into the budget
+        once (512x512 for a backend, 1024x1024 for the products)."""
         return cls(**{**PRESET_SETTINGS["quick"], **overrides})
 
     @classmethod

@@ -1,5 +1,6 @@
-"""The measurements of ``steepest bench kernels``: timed calls, the float32 matmul roofline of a
-shape, and the accuracy of a backend's output against the exact polar factor.
+"""The measurements of ``steepest bench kernels``: timed calls, the matmul roofline of a shape (its
+Newton-Schulz products in float32 or bfloat16), and the accuracy of a backend's output against the
+exact polar factor.
 
 Timing: :func:`time_call` times one warm-up call, then repeats (the median is reported, with the
 fastest call beside it) until ``repeats`` calls and ``min_time_s`` are reached or the warm-up and
@@ -9,7 +10,8 @@ machine load.
 Accuracy: the output ``O`` of the warm-up call is compared, in float64, with the exact polar factor
 ``U V^T`` of the input: ``max_i |sigma_i(O) - 1|``, ``mean_i |sigma_i(O) - 1|`` and
 ``||O - U V^T||_F / ||U V^T||_F`` (singular values from the float64 eigenvalues of the smaller
-Gram matrix; ``U V^T`` from a float64 SVD of the input). The raw normalized input ``G / ||G||_F``
+Gram matrix; ``U V^T`` from a float64 SVD of the input), so a bfloat16 output is measured the same
+way as a float32 one. The raw normalized input ``G / ||G||_F``
 is reported too as the starting point. Caveats: a square Gaussian matrix has singular values down to ~``1/n`` of its
 largest, below the ~1e-3 relative floor the schedules are designed for, so Newton-Schulz leaves
 them far from 1 (max |sigma - 1| near 1 is expected there); ``keller`` is designed to land in
@@ -31,7 +33,7 @@ from .kernel_config import MAX_REPEATS, KernelConfig
 from .kernel_shapes import ns_flops
 
 __all__ = ["time_call", "time_pair", "gaussian", "exact_polar64", "singular_values64", "orthogonality_error",
-           "matmul_point", "measure_products", "fmt_ms", "say"]
+           "matmul_point", "measure_products", "dtype_name", "fmt_ms", "say"]
 
 
 def time_call(fn: Callable[[], object], repeats: int, budget_s: float, min_time_s: float = 0.0) -> dict:
@@ -107,16 +109,24 @@ def matmul_point(a: Tensor, b: Tensor, config: KernelConfig) -> dict:
             "gflops": flops / seconds / 1e9, "repeats": len(timing["times_s"]), "over_budget": timing["over_budget"]}
 
 
-def measure_products(m: int, n: int, config: KernelConfig) -> dict:
-    """float32 throughput of the three products of one Newton-Schulz step on an ``m x n`` input."""
+def measure_products(m: int, n: int, config: KernelConfig, dtype: torch.dtype = torch.float32) -> dict:
+    """Throughput of the three products of one Newton-Schulz step on an ``m x n`` input, in ``dtype``
+    (the same values in every dtype: float32 Gaussians, cast).
+
+    Returns ``{"dtype", "status": "ok", "products", "flops", "ms", "gflops", "over_budget"}``:
+    ``products`` holds each product's :func:`matmul_point`, ``ms`` and ``gflops`` are the three
+    together, and ``over_budget`` says that at least one product took a single call over
+    ``config.budget_s``.
+    """
     p, q = min(m, n), max(m, n)
     gen = torch.Generator().manual_seed(config.seed + 1)
-    X = torch.randn(p, q, generator=gen)
-    A = torch.randn(p, p, generator=gen)
+    X = torch.randn(p, q, generator=gen).to(dtype)
+    A = torch.randn(p, p, generator=gen).to(dtype)
     parts = [matmul_point(X, X.T, config), matmul_point(A, A, config), matmul_point(A, X, config)]
     seconds = sum(pt["ms"] for pt in parts) / 1e3
-    return {"products": parts, "flops": ns_flops(p, q, 1), "ms": seconds * 1e3,
-            "gflops": ns_flops(p, q, 1) / seconds / 1e9}
+    return {"dtype": dtype_name(dtype), "status": "ok", "products": parts,
+            "flops": ns_flops(p, q, 1), "ms": seconds * 1e3, "gflops": ns_flops(p, q, 1) / seconds / 1e9,
+            "over_budget": any(pt["over_budget"] for pt in parts)}
 
 
 def time_pair(first: Callable[[], object], second: Callable[[], object], repeats: int, budget_s: float,
@@ -141,6 +151,11 @@ def time_pair(first: Callable[[], object], second: Callable[[], object], repeats
             break
     return {"first_s": statistics.median(a), "second_s": statistics.median(b), "first_min_s": min(a),
             "second_min_s": min(b), "repeats": len(a)}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` -> ``"bfloat16"`` (the spelling of the results and the report)."""
+    return str(dtype).removeprefix("torch.")
 
 
 def fmt_ms(ms: float) -> str:

@@ -1,13 +1,16 @@
 """The report of ``steepest bench kernels``: ``kernels.md``, ``kernels.png`` and ``kernels.json``.
 
-* ``kernels.md``: the environment, the matmul roofline, the main table (time, GFLOP/s, % of the
-  matmul peak and of the same-size matmul, speed relative to ``torch.optim.Muon``'s Newton-Schulz),
-  a milliseconds-at-a-glance table, the accuracy table, the compiled-vs-eager table (when the run
-  measured it) and the notes that explain the numbers.
+* ``kernels.md``: the environment (with the dtype ``ns_dtype="auto"`` picks on this machine and
+  why), the matmul roofline in float32 and bfloat16 (each shape's Newton-Schulz products in both,
+  or why the bfloat16 ones were skipped, and the peak with the dtype it came from), the main table
+  (each backend's dtype, time, GFLOP/s, % of that peak and of the same-size matmul in the backend's
+  own dtype, speed relative to ``torch.optim.Muon``'s Newton-Schulz), a milliseconds-at-a-glance
+  table, the accuracy table (float32 and bfloat16 backends alike), the compiled-vs-eager table
+  (when the run measured it) and the notes that explain the numbers.
 * ``kernels.png``: GFLOP/s of the FLOP-counted backends against the square size (log2 axis), with
-  the float32 matmul curve and the peak as a horizontal line; next to it, milliseconds of every
-  backend (log-log). Drawn with matplotlib's Agg backend; without matplotlib the PNG is skipped and
-  the markdown says so.
+  the float32 and bfloat16 matmul curves and the peak as a horizontal line; next to it,
+  milliseconds of every backend (log-log); bfloat16 backends are dashed. Drawn with matplotlib's
+  Agg backend; without matplotlib the PNG is skipped and the markdown says so.
 * ``kernels.json``: the results of :func:`steepest.bench.kernels.run_kernels`, strict JSON
   (non-finite floats written as ``null``).
 
@@ -69,29 +72,35 @@ def _status_cell(entry: dict) -> str:
 def kernel_table(results: dict) -> str:
     """The main markdown table: one row per shape and backend.
 
-    Columns: milliseconds (median; ``*`` marks a single over-budget call), the fastest call (less
-    disturbed by other processes than the median on a busy machine), GFLOP/s (Newton-Schulz
-    matmul FLOPs over the time; ``–`` for SVD and AuON), % of the machine's float32 matmul peak,
-    % of the float32 GFLOP/s of the same shape's three NS products, and how many times faster than
-    ``torch.optim.Muon``'s Newton-Schulz on the same shape.
+    Columns: the dtype the backend's products run in, milliseconds (median; ``*`` marks a single
+    over-budget call), the fastest call (less disturbed by other processes than the median on a
+    busy machine), GFLOP/s (Newton-Schulz matmul FLOPs over the time; ``–`` for SVD and AuON), % of
+    the run's matmul peak (the fastest dtype's, named in the header), % of the GFLOP/s of the same
+    shape's three NS products in the backend's own dtype (``–`` where those were skipped), and how
+    many times faster than ``torch.optim.Muon``'s Newton-Schulz on the same shape.
     """
     rows = []
+    dtypes = {name: b.get("dtype", "–") for name, b in _backend_labels(results).items()}
     by_shape: dict[str, list[dict]] = {}
     for entry in results.get("measurements", []):
         by_shape.setdefault(entry["shape"], []).append(entry)
     for label in _shape_order(results):
         for e in by_shape.get(label, []):
+            dtype = e.get("dtype") or dtypes.get(e["backend"], "–")
             if e.get("status") == "ok":
                 ms = _ms(e["ms"]) + ("*" if e.get("single_call") else "")
                 vs = e.get("vs_torch_muon")
-                rows.append([label, e["backend"], ms, _ms(e.get("min_ms")), _num(e.get("gflops")),
+                rows.append([label, e["backend"], dtype, ms, _ms(e.get("min_ms")), _num(e.get("gflops")),
                              _num(e.get("pct_peak"), 2) if e.get("pct_peak") is not None else "–",
                              _num(e.get("pct_matmul"), 2) if e.get("pct_matmul") is not None else "–",
                              f"{_num(vs)}x" if vs else "–"])
             else:
                 cell = _status_cell(e)
-                rows.append([label, e["backend"], cell, "–", "–", "–", "–", "–"])
-    header = ["shape", "backend", "ms", "best ms", "GFLOP/s", "% of peak", "% of same-size matmul", "vs torch.optim.Muon NS"]
+                rows.append([label, e["backend"], dtype, cell, "–", "–", "–", "–", "–"])
+    peak_dtype = results.get("roofline", {}).get("peak_dtype")
+    header = ["shape", "backend", "dtype", "ms", "best ms", "GFLOP/s",
+              f"% of peak ({peak_dtype} matmul)" if peak_dtype else "% of peak",
+              "% of same-size matmul (own dtype)", "vs torch.optim.Muon NS"]
     return markdown_table(header, rows)
 
 
@@ -106,8 +115,37 @@ def glance_table(results: dict) -> str:
     return markdown_table(["shape"] + names, rows)
 
 
+def _products_cells(entry: dict | None) -> list[str]:
+    """``ms``, ``GFLOP/s`` and the per-product GFLOP/s of one dtype's products on a shape, or the
+    skip note (and dashes) where they were not timed."""
+    if not entry:
+        return ["–", "–", "–"]
+    if entry.get("status", "ok") != "ok":
+        return [entry.get("note") or entry.get("status", "–"), "–", "–"]
+    star = "*" if entry.get("over_budget") else ""
+    detail = ", ".join(f"{p['shape']}: {_num(p['gflops'])}" for p in entry["products"])
+    return [_ms(entry["ms"]) + star, _num(entry["gflops"]), detail]
+
+
+def peak_sentence(results: dict) -> str:
+    """The run's matmul peak, the dtype it came from, and each dtype's own best."""
+    roof = results.get("roofline", {})
+    if roof.get("peak_gflops") is None:
+        return "No matmul product was measured, so there is no peak."
+    dtype = roof.get("peak_dtype") or "float32"
+    sentence = (f"**Peak matmul: {_num(roof['peak_gflops'])} GFLOP/s, {dtype}**, at {roof.get('peak_at')}; "
+                f"the `% of peak` column is relative to it, for float32 and bfloat16 backends alike.")
+    by_dtype = roof.get("peak_by_dtype") or {}
+    if by_dtype:
+        parts = [f"{name} {_num(best['gflops'])} GFLOP/s at {best['at']}" if best else f"{name} not measured"
+                 for name, best in by_dtype.items()]
+        sentence += " Fastest product per dtype: " + "; ".join(parts) + "."
+    return sentence
+
+
 def roofline_tables(results: dict) -> str:
-    """Square matmul throughput per size, then each shape's NS products, then the peak."""
+    """Square matmul throughput per size (float32 and bfloat16), then each shape's NS products in
+    both dtypes, then the peak and the dtype it came from."""
     roof = results.get("roofline", {})
     parts = []
     square = roof.get("square", [])
@@ -116,27 +154,26 @@ def roofline_tables(results: dict) -> str:
         for pt in square:
             bf = pt.get("bf16")
             if bf:
-                bf_cell = f"{_num(bf['gflops'])} ({_ms(bf['ms'])} ms{'*' if bf.get('over_budget') else ''})"
+                duration = _ms(bf["ms"]) if bf["ms"] >= 1000 else f"{_ms(bf['ms'])} ms"
+                bf_cell = f"{_num(bf['gflops'])} ({duration}{'*' if bf.get('over_budget') else ''})"
             else:
                 bf_cell = pt.get("bf16_note") or "–"
             rows.append([str(pt["n"]), _ms(pt["ms"]), _num(pt["gflops"]), bf_cell])
         parts.append("Square `n x n @ n x n` (GFLOP/s = 2 n^3 / t):\n\n"
                      + markdown_table(["n", "float32 ms", "float32 GFLOP/s", "bfloat16 GFLOP/s (ms)"], rows))
-    products = roof.get("shape_products", {})
-    if products:
+    float32, bfloat16 = roof.get("shape_products", {}), roof.get("shape_products_bf16", {})
+    if float32 or bfloat16:
         rows = []
         for label in _shape_order(results):
-            entry = products.get(label)
-            if not entry:
-                continue
-            detail = ", ".join(f"{p['shape']}: {_num(p['gflops'])}" for p in entry["products"])
-            rows.append([label, _ms(entry["ms"]), _num(entry["gflops"]), detail])
-        parts.append("The three float32 products of one Newton-Schulz step on each shape (wide orientation "
-                     "`X` is `m x n`, `m <= n`: `X X^T`, `A A`, `A X`; GFLOP/s of the three together, then "
-                     "each):\n\n" + markdown_table(["shape", "ms (3 products)", "GFLOP/s", "per product GFLOP/s"], rows))
-    if roof.get("peak_gflops") is not None:
-        parts.append(f"**Peak float32 matmul: {_num(roof['peak_gflops'])} GFLOP/s** (at {roof.get('peak_at')}); "
-                     "the `% of peak` column is relative to it.")
+            if label in float32 or label in bfloat16:
+                rows.append([label] + _products_cells(float32.get(label)) + _products_cells(bfloat16.get(label)))
+        parts.append("The three products of one Newton-Schulz step on each shape, in float32 and in bfloat16 "
+                     "(wide orientation `X` is `m x n`, `m <= n`: `X X^T`, `A A`, `A X`; GFLOP/s of the three "
+                     "together, then each; `*`: a product took one call over the budget, after which costlier "
+                     "shapes skip the bfloat16 products):\n\n"
+                     + markdown_table(["shape", "float32 ms", "float32 GFLOP/s", "float32 per product",
+                                       "bfloat16 ms", "bfloat16 GFLOP/s", "bfloat16 per product"], rows))
+    parts.append(peak_sentence(results))
     return "\n\n".join(parts)
 
 
@@ -209,14 +246,24 @@ EXPLANATIONS = [
     "`svd` and `auon` do no matmul work to count: they are reported in milliseconds only. AuON is "
     "elementwise (linear time in m n): beyond the smallest shapes, where every backend costs mostly "
     "call overhead, it is far cheaper than any NS backend.",
-    "`% of same-size matmul` divides by the float32 throughput of the three products an NS step does "
-    "on the same shape, so it isolates the overhead of the iteration (dispatch, `addmm` scaling, "
-    "normalization) from the BLAS efficiency at that size. Small matrices are dispatch-bound.",
+    "`% of peak` divides by the fastest matmul product of the run in either dtype (the peak line of "
+    "the roofline names it), so float32 and bfloat16 backends are set against the same ceiling: what "
+    "the machine's matrix multiply can do at best.",
+    "`% of same-size matmul` divides by the throughput of the three products an NS step does on the same "
+    "shape in the backend's own dtype (bfloat16 for the `_bf16` backends, for `torch_muon`, and for "
+    "`auto` where it resolved to bfloat16), so it isolates the overhead of the iteration (dispatch, "
+    "`addmm` scaling, normalization, the casts) from the BLAS efficiency at that size and dtype; `–` "
+    "where the bfloat16 products were skipped. Small matrices are dispatch-bound.",
+    "The `_bf16` backends run the same schedule as their float32 namesakes with every product in "
+    "bfloat16; `auto` runs `keller` with `ns_dtype=\"auto\"`, in the dtype the Environment section "
+    "names, so it should match `keller` or `keller_bf16`. Their accuracy rows show what bfloat16's "
+    "8-bit significand costs: singular values within a few hundredths of where float32 puts them.",
     "`torch_muon` is `torch.optim._muon._zeropower_via_newtonschulz` with `torch.optim.Muon`'s defaults; "
-    "it casts to bfloat16, and its GFLOP/s is still compared with float32 matmul. On a CPU without "
-    "native bf16 (oneDNN reports no bf16 support) it is 20-600x slower than float32; even with AVX512-BF16 "
-    "(and no AMX) bfloat16 GEMM may reach only about half the float32 rate (see the roofline's bfloat16 "
-    "column), so float32 NS can still be faster.",
+    "it casts to bfloat16, so its `% of same-size matmul` is relative to the bfloat16 products. On a CPU "
+    "without native bfloat16 matmul (neither AMX-BF16 nor AVX512-BF16) bfloat16 is one to several "
+    "hundred times slower than float32, for torch's iteration and the `_bf16` backends alike; with "
+    "AVX512-BF16 (and no AMX) bfloat16 GEMM may reach only about half the float32 rate, so float32 NS "
+    "can still be faster (compare the roofline's two dtypes).",
     "`vs torch.optim.Muon NS` is torch's time divided by the backend's time on the same shape "
     "(above 1: faster than torch's).",
     "Accuracy: the singular values σ of each output, and its relative Frobenius distance from the exact "
@@ -235,6 +282,15 @@ EXPLANATIONS = [
 ]
 
 
+def auto_dtype_sentences(env: dict) -> list[str]:
+    """What ``ns_dtype="auto"`` chose on the CPU (and on CUDA, where there was one), and why."""
+    sentences = []
+    for device, key in (("the CPU", "ns_dtype_auto"), ("CUDA", "ns_dtype_auto_cuda")):
+        if env.get(key):
+            sentences.append(f'`ns_dtype="auto"` picks **{env[key]}** on {device} ("{env.get(key + "_reason")}").')
+    return sentences
+
+
 def render_markdown(results: dict) -> str:
     """The whole ``kernels.md``."""
     env = results.get("environment", {})
@@ -246,9 +302,10 @@ def render_markdown(results: dict) -> str:
                  f"{config.get('budget_s')} s budget per measurement, seed {config.get('seed')}).")
     lines += ["", "## Environment", ""]
     for key in ("processor", "cpu_count", "threads", "torch", "cpu_capability", "mkldnn_bf16_supported",
-                "python", "platform"):
+                "bf16_matmul_feature", "python", "platform"):
         if key in env:
             lines.append(f"- {key}: {env[key]}")
+    lines += [f"- {sentence}" for sentence in auto_dtype_sentences(env)]
     lines += ["", "## Backends", ""]
     for b in results.get("backends", []):
         extra = "" if b.get("available", True) else f" — {b.get('reason')}"
@@ -290,14 +347,19 @@ def plot_kernels(results: dict, path: Path) -> str | None:
     pts = sorted((p["n"], p["gflops"]) for p in roof.get("square", []))
     if pts:
         left.plot([p[0] for p in pts], [p[1] for p in pts], "k-", lw=2.5, label="float32 matmul n×n")
+    bf_pts = sorted((p["n"], p["bf16"]["gflops"]) for p in roof.get("square", []) if p.get("bf16"))
+    if bf_pts:
+        left.plot([p[0] for p in bf_pts], [p[1] for p in bf_pts], "k:", lw=2.5, label="bfloat16 matmul n×n")
     if roof.get("peak_gflops"):
-        left.axhline(roof["peak_gflops"], color="k", ls="--", lw=1, label=f"peak {roof['peak_gflops']:.0f}")
+        left.axhline(roof["peak_gflops"], color="k", ls="--", lw=1,
+                     label=f"peak {roof['peak_gflops']:.0f} ({roof.get('peak_dtype') or 'float32'})")
     names = [b["name"] for b in results.get("backends", [])]
-    palette = plt.get_cmap("tab10")
+    dtypes = {b["name"]: b.get("dtype") for b in results.get("backends", [])}
+    palette = plt.get_cmap("tab20")
     for name, values in series.items():
         values.sort()
-        color = palette(names.index(name) % 10 if name in names else 9)
-        style = "s--" if name == "torch_muon" else "o-"
+        color = palette(names.index(name) % 20 if name in names else 19)
+        style = "s--" if dtypes.get(name) == "bfloat16" else "o-"
         gf = [(n, g) for n, _, g in values if g]
         if gf:
             left.plot([p[0] for p in gf], [p[1] for p in gf], style, ms=4, color=color, label=name)
@@ -308,7 +370,7 @@ def plot_kernels(results: dict, path: Path) -> str | None:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     left.set_ylabel("GFLOP/s (NS matmul FLOPs / time)")
-    left.set_title("Throughput against the float32 matmul roofline")
+    left.set_title("Throughput against the matmul roofline")
     left.set_ylim(bottom=0)
     right.set_yscale("log")
     right.set_ylabel("ms per call (median)")
@@ -342,5 +404,5 @@ def write_kernel_report(results: dict, out_dir) -> dict[str, Path]:
     return paths
 
 
-__all__ = ["accuracy_table", "compile_table", "glance_table", "kernel_table", "plot_kernels", "render_markdown",
-           "roofline_tables", "write_kernel_report"]
+__all__ = ["accuracy_table", "auto_dtype_sentences", "compile_table", "glance_table", "kernel_table", "peak_sentence",
+           "plot_kernels", "render_markdown", "roofline_tables", "write_kernel_report"]

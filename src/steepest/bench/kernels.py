@@ -3,26 +3,37 @@
 ``steepest bench kernels`` times every way this library (and ``torch.optim.Muon``) turns a gradient
 matrix into an update direction, on the matrix shapes the benchmark models actually train and on
 square ``n x n`` matrices, and sets the times against what the machine's matrix multiply can do.
+Newton-Schulz is timed in both iteration dtypes: each schedule in float32 under its own name, the
+``keller`` and ``polar_express`` schedules also in bfloat16 (``keller_bf16``, ...), and ``auto``,
+``keller`` in the dtype ``ns_dtype="auto"`` picks here; the environment section says which dtype
+that is and why (:func:`steepest.polar.dtype.auto_ns_dtype`), so the choice can be checked against
+the two dtypes' times on the same machine.
 
 Timing: each shape gets a seeded Gaussian input, the same for every backend. Per (shape, backend)
 one warm-up call is timed first. If it takes longer than ``budget_s`` the pair is not repeated
 (its single, warm-up-inclusive time is reported and flagged) and every later, costlier shape is
-skipped for that backend with a note. Otherwise the call is repeated ``repeats`` times (cheap
-calls more, until ``min_time_s`` is filled; stopping early once the pair has used ``budget_s``)
-and the median is reported, with the fastest call beside it. Shapes are measured cheapest first
-(by Newton-Schulz FLOPs), so "later" means "at least as costly". Once the whole run has taken
-``deadline_s``, the remaining shapes are skipped with a note. The load average before the run is
-recorded: on a machine shared with other processes (and with as many torch threads as cores)
-times are inflated and very noisy, and the report says so.
+skipped for that backend with a note (this keeps the bfloat16 backends affordable on a CPU
+without native bfloat16 matmul, where they run one to several hundred times slower than float32).
+Otherwise the call is repeated ``repeats`` times (cheap calls more, until ``min_time_s`` is filled;
+stopping early once the pair has used ``budget_s``) and the median is reported, with the fastest
+call beside it. Shapes are measured cheapest first (by Newton-Schulz FLOPs), so "later" means "at
+least as costly". Once the whole run has taken ``deadline_s``, the remaining shapes are skipped
+with a note. The load average before the run is recorded: on a machine shared with other
+processes (and with as many torch threads as cores) times are inflated and very noisy, and the
+report says so.
 
 Roofline: in the same run, right before each shape's backends (so both see the same machine
-load), float32 throughput is timed for the three products a Newton-Schulz step does on that shape
-(for a square ``n x n`` these are ``n x n @ n x n``, the square roofline; bfloat16 ``n x n @ n x n``
-is timed too, budget-guarded, for context). GFLOP/s is ``2 m n k / t``; the machine's peak is the
-maximum over everything measured. Each FLOP-counted backend is reported as a percentage of the
-peak and of its own shape's three products ("% of the same-size matmul", which isolates the
-iteration's overhead from BLAS efficiency at that size); for the bfloat16 ``torch_muon`` both are
-relative to float32 matmul.
+load), the three products a Newton-Schulz step does on that shape are timed in float32 and in
+bfloat16 (for a square ``n x n`` one of them is ``n x n @ n x n``, the square roofline). The
+bfloat16 products are budget-guarded like a backend: once one of them takes a single call over
+the budget, costlier shapes record a skip note instead (as does every shape when
+``bf16_matmul`` is off). GFLOP/s is ``2 m n k / t``. The run's peak is the fastest product measured
+in either dtype, and the results name the dtype it came from (``peak_dtype``; each dtype's own
+peak is kept beside it). Each FLOP-counted backend is reported as a percentage of that peak, and
+of its own shape's three products in the backend's own dtype ("% of the same-size matmul", which
+isolates the iteration's overhead from BLAS efficiency at that size and dtype): the bfloat16
+backends and ``torch_muon`` (bfloat16 inside) against the bfloat16 products, the others against
+the float32 ones.
 
 The parts: :mod:`.kernel_config` (what a run measures), :mod:`.kernel_shapes` (the shapes and the
 FLOP count), :mod:`.kernel_backends` (the backends), :mod:`.kernel_measure` (timing, the roofline
@@ -41,31 +52,39 @@ from torch import Tensor
 from .environment import machine_info
 from .kernel_backends import Backend, build_backends
 from .kernel_compiled import measure_compiled, run_compiled
-from .kernel_config import BACKEND_NAMES, COMPILE_KERNELS, NS_SCHEDULES, KernelConfig
-from .kernel_measure import (exact_polar64, fmt_ms, gaussian, matmul_point, measure_products, orthogonality_error,
-                             say, singular_values64, time_call, time_pair)
+from .kernel_config import BACKEND_NAMES, BF16_BACKENDS, COMPILE_KERNELS, NS_SCHEDULES, KernelConfig
+from .kernel_measure import (exact_polar64, fmt_ms, gaussian, measure_products, orthogonality_error, say,
+                             singular_values64, time_call, time_pair)
 from .kernel_report import kernel_table, write_kernel_report
 from .kernel_shapes import discover_model_shapes, ns_flops, shape_list
 
-__all__ = ["BACKEND_NAMES", "Backend", "COMPILE_KERNELS", "KernelConfig", "NS_SCHEDULES", "build_backends",
-           "discover_model_shapes", "exact_polar64", "kernel_table", "measure_compiled", "measure_products", "ns_flops",
-           "orthogonality_error", "run_compiled", "run_kernels", "singular_values64", "time_call", "time_pair",
-           "write_kernel_report"]
+__all__ = ["BACKEND_NAMES", "BF16_BACKENDS", "Backend", "COMPILE_KERNELS", "KernelConfig", "NS_SCHEDULES",
+           "build_backends", "discover_model_shapes", "exact_polar64", "kernel_table", "measure_compiled",
+           "measure_products", "ns_flops", "orthogonality_error", "run_compiled", "run_kernels", "singular_values64",
+           "time_call", "time_pair", "write_kernel_report"]
 
 
 def run_kernels(config: KernelConfig, progress: bool = True) -> dict:
     """Run the kernel benchmark described by ``config``; return JSON-able results.
 
     See the module docstring for what is measured. Shapes are measured cheapest first; for each,
-    the float32 matmul roofline points (its Newton-Schulz products, and for a square ``n x n``
-    also bfloat16 ``n x n @ n x n``) are timed right before its backends, so that the ratios
-    compare numbers taken under the same machine load.
+    the matmul roofline points (its Newton-Schulz products in float32, then in bfloat16 while the
+    budget allows) are timed right before its backends, so that the ratios compare numbers taken
+    under the same machine load.
 
-    The result has ``config``, ``environment`` (with the load average before and after: other
-    processes inflate and scatter the times), ``shapes``, ``backends``, ``roofline`` (``square``,
-    ``shape_products``, ``peak_gflops``, ``peak_at``), ``measurements`` (one per shape and
-    backend, ``status`` ``ok``, ``skipped``, ``unavailable`` or ``error``), ``input_accuracy``
+    The result has ``config``, ``environment`` (:func:`steepest.bench.environment.machine_info`,
+    which includes the dtype ``ns_dtype="auto"`` picks and why, plus the load average before and
+    after: other processes inflate and scatter the times), ``shapes``, ``backends`` (each with its
+    ``dtype``), ``roofline``, ``measurements`` (one per shape and backend, with the backend's
+    ``dtype``; ``status`` ``ok``, ``skipped``, ``unavailable`` or ``error``), ``input_accuracy``
     (the normalized input's singular-value errors per shape), ``notes`` and ``seconds``.
+
+    ``roofline`` has ``shape_products`` (float32) and ``shape_products_bf16`` (bfloat16), both
+    ``{shape: entry}`` with an entry for every shape: ``status`` ``ok`` with the products'
+    timings (:func:`measure_products`), or ``skipped`` with a ``note``; ``square`` (the float32
+    ``n x n @ n x n`` points with the bfloat16 one, or its skip note, beside each);
+    ``peak_gflops``, ``peak_at`` and ``peak_dtype`` (the fastest product of either dtype); and
+    ``peak_by_dtype`` (``{dtype: {"gflops", "at"}}``, ``None`` for a dtype never measured).
     """
     started = time.perf_counter()
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -109,7 +128,10 @@ def _measure_backend(backend: Backend, G: Tensor, config: KernelConfig) -> dict:
 
 class _Sweep:
     """The shape-by-shape part of a run: its measurements, and what it learns on the way (backends
-    too slow for costlier shapes, whether bfloat16 matmul is, whether the time limit has passed)."""
+    too slow for costlier shapes, whether bfloat16 matmul is too, whether the time limit has passed)."""
+
+    #: the dtypes of the roofline products, in the order they are timed
+    MATMUL_DTYPES = ("float32", "bfloat16")
 
     def __init__(self, config: KernelConfig, backends: dict[str, Backend], notes: list[str], started: float,
                  progress: bool) -> None:
@@ -118,7 +140,7 @@ class _Sweep:
         self.deadline = None if config.deadline_s is None else started + config.deadline_s
         self.measurements: list[dict] = []
         self.input_accuracy: dict[str, dict] = {}
-        self.products: dict[str, dict] = {}
+        self.products: dict[str, dict[str, dict]] = {dtype: {} for dtype in self.MATMUL_DTYPES}
         self.square: list[dict] = []
         self.blocked: dict[str, str] = {}  # backend -> why its costlier shapes are skipped
         self.bf16_blocked: str | None = None
@@ -139,7 +161,8 @@ class _Sweep:
             self._skip_shape(m, n, label)
             say(self.progress, f"kernels {index}/{count} {label}: {self._late_note()}")
             return
-        self.products[label] = measure_products(m, n, self.config)
+        self.products["float32"][label] = measure_products(m, n, self.config)
+        self.products["bfloat16"][label] = self._bf16_products(m, n, label)
         if s["square"]:
             self.square.append(self._square_point(label, n))
         G = gaussian(m, n, self.config.seed)
@@ -152,31 +175,49 @@ class _Sweep:
         if self.progress:
             parts = [f"{k} {fmt_ms(v['ms'])}" if v.get("ms") else f"{k} {v['status']}" for k, v in row.items()]
             say(True, f"kernels {index}/{count} {label} ({time.perf_counter() - self.started:.0f} s): matmul "
-                      f"{self.products[label]['gflops']:.0f} GFLOP/s; " + ", ".join(parts))
+                      f"{self._matmul_progress(label)}; " + ", ".join(parts))
+
+    def _matmul_progress(self, label: str) -> str:
+        """``155 GFLOP/s float32, 1.2 bfloat16`` for a progress line."""
+        cells = [f"{entry[label]['gflops']:.3g}" if entry[label]["status"] == "ok" else "skipped"
+                 for entry in self.products.values()]
+        return f"{cells[0]} GFLOP/s float32, {cells[1]} bfloat16"
 
     def _skip_shape(self, m: int, n: int, label: str) -> None:
+        for dtype in self.MATMUL_DTYPES:
+            self.products[dtype][label] = _skipped_products(dtype, self._late_note())
         for name, backend in self.backends.items():
             flops = backend.flops(m, n)
-            self.measurements.append({"shape": label, "m": m, "n": n, "backend": name, "status": "skipped",
-                                      "note": self._late_note(), "gflop": flops / 1e9 if flops else None})
+            self.measurements.append({"shape": label, "m": m, "n": n, "backend": name, "dtype": backend.dtype,
+                                      "status": "skipped", "note": self._late_note(),
+                                      "gflop": flops / 1e9 if flops else None})
+
+    def _bf16_products(self, m: int, n: int, label: str) -> dict:
+        """The shape's products in bfloat16, or why not: ``bf16_matmul`` is off, or a bfloat16
+        product of a cheaper shape took one call over the budget. A product over the budget here
+        blocks the costlier shapes."""
+        if not self.config.bf16_matmul:
+            return _skipped_products("bfloat16", "not measured: bf16_matmul is off")
+        if self.bf16_blocked:
+            return _skipped_products("bfloat16", self.bf16_blocked)
+        entry = measure_products(m, n, self.config, torch.bfloat16)
+        if entry["over_budget"]:
+            slowest = max(entry["products"], key=lambda pt: pt["ms"])
+            took = f"{slowest['shape']} took {fmt_ms(slowest['ms'])}"
+            self.bf16_blocked = f"skipped: bfloat16 {took} (on {label})"
+            self.notes.append(f"bfloat16 matmul: {took} for {label}, over the {self.config.budget_s:g} s "
+                              "budget; costlier shapes skip the bfloat16 products")
+        return entry
 
     def _square_point(self, label: str, n: int) -> dict:
-        """The square roofline point ``n x n @ n x n`` (float32, timed with the shape's products), and
-        bfloat16 beside it until one bfloat16 product is over the budget."""
-        point = dict(self.products[label]["products"][1], n=n)  # A A is n x n @ n x n
-        if not self.config.bf16_matmul:
-            return point
-        if self.bf16_blocked:
-            point["bf16"], point["bf16_note"] = None, self.bf16_blocked
-            return point
-        gen = torch.Generator().manual_seed(self.config.seed + 2)
-        a = torch.randn(n, n, generator=gen).bfloat16()
-        bf = matmul_point(a, a, self.config)
-        point["bf16"] = {k: bf[k] for k in ("ms", "min_ms", "gflops", "repeats", "over_budget")}
-        if bf["over_budget"]:
-            self.bf16_blocked = f"skipped: n={n} took {fmt_ms(bf['ms'])}"
-            self.notes.append(f"bfloat16 matmul: n={n} took {fmt_ms(bf['ms'])} (over the "
-                              f"{self.config.budget_s:g} s budget); larger squares skipped")
+        """The square roofline point ``n x n @ n x n``: the shape's float32 ``A A`` product, with the
+        bfloat16 one (or why it is missing) beside it."""
+        point = dict(self.products["float32"][label]["products"][1], n=n)  # A A is n x n @ n x n
+        bf16 = self.products["bfloat16"][label]
+        if bf16["status"] == "ok":
+            point["bf16"] = {k: bf16["products"][1][k] for k in ("ms", "min_ms", "gflops", "repeats", "over_budget")}
+        else:
+            point["bf16"], point["bf16_note"] = None, bf16["note"]
         return point
 
     def _reference(self, G: Tensor, label: str) -> Tensor | None:
@@ -191,7 +232,7 @@ class _Sweep:
     def _backend_entry(self, name: str, backend: Backend, G: Tensor, reference: Tensor | None, m: int, n: int,
                        label: str) -> dict:
         """One backend on one shape: measured, or why not."""
-        entry = {"shape": label, "m": m, "n": n, "backend": name}
+        entry = {"shape": label, "m": m, "n": n, "backend": name, "dtype": backend.dtype}
         flops = backend.flops(m, n)
         entry["gflop"] = flops / 1e9 if flops else None
         if not backend.available:
@@ -202,13 +243,13 @@ class _Sweep:
             self.late = True
             entry.update(status="skipped", note=self._late_note())
         else:
-            self._measure(entry, name, backend, G, reference, label)
+            self._measure(entry, backend, G, reference, label)
         return entry
 
-    def _measure(self, entry: dict, name: str, backend: Backend, G: Tensor, reference: Tensor | None,
-                 label: str) -> None:
-        """Time the backend into ``entry``; a call over the budget blocks its costlier shapes."""
-        budget = self.config.budget_s
+    def _measure(self, entry: dict, backend: Backend, G: Tensor, reference: Tensor | None, label: str) -> None:
+        """Time the backend into ``entry``; a call over the budget blocks its costlier shapes. Its
+        GFLOP/s is set against the shape's products in the backend's dtype (when measured)."""
+        name, budget = backend.name, self.config.budget_s
         entry.update(_measure_backend(backend, G, self.config))
         output = entry.pop("output", None)
         if entry["status"] == "error":
@@ -221,20 +262,33 @@ class _Sweep:
                               "costlier shapes are skipped for it")
         if output is not None and reference is not None:
             entry["accuracy"] = orthogonality_error(output, reference)
-        if entry.get("gflops"):
-            entry["pct_matmul"] = 100.0 * entry["gflops"] / self.products[label]["gflops"]
+        same_size = self.products.get(backend.dtype, {}).get(label)
+        if entry.get("gflops") and same_size and same_size["status"] == "ok":
+            entry["pct_matmul"] = 100.0 * entry["gflops"] / same_size["gflops"]
 
-    def peak(self) -> tuple[float | None, str | None]:
-        """The fastest float32 matmul of the run (GFLOP/s) and where it was measured; every
-        FLOP-counted measurement gets its percentage of it."""
-        candidates = [(pt["gflops"], f"{pt['shape']} (square)") for pt in self.square]
-        for label, entry in self.products.items():
-            candidates += [(pt["gflops"], f"{pt['shape']} (for {label})") for pt in entry["products"]]
-        peak, peak_at = max(candidates) if candidates else (None, None)
+    def peak(self) -> dict:
+        """The fastest matmul product of the run in each dtype and over both (``peak_gflops``,
+        ``peak_at``, ``peak_dtype``, ``peak_by_dtype``); every FLOP-counted measurement gets its
+        percentage of the overall peak (``pct_peak``)."""
+        by_dtype: dict[str, dict | None] = {}
+        for dtype, table in self.products.items():
+            candidates = [(pt["gflops"], f"{pt['shape']} (for {label})") for label, entry in table.items()
+                          if entry["status"] == "ok" for pt in entry["products"]]
+            best = max(candidates) if candidates else None
+            by_dtype[dtype] = {"gflops": best[0], "at": best[1]} if best else None
+        measured = [(v["gflops"], dtype) for dtype, v in by_dtype.items() if v]
+        if not measured:
+            return {"peak_gflops": None, "peak_at": None, "peak_dtype": None, "peak_by_dtype": by_dtype}
+        peak, dtype = max(measured)
         for entry in self.measurements:
-            if entry.get("gflops") and peak:
+            if entry.get("gflops"):
                 entry["pct_peak"] = 100.0 * entry["gflops"] / peak
-        return peak, peak_at
+        return {"peak_gflops": peak, "peak_at": by_dtype[dtype]["at"], "peak_dtype": dtype, "peak_by_dtype": by_dtype}
+
+
+def _skipped_products(dtype: str, note: str) -> dict:
+    """A roofline entry for products that were not timed, and why."""
+    return {"dtype": dtype, "status": "skipped", "note": note}
 
 
 def _relative_to_torch_muon(row: dict[str, dict]) -> None:
@@ -293,7 +347,7 @@ def _run(config: KernelConfig, progress: bool, started: float, started_at: str) 
     sweep = _Sweep(config, backends, notes, started, progress)
     for index, s in enumerate(shapes, 1):
         sweep.measure_shape(index, len(shapes), s)
-    peak, peak_at = sweep.peak()
+    peak = sweep.peak()
     if sweep.late:
         notes.append(f"the run's time limit ({config.deadline_s:g} s) was reached: the costliest shapes were skipped")
     compiled = _compiled_section(config, progress, notes)
@@ -301,7 +355,8 @@ def _run(config: KernelConfig, progress: bool, started: float, started_at: str) 
     if busy:
         notes.append(_busy_note(load_start, cores))
     seconds = time.perf_counter() - started
-    say(progress, f"kernels: done in {seconds:.1f} s (matmul peak {peak or 0:.1f} GFLOP/s at {peak_at})")
+    say(progress, f"kernels: done in {seconds:.1f} s (matmul peak {peak['peak_gflops'] or 0:.1f} GFLOP/s, "
+                  f"{peak['peak_dtype']}, at {peak['peak_at']})")
     return {
         "kind": "kernels",
         "started": started_at,
@@ -311,8 +366,8 @@ def _run(config: KernelConfig, progress: bool, started: float, started_at: str) 
         "flop_formula": "steps * (4 m^2 n + 2 m^3) for an m x n input with m <= n (tall inputs transposed)",
         "shapes": shapes,
         "backends": [b.describe() for b in backends.values()],
-        "roofline": {"square": sweep.square, "shape_products": sweep.products, "peak_gflops": peak,
-                     "peak_at": peak_at},
+        "roofline": {"square": sweep.square, "shape_products": sweep.products["float32"],
+                     "shape_products_bf16": sweep.products["bfloat16"], **peak},
         "measurements": sweep.measurements,
         "input_accuracy": sweep.input_accuracy,
         "compiled": compiled,
