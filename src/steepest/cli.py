@@ -19,6 +19,8 @@ import argparse
 import sys
 
 from .bench.config import FULL_OPTIMIZERS, QUICK_OPTIMIZERS
+from .bench.overhead import OVERHEAD_ONLY
+from .bench.overhead_workloads import WORKLOAD_NAMES
 from .bench.peers import PEER_NAMES
 from .bench.tasks import BUILTIN_TASKS
 from .cli_commands import EXIT_USAGE, cmd_bench, cmd_diagnose, cmd_explain, cmd_info, info_lines, suite_config
@@ -67,7 +69,23 @@ def _name_list(text: str, known: tuple[str, ...] | None, what: str) -> list[str]
 
 
 def _optimizer_list(text: str) -> list[str]:
-    return _name_list(text, PEER_NAMES, "optimizer")
+    # `bench overhead` also times optimizers the suite does not train (OVERHEAD_ONLY); the suite and
+    # `diagnose` reject those when they check their optimizers
+    return _name_list(text, (*PEER_NAMES, *OVERHEAD_ONLY), "optimizer")
+
+
+def _workload_list(text: str) -> list[str]:
+    return _name_list(text, WORKLOAD_NAMES, "workload")
+
+
+def _nonnegative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text}")
+    return value
 
 
 def _float_list(text: str) -> list[float]:
@@ -126,18 +144,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_bench(sub) -> None:
-    """``steepest bench [suite | kernels | distributed | lanton]`` and its options (in ``--help`` order)."""
+    """``steepest bench [suite | kernels | distributed | lanton | overhead]`` and its options (in ``--help``
+    order)."""
     bench = sub.add_parser(
         "bench", help="compare optimizers on real tasks (or time the orthogonalization kernels)",
         description="`steepest bench` trains every task with every optimizer at a shared lr grid and "
                     "seeds, and writes report.md, PNG plots and results.json. The run resumes: rerunning "
                     "the same command skips the cells this steepest version finished. `steepest bench "
                     "kernels` times the orthogonalization backends against this machine's matmul roofline.")
-    bench.add_argument("what", nargs="?", choices=("suite", "kernels", "distributed", "lanton"), default="suite",
+    bench.add_argument("what", nargs="?", choices=("suite", "kernels", "distributed", "lanton", "overhead"),
+                       default="suite",
                        help="suite (default): train and compare; kernels: the kernel micro-benchmark; "
                             "distributed: optimizer step time per rank under DDP and FSDP2 (torchrun, gloo); "
                             "lanton: the LANTON study (its noise rules against its base, Muon and AdamW on "
-                            "shakespeare-char and a depth ladder of GPTs; hours on 2 cores, resumable)")
+                            "shakespeare-char and a depth ladder of GPTs; hours on 2 cores, resumable); "
+                            "overhead: the time of one optimizer.step() with the gradients set, steepest "
+                            "against its peers, on a tiny, the quick-suite and a GPT-2-small-shaped model")
     size = bench.add_mutually_exclusive_group()
     size.add_argument("--quick", dest="budget", action="store_const", const="quick",
                       help="the quick suite, 4-11 minutes on 2 cores (the default): optimizers "
@@ -149,6 +171,7 @@ def _add_bench(sub) -> None:
                       help="a few steps of everything (checks that it runs; numbers mean nothing)")
     _add_suite_options(bench)
     _add_distributed_and_lanton_options(bench)
+    _add_overhead_options(bench)
     bench.add_argument("--no-progress", action="store_true", help="no progress display on stderr")
     bench.set_defaults(handler=cmd_bench, subparser=bench)
 
@@ -160,7 +183,9 @@ def _add_suite_options(bench: argparse.ArgumentParser) -> None:
                             "(repeatable; default: every built-in task)")
     bench.add_argument("--text", metavar="FILE", help="shorthand for --task text:FILE")
     bench.add_argument("--optimizers", type=_optimizer_list, default=None, metavar="A,B,...",
-                       help=f"comma-separated, from {', '.join(PEER_NAMES)}")
+                       help=f"comma-separated, from {', '.join(PEER_NAMES)} (overhead also "
+                            f"{', '.join(OVERHEAD_ONLY)}; its default: steepest's muon, lion, signum, "
+                            "diffgrad and AdamW fallback and their peers)")
     bench.add_argument("--lr-grid", type=_float_list, default=None, metavar="M,M,...",
                        help="lr multipliers applied to every optimizer's base lr (quick: 1; full: 0.5,1,2)")
     bench.add_argument("--seeds", type=_int_list, default=None, metavar="S,S,...",
@@ -204,6 +229,24 @@ def _add_distributed_and_lanton_options(bench: argparse.ArgumentParser) -> None:
                        help="lanton: tasks trained at the same time (default 1; each cell uses --threads, default 1)")
     bench.add_argument("--report-only", action="store_true",
                        help="lanton: write the report from the finished cells without training")
+
+
+def _add_overhead_options(bench: argparse.ArgumentParser) -> None:
+    """The options of ``bench overhead`` (with ``--optimizers``, ``--threads``, ``--smoke`` and ``--out``)."""
+    bench.add_argument("--workloads", type=_workload_list, default=None, metavar="A,B,...",
+                       help=f"overhead: comma-separated, from {', '.join(WORKLOAD_NAMES)} (default: all)")
+    bench.add_argument("--repeats", type=_positive_int, default=None,
+                       help="overhead: timed steps per optimizer and workload, at least (default 20)")
+    bench.add_argument("--warmup", type=_nonnegative_int, default=None,
+                       help="overhead: untimed steps before them (default 3)")
+    bench.add_argument("--min-time", type=_nonnegative_float, default=None, metavar="SECONDS",
+                       help="overhead: keep timing steps until this many seconds have passed (default 0.5)")
+    bench.add_argument("--budget", dest="step_budget", type=_positive_float, default=None, metavar="SECONDS",
+                       help="overhead: seconds per optimizer and workload, warm-up included (default 10); a "
+                            "warm-up step over it is reported alone, flagged")
+    bench.add_argument("--device", default=None, help="overhead: cpu (default) or cuda")
+    bench.add_argument("--gpt2-blocks", type=_positive_int, default=None, metavar="N",
+                       help="overhead: blocks of the gpt2-small workload (default 1 on a CPU, 12 on CUDA)")
 
 
 def _add_explain(sub) -> None:

@@ -102,16 +102,23 @@ def suite_config(args: argparse.Namespace):
 
 #: ``bench`` options (argparse dest, flag) and the commands they apply to; any other use is an error
 _BENCH_OPTION_SCOPE = {
-    ("tasks", "--task"): ("suite",), ("text", "--text"): ("suite", "lanton"), ("optimizers", "--optimizers"): ("suite",),
+    ("tasks", "--task"): ("suite",), ("text", "--text"): ("suite", "lanton"),
+    ("optimizers", "--optimizers"): ("suite", "overhead"),
     ("lr_grid", "--lr-grid"): ("suite",), ("seeds", "--seeds"): ("suite",), ("lr", "--lr"): ("suite",),
     ("batch_size", "--batch-size"): ("suite",), ("eval_every", "--eval-every"): ("suite",),
     ("target", "--target"): ("suite",), ("in_process", "--in-process"): ("suite", "lanton"),
     ("hyper_connections", "--hyper-connections"): ("suite",), ("diagnostics", "--diagnostics"): ("suite",),
     ("checkpoint_every", "--checkpoint-every"): ("suite",),
-    ("budget", "--quick/--full/--smoke"): ("suite", "kernels", "lanton"), ("steps", "--steps"): ("suite", "distributed"),
-    ("threads", "--threads"): ("suite", "kernels", "distributed", "lanton"), ("ranks", "--ranks"): ("distributed",),
+    ("budget", "--quick/--full/--smoke"): ("suite", "kernels", "lanton", "overhead"),
+    ("steps", "--steps"): ("suite", "distributed"),
+    ("threads", "--threads"): ("suite", "kernels", "distributed", "lanton", "overhead"),
+    ("ranks", "--ranks"): ("distributed",),
     ("jobs", "--jobs"): ("lanton",), ("report_only", "--report-only"): ("lanton",),
     ("d_model", "--d-model"): ("distributed",), ("layers", "--layers"): ("distributed",),
+    ("workloads", "--workloads"): ("overhead",), ("repeats", "--repeats"): ("overhead",),
+    ("warmup", "--warmup"): ("overhead",), ("min_time", "--min-time"): ("overhead",),
+    ("step_budget", "--budget"): ("overhead",), ("device", "--device"): ("overhead",),
+    ("gpt2_blocks", "--gpt2-blocks"): ("overhead",),
 }
 
 
@@ -122,7 +129,7 @@ def _check_bench_options(args: argparse.Namespace, parser: argparse.ArgumentPars
 
 
 def cmd_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    """``steepest bench``: the suite, or the ``kernels``, ``distributed`` or ``lanton`` command."""
+    """``steepest bench``: the suite, or the ``kernels``, ``distributed``, ``lanton`` or ``overhead`` command."""
     _check_bench_options(args, parser)
     if args.what == "kernels":
         return _cmd_kernels(args, parser)
@@ -130,6 +137,8 @@ def cmd_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return _cmd_distributed(args, parser)
     if args.what == "lanton":
         return _cmd_lanton(args, parser)
+    if args.what == "overhead":
+        return _cmd_overhead(args, parser)
     from .bench.config import default_run_dir
     from .bench.report import summary_text, write_report
     from .bench.runner import load_tasks, run_suite
@@ -178,6 +187,44 @@ def _cmd_kernels(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     paths = write_kernel_report(results, out)
     print(kernel_table(results))
     print(f"\nreport written to {paths['report'] if 'report' in paths else out}")
+    return 0
+
+
+def _cmd_overhead(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """``steepest bench overhead``: time one optimizer step against the peers, print and write the report."""
+    import torch
+
+    from .bench.overhead import run_overhead, smoke_settings
+    from .bench.overhead_report import render_markdown, write_overhead_report
+
+    if args.budget not in (None, "smoke"):
+        parser.error("`steepest bench overhead` takes --smoke (a quick check) or no size option")
+    options = smoke_settings() if args.budget == "smoke" else {}
+    for key, value in (("workloads", args.workloads), ("optimizers", args.optimizers), ("warmup", args.warmup),
+                       ("repeats", args.repeats), ("min_time_s", args.min_time), ("budget_s", args.step_budget),
+                       ("gpt2_blocks", args.gpt2_blocks), ("threads", args.threads)):
+        if value is not None:
+            options[key] = value
+    device = args.device or "cpu"
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        parser.error(f"--device: not a torch device: {device!r} (use cpu or cuda)")
+    if kind == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: CUDA is not available here")
+    out = Path(args.out) if args.out else Path("bench-out") / ("overhead-smoke" if args.budget else "overhead")
+    progress = None if args.no_progress else (lambda line: print(line, file=sys.stderr, flush=True))
+    try:
+        results = run_overhead(**options, device=device, progress=progress)
+    except KeyboardInterrupt:
+        print("\nsteepest bench overhead: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except (RuntimeError, ValueError) as exc:
+        print(f"steepest bench overhead: error: {exc}", file=sys.stderr)
+        return 1
+    paths = write_overhead_report(results, out)
+    print(render_markdown(results))
+    print(f"report written to {paths['report']}")
     return 0
 
 
