@@ -33,6 +33,10 @@ class Geometry(ABC):
     rowwise_lmo: ClassVar[bool] = False
     #: ``dual_norm`` is a sum over rows, so the shards' dual norms add up to the whole one.
     rowwise_dual_norm: ClassVar[bool] = False
+    #: ``lmo_many`` does work across tensors (the spectral geometry stacks same-shape matrices into
+    #: one batched call), so the engine hands it a group's tensors together; otherwise the engine may
+    #: run a large tensor's stages on their own, freeing its temporaries before the next tensor.
+    batched_lmo: ClassVar[bool] = False
 
     def __init__(self, shape_scale: str | None = None):
         mode = self.shape_scales[0] if shape_scale is None else shape_scale
@@ -47,6 +51,15 @@ class Geometry(ABC):
     @abstractmethod
     def lmo(self, x: Tensor) -> Tensor:
         """Unit-norm direction maximizing ``<x, d>``; zeros for a zero input."""
+
+    def lmo_(self, x: Tensor) -> Tensor:
+        """The LMO of ``x``, written over ``x`` where the geometry can (the caller owns ``x`` and no
+        longer needs it); otherwise :meth:`lmo`'s new tensor."""
+        return self.lmo(x)
+
+    def lmo_many_(self, xs: list[Tensor]) -> list[Tensor]:
+        """:meth:`lmo_` over a list (geometries with a grouped in-place kernel override this)."""
+        return [self.lmo_(x) for x in xs]
 
     def lmo_many(self, xs: list[Tensor], compiles: Callable[[Tensor], bool] | None = None) -> list[Tensor]:
         """``lmo`` over a list (geometries that can batch override this). ``compiles(x)`` says whether

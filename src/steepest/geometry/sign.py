@@ -24,6 +24,15 @@ class Sign(Geometry):
     def lmo(self, x: Tensor) -> Tensor:
         return torch.sign(x)
 
+    def lmo_(self, x: Tensor) -> Tensor:
+        return x.sign_()
+
+    def lmo_many_(self, xs: list[Tensor]) -> list[Tensor]:
+        if len(xs) > 1 and len({(x.device, x.dtype) for x in xs}) == 1:
+            torch._foreach_sign_(xs)  # one grouped call
+            return xs
+        return [x.sign_() for x in xs]
+
     def dual_norm(self, x: Tensor) -> Tensor:
         a = x.abs() if x.dtype in (torch.float32, torch.float64) else x.float().abs()
         rows = a.flatten(1).sum(dim=1) if a.ndim >= 2 else a  # a row shard's rows are whole

@@ -49,6 +49,7 @@ class Spectral(Geometry):
     name = "spectral"
     shape_scales = ("original", "match_rms_adamw", "rms_to_rms", "none")
     min_ndim = 2
+    batched_lmo = True  # same-shape matrices share one batched Newton-Schulz call
 
     def __init__(self, ns: str = "keller", ns_steps: int | None = None, ns_dtype: str = "auto",
                  eps: float = 1e-7, shape_scale: str | None = None, ns_form: str = "auto"):

@@ -49,12 +49,19 @@ class Transposed(Geometry):
         if isinstance(inner, Transposed):
             raise TypeError("Transposed(Transposed(g)) is g: transpose once")
         self.inner = inner
+        self.batched_lmo = inner.batched_lmo
         self.name = inner.name
         self.shape_scales = inner.shape_scales
         self.shape_scale_mode = inner.shape_scale_mode
 
     def lmo(self, x: Tensor) -> Tensor:
         return _t(self.inner.lmo(_t(x)))
+
+    def lmo_(self, x: Tensor) -> Tensor:
+        return _t(self.inner.lmo_(_t(x)))
+
+    def lmo_many_(self, xs: list[Tensor]) -> list[Tensor]:
+        return [_t(o) for o in self.inner.lmo_many_([_t(x) for x in xs])]
 
     def lmo_many(self, xs: list[Tensor], compiles: Callable[[Tensor], bool] | None = None) -> list[Tensor]:
         return [_t(o) for o in self.inner.lmo_many([_t(x) for x in xs], compiles)]

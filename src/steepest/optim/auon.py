@@ -132,6 +132,7 @@ class AuON(GeometryOptimizer):
     """).replace("{AUON_ARGS}", _AUON_ARGS)
 
     PRESET_KEYS = {"cosh_brake": True}
+    GROUP_STEP_SIZES = True  # the brakes of all matrices are read from the device together
 
     def __init__(self, params: Iterable[Any], lr: float = 0.055, momentum: float = 0.95, nesterov: bool = True,
                  weight_decay: float = 0.0, adamw_lr: float = 3e-4, adamw_betas: tuple[float, float] = (0.9, 0.95),

@@ -77,7 +77,7 @@ from .guards import collect_work, finite_or_skip
 from .group_keys import ENGINE_DEFAULTS, GEOMETRY_KEYS, plain_keys, split_by_role
 from .noise_rates import NoiseRates, default_layer_rule, describe_noise, noise_active
 from .state_io import restore_saved_state
-from .transforms import TRANSFORMS, Transform, zeros_state
+from .transforms import TRANSFORMS, ElementwiseTransform, Transform, split_grouped, zeros_state
 from .checks import ON_NONFINITE, check_choice, check_compile
 from .validation import check_group, check_group_params
 
@@ -103,6 +103,9 @@ class GeometryOptimizer(Optimizer):
 
     #: Group keys a preset adds to the engine's, with their defaults.
     PRESET_KEYS: dict[str, Any] = {}
+    #: True where :meth:`_step_sizes` needs every direction of the group at once (AuON's brake), so
+    #: the group's stages always run together (:meth:`_parts`).
+    GROUP_STEP_SIZES: bool = False
 
     #: the ``compile`` setting (an instance attribute; this class default serves optimizers pickled
     #: before the setting existed)
@@ -172,7 +175,7 @@ class GeometryOptimizer(Optimizer):
 
     def geometry(self, group: dict[str, Any]) -> Geometry:
         """The (cached) geometry object a group's flat keys describe."""
-        key = tuple(group.get(k) for k in GEOMETRY_KEYS)
+        key = tuple(map(group.get, GEOMETRY_KEYS))
         geom = self._geometries.get(key)
         if geom is None:
             geom = self._geometries[key] = make_geometry(group)
@@ -306,7 +309,26 @@ class GeometryOptimizer(Optimizer):
         return f"param {pi} of group {gi} (shape {tuple(self.param_groups[gi]['params'][pi].shape)})"
 
     def _update_group(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
-        """Stages 1-4 for one group (its state exists and its noise is measured: :meth:`_step_groups`)."""
+        """Stages 1-4 for one group (its state exists and its noise is measured: :meth:`_step_groups`),
+        in parts (:meth:`_parts`)."""
+        for part in self._parts(group, grads):
+            self._run_stages(group, [params[i] for i in part], [grads[i] for i in part])
+
+    def _parts(self, group: dict[str, Any], grads: list[Tensor]) -> list[list[int]]:
+        """The index sets that run stages 1-4 together: the whole group, unless every stage acts on
+        each tensor alone (an elementwise transform, a geometry that does not batch, no group-level
+        step size, one process). Then the small tensors stay together (grouped kernels) and each
+        large one runs alone, so its temporaries are freed before the next tensor's are made: held
+        for a whole group, they are fresh memory at every step (the allocator returns them to the
+        system), and touching fresh pages cost more than the arithmetic on the benchmark GPT."""
+        whole = [list(range(len(grads)))]
+        if (self._topology is not None or self.GROUP_STEP_SIZES or len(grads) < 2
+                or not isinstance(self.transform(group), ElementwiseTransform) or self.geometry(group).batched_lmo):
+            return whole
+        small, large = split_grouped(bool(grads) and self.compiles(grads[0]), grads)
+        return ([small] if small else []) + [[i] for i in large]
+
+    def _run_stages(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
         signals = self._transforms(group, params, grads)                        # stage 1
         directions = self._lmo(group, params, signals)                          # stage 2
         directions = self._scale_entries(group, params, directions)             # stage 3
@@ -327,6 +349,8 @@ class GeometryOptimizer(Optimizer):
         """Stage 2: the geometry's LMO of every signal; distributed, a whole-matrix LMO runs once per
         matrix on its owner rank, a row-wise one on the local shards."""
         geometry = self.geometry(group)
+        if self._topology is None and not geometry.batched_lmo and self.transform(group).fresh_signals(group):
+            return geometry.lmo_many_(signals)  # the signals are temporaries: overwrite them
         lmo_many = geometry.lmo_many
         if self.compile is not False:
             lmo_many = functools.partial(geometry.lmo_many, compiles=self.compiles)

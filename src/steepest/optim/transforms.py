@@ -27,6 +27,8 @@ torch.optim.AdamW to about 1e-7 relative in float32.
 ``lion`` (Chen et al., arXiv 2302.06675): the signal interpolates with the fast beta1 and the
 buffer tracks the gradient with the slow beta2 (Lion / Lion-K; the sign or other LMO is stage 2),
     D  = beta1 m + (1 - beta1) g ;  m <- beta2 m + (1 - beta2) g
+(both as ``lerp``, one pass each, as pytorch-optimizer computes them; lion-pytorch's product and
+sum agree to rounding, about 1e-7 relative)
 
 ``diffgrad`` (Dubey et al., arXiv 1909.11015): Adam's moments with the "friction" coefficient
     xi = sigmoid(|g_prev - g|)  (elementwise, in [0.5, 1)) ;  g_prev <- copy of g
@@ -127,39 +129,44 @@ def lion_transform(exp_avg: Tensor, grad: Tensor, beta1: float, beta2: float, *,
 
 
 def lion_kernel(exp_avg: Tensor, grad: Tensor, beta1: float, beta2: float) -> Tensor:
-    """The kernel of :func:`lion_transform`."""
-    signal = exp_avg.mul(beta1).add_(grad, alpha=1 - beta1)
-    exp_avg.mul_(beta2).add_(grad, alpha=1 - beta2)
+    """The kernel of :func:`lion_transform`: both interpolations as ``lerp`` (one pass each, where
+    a product and a sum take two; equal to ``beta m + (1 - beta) g`` up to rounding)."""
+    signal = torch.lerp(exp_avg, grad, 1 - beta1)
+    exp_avg.lerp_(grad, 1 - beta2)
     return signal
 
 
 def lion_foreach(exp_avgs: list[Tensor], grads: list[Tensor], beta1: float, beta2: float) -> list[Tensor]:
     """:func:`lion_kernel` over lists of tensors, as grouped (``torch._foreach_*``) kernels."""
-    signals = torch._foreach_mul(exp_avgs, beta1)
-    torch._foreach_add_(signals, grads, alpha=1 - beta1)
-    torch._foreach_mul_(exp_avgs, beta2)
-    torch._foreach_add_(exp_avgs, grads, alpha=1 - beta2)
+    signals = torch._foreach_lerp(exp_avgs, grads, 1 - beta1)
+    torch._foreach_lerp_(exp_avgs, grads, 1 - beta2)
     return signals
 
 
-#: tensors up to this many entries run stage 1 as grouped (foreach) kernels; larger ones one by one,
-#: where each tensor's few passes stay in cache (on CPU a grouped pass over large tensors was slower)
+#: on the CPU, tensors up to this many entries run stage 1 as grouped (foreach) kernels; larger ones
+#: one by one, where each tensor's few passes stay in cache and its temporaries are freed before the
+#: next tensor's are made (on the CPU a grouped pass over large tensors was slower). On other devices
+#: every tensor is grouped, torch.optim's own default there (one kernel launch per op, not per tensor).
 GROUPED_MAX_NUMEL = 1 << 14
 
 
-def grouped(compile: bool, grads: list[Tensor]) -> bool:
-    """Whether tensors run stage 1 as grouped (foreach) kernels: eager, more than one tensor, one
-    device and dtype (torch's foreach kernels need them alike)."""
-    return not compile and len(grads) > 1 and len({(g.device, g.dtype) for g in grads}) == 1
-
-
 def split_grouped(compile: bool, grads: list[Tensor]) -> tuple[list[int], list[int]]:
-    """The indices of ``grads`` that run grouped (the tensors of at most :data:`GROUPED_MAX_NUMEL`
-    entries, when :func:`grouped` holds for them) and those that run one by one."""
-    small = [i for i, g in enumerate(grads) if g.numel() <= GROUPED_MAX_NUMEL]
-    if not grouped(compile, [grads[i] for i in small]):
+    """The indices of ``grads`` that run grouped (on the CPU the tensors of at most
+    :data:`GROUPED_MAX_NUMEL` entries, elsewhere all) and those that run one by one. Nothing is
+    grouped when compiled, for fewer than two tensors, or across devices or dtypes (torch's foreach
+    kernels need them alike)."""
+    small: list[int] = []
+    large: list[int] = []
+    kinds = set()
+    for i, g in enumerate(grads):
+        if g.device.type != "cpu" or g.numel() <= GROUPED_MAX_NUMEL:
+            small.append(i)
+            kinds.add((g.device, g.dtype))
+        else:
+            large.append(i)
+    if compile or len(small) < 2 or len(kinds) > 1:  # torch's foreach kernels need one device and dtype
         return [], list(range(len(grads)))
-    return small, [i for i, g in enumerate(grads) if g.numel() > GROUPED_MAX_NUMEL]
+    return small, large
 
 
 def diffgrad_transform(exp_avg: Tensor, exp_avg_rms: Tensor, prev_grad: Tensor, step: Tensor, grad: Tensor,
@@ -220,6 +227,11 @@ class Transform(ABC):
     def validate(self, group: dict) -> None:
         """Check the group keys the transform reads (exact errors, as ``checks.py``)."""
 
+    def fresh_signals(self, group: dict) -> bool:
+        """Whether the signals of ``group`` are new tensors that nothing else holds (not a state
+        buffer, not the gradient), so stage 2 may write the direction over them."""
+        return False
+
 
 class ElementwiseTransform(Transform):
     """A transform that acts on each tensor alone: :meth:`apply` for one, and grouped (foreach)
@@ -271,6 +283,9 @@ class Momentum(ElementwiseTransform):
     def describe(self, group: dict) -> str:
         return f"momentum({group['momentum']}{', nesterov' if group['nesterov'] else ''})"
 
+    def fresh_signals(self, group: dict) -> bool:
+        return group["momentum"] > 0 and group["nesterov"]  # otherwise the buffer or the gradient
+
     def validate(self, group: dict) -> None:
         check_momentum(group["momentum"])
         if not isinstance(group["nesterov"], bool):
@@ -297,6 +312,9 @@ class Adam(ElementwiseTransform):
     def describe(self, group: dict) -> str:
         return f"adamw(betas={tuple(group['betas'])})"
 
+    def fresh_signals(self, group: dict) -> bool:
+        return True
+
     def validate(self, group: dict) -> None:
         check_betas(group["betas"])
         check_eps("eps", group["eps"])  # eps = 0 would turn a zero gradient into 0/0
@@ -319,6 +337,9 @@ class Lion(ElementwiseTransform):
 
     def describe(self, group: dict) -> str:
         return f"lion(betas={tuple(group['betas'])})"
+
+    def fresh_signals(self, group: dict) -> bool:
+        return True
 
     def validate(self, group: dict) -> None:
         check_betas(group["betas"])
