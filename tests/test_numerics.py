@@ -269,3 +269,82 @@ def test_state_saved_by_0_6_loads_into_the_new_layout(preset):
     _train(twin, opt_twin, 2, seed=37)
     for p, q in zip(model.parameters(), twin.parameters()):
         torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-7)
+
+
+# -- Adam's squared second-moment update and its host-side bound ------------------------------------
+def _adam_param(eps: float = 1e-8):
+    p = nn.Parameter(torch.zeros(64))
+    return p, steepest.Muon([{"params": [p], "role": "vector"}], adamw_lr=1e-3, adamw_eps=eps, adamw_weight_decay=0.0)
+
+
+def test_fast_rms_form_matches_hypot_form():
+    """The squared update (taken for ordinary gradients) equals the hypot update to float32 rounding."""
+    from steepest.optim.transforms import rms_kernel
+    gen = torch.Generator().manual_seed(5)
+    r = torch.rand(4096, generator=gen)
+    g = torch.randn(4096, generator=gen) * 3
+    fast, safe = r.clone(), r.clone()
+    rms_kernel(fast, g, 0.95, fast=True)
+    rms_kernel(safe, g, 0.95, fast=False)
+    assert not torch.equal(fast, safe)  # two computations ...
+    torch.testing.assert_close(fast, safe, rtol=3e-7, atol=0)  # ... of the same value
+
+
+def test_rms_bound_bounds_the_state_and_decays_after_a_huge_gradient(monkeypatch):
+    import steepest.optim.transforms as transforms
+    taken = []
+    real = transforms.fast_rms
+
+    def spy(*args, **kwargs):
+        taken.append(real(*args, **kwargs))
+        return taken[-1]
+
+    monkeypatch.setattr(transforms, "fast_rms", spy)
+    p, opt = _adam_param()
+    gen = torch.Generator().manual_seed(7)
+    scales = [1.0] * 3 + [1e30] + [1.0] * 1200
+    bounds = []
+    for scale in scales:
+        p.grad = torch.randn(64, generator=gen) * scale
+        opt.step()
+        state = opt.state[p]
+        assert torch.isfinite(state["exp_avg_rms"]).all()
+        assert float(state["exp_avg_rms"].max()) <= float(state["rms_bound"])  # a bound, always
+        bounds.append(float(state["rms_bound"]))
+    assert taken[:3] == [True] * 3  # ordinary gradients: the squared form
+    assert taken[3] is False  # 1e30: hypot (its square would overflow float32)
+    after = taken[4:]
+    assert after[0] is False  # the state holds ~1e29: hypot until the bound decays below 2^60
+    first_fast = after.index(True)
+    assert all(after[first_fast:])
+    # B_t ~ sqrt(beta2)^t B_spike falls below 2^60 after 2 ln(B_spike / 2^60) / ln(1 / beta2) steps
+    beta2 = opt.param_groups[0]["betas"][1]
+    expected = 2 * math.log(bounds[3] / 2 ** 60) / math.log(1 / beta2)
+    assert first_fast == pytest.approx(expected, abs=2)
+
+
+def test_tiny_eps_keeps_the_hypot_form(monkeypatch):
+    import steepest.optim.transforms as transforms
+    taken = []
+    real = transforms.fast_rms
+    monkeypatch.setattr(transforms, "fast_rms", lambda *a, **k: taken.append(real(*a, **k)) or taken[-1])
+    p, opt = _adam_param(eps=1e-30)  # below 2^-50: underflowed squares would matter
+    p.grad = torch.randn(64)
+    opt.step()
+    assert taken == [False]
+
+
+def test_state_saved_without_rms_bound_reads_it_once():
+    p, opt = _adam_param()
+    p.grad = torch.randn(64) * 5
+    opt.step()
+    saved = opt.state_dict()
+    del saved["state"][0]["rms_bound"]  # as a state from steepest 0.8 and earlier
+    q, opt2 = _adam_param()
+    q.data.copy_(p.data)
+    opt2.load_state_dict(saved)
+    q.grad = torch.randn(64)
+    opt2.step()
+    bound = opt2.state[q]["rms_bound"]
+    assert bound.device.type == "cpu" and bound.dtype == torch.float64
+    assert float(opt2.state[q]["exp_avg_rms"].max()) <= float(bound) <= 10 * float(opt2.state[q]["exp_avg_rms"].max())

@@ -288,7 +288,8 @@ class GeometryOptimizer(Optimizer):
 
     def _step_groups(self) -> None:
         work = collect_work(self)
-        if not finite_or_skip(self, work):
+        go_on, peaks = finite_or_skip(self, work)
+        if not go_on:
             return
         for gi, group, params, _ in work:
             if noise_active(group):
@@ -300,7 +301,7 @@ class GeometryOptimizer(Optimizer):
                 self._noise.measure(group, params, grads)                       # stage 3's inputs
         self._noise.prefetch([group for _, group, _, _ in work if noise_active(group)])
         for _, group, params, grads in work:
-            self._update_group(group, params, grads)
+            self._update_group(group, params, grads, [peaks.get(id(p)) for p in params])
 
     def _param_name(self, gi: int, pi: int) -> str:
         names = self.param_groups[gi].get("param_names")
@@ -308,11 +309,13 @@ class GeometryOptimizer(Optimizer):
             return names[pi]
         return f"param {pi} of group {gi} (shape {tuple(self.param_groups[gi]['params'][pi].shape)})"
 
-    def _update_group(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
+    def _update_group(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                      peaks: list[float | None] | None = None) -> None:
         """Stages 1-4 for one group (its state exists and its noise is measured: :meth:`_step_groups`),
         in parts (:meth:`_parts`)."""
+        peaks = peaks or [None] * len(params)
         for part in self._parts(group, grads):
-            self._run_stages(group, [params[i] for i in part], [grads[i] for i in part])
+            self._run_stages(group, [params[i] for i in part], [grads[i] for i in part], [peaks[i] for i in part])
 
     def _parts(self, group: dict[str, Any], grads: list[Tensor]) -> list[list[int]]:
         """The index sets that run stages 1-4 together: the whole group, unless every stage acts on
@@ -328,8 +331,9 @@ class GeometryOptimizer(Optimizer):
         small, large = split_grouped(bool(grads) and self.compiles(grads[0]), grads)
         return ([small] if small else []) + [[i] for i in large]
 
-    def _run_stages(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
-        signals = self._transforms(group, params, grads)                        # stage 1
+    def _run_stages(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                    peaks: list[float | None]) -> None:
+        signals = self._transforms(group, params, grads, peaks)                 # stage 1
         directions = self._lmo(group, params, signals)                          # stage 2
         directions = self._scale_entries(group, params, directions)             # stage 3
         steps = self._step_sizes(group, params, directions)
@@ -337,13 +341,15 @@ class GeometryOptimizer(Optimizer):
         if group["constraint"] is not None:
             self._constraints.project(group, params, steps, self.geometry(group), self._topology)
 
-    def _transforms(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> list[Tensor]:
-        """Stage 1 for a whole group: the group's transform turns each gradient into its signal."""
+    def _transforms(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                    peaks: list[float | None] | None = None) -> list[Tensor]:
+        """Stage 1 for a whole group: the group's transform turns each gradient into its signal
+        (``peaks``: the gradients' largest magnitudes, from the non-finite check)."""
         work = [self._working_grad(group, p, g) for p, g in zip(params, grads)]
         whole_sums = (lambda partial: self._whole_sums(params, partial)) if self._sharded(params) else None
         compiles = bool(work) and self.compiles(work[0])
         return self.transform(group).apply_group(group, [self._state_view(p) for p in params], work, compiles,
-                                                 whole_sums)
+                                                 whole_sums, peaks)
 
     def _lmo(self, group: dict[str, Any], params: list[Tensor], signals: list[Tensor]) -> list[Tensor]:
         """Stage 2: the geometry's LMO of every signal; distributed, a whole-matrix LMO runs once per

@@ -185,7 +185,7 @@ class FisherWindow(Transform):
             state["gram"] = torch.zeros(m, m, dtype=wide_float(device), device=device)
 
     def apply_group(self, group: dict, states: list[dict], grads: list[Tensor], compile: bool,
-                    whole_sums=None) -> list[Tensor]:
+                    whole_sums=None, peaks: list[float] | None = None) -> list[Tensor]:
         m, damp = group["ngrads"], group["damp"]
         # (m, numel) views; a sharded parameter's window holds the columns of its local rows
         windows = [state["grad_window"].reshape(m, g.numel()) for state, g in zip(states, grads)]

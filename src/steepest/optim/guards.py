@@ -2,6 +2,7 @@
 gradients, non-finite values, and (distributed) agreement of all ranks on both."""
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any, Callable
 
@@ -39,22 +40,34 @@ def collect_work(optimizer: Any) -> Work:
     return work
 
 
-def first_nonfinite(work: Work, name: Callable[[int, int], str]) -> str | None:
-    """The name of the first parameter whose gradient holds NaN or Inf, or ``None``."""
-    grads = [g for _, _, _, gs in work for g in gs if g.numel()]
-    if not grads:
-        return None
-    if bool(extremes(grads).isfinite().all()):  # the step's one host read
-        return None
+def first_nonfinite(work: Work, name: Callable[[int, int], str]) -> tuple[str | None, dict[int, float]]:
+    """The name of the first parameter whose gradient holds NaN or Inf (or ``None``), and every
+    gradient's largest magnitude by ``id`` of its parameter (read in the same transfer; the Adam
+    transforms use it: ``steepest.optim.transforms.fast_rms``)."""
+    pairs = [(p, g) for _, _, params, gs in work for p, g in zip(params, gs) if g.numel()]
+    if not pairs:
+        return None, {}
+    values, small, large = extremes([g for _, g in pairs])
+    values = values.tolist()  # the step's one host read
+    n = len(small)
+    peaks: dict[int, float] = {}
+    for k, i in enumerate(small):
+        peaks[id(pairs[i][0])] = max(values[k], values[n + k])  # max and -min
+    for k, i in enumerate(large):
+        peaks[id(pairs[i][0])] = max(-values[2 * n + 2 * k], values[2 * n + 2 * k + 1])  # min and max
+    if all(math.isfinite(v) for v in values):
+        return None, peaks
     for gi, group, params, gs in work:
         for p, g in zip(params, gs):
             if not bool(torch.isfinite(g).all()):
-                return name(gi, next(i for i, q in enumerate(group["params"]) if q is p))
-    return None
+                return name(gi, next(i for i, q in enumerate(group["params"]) if q is p)), peaks
+    return None, peaks  # unreachable while max/min propagate NaN (kept for safety)
 
 
-def extremes(grads: list[Tensor]) -> Tensor:
-    """Every tensor's largest and smallest entry, in one float32 tensor. Max and min propagate NaN
+def extremes(grads: list[Tensor]) -> tuple[Tensor, list[int], list[int]]:
+    """Every tensor's largest and smallest entry, in one float64 tensor, and the split (``small``,
+    ``large``) that orders it: the maxima of the small tensors, then their negated minima, then
+    ``(min, max)`` of each large one. Max and min propagate NaN
     and are +-Inf for +-Inf, and finite values never overflow here, so the result is finite iff
     every tensor is. Tensors of at most 2^14 entries, alike in device and dtype
     (``steepest.optim.transforms.GROUPED_MAX_NUMEL``), are reduced by two grouped ``_foreach_max``
@@ -67,7 +80,7 @@ def extremes(grads: list[Tensor]) -> Tensor:
         few = [grads[i] for i in small]
         parts += [torch.stack(torch._foreach_max(few)), torch.stack(torch._foreach_max(torch._foreach_neg(few)))]
     parts += [torch.stack(torch.aminmax(grads[i])) for i in large]
-    return torch.cat([part.float() for part in parts])
+    return torch.cat([part.double() for part in parts]), small, large
 
 
 def agree_on_step(topology: Any, param_groups: list[dict], work: Work, bad: str | None) -> str | None:
@@ -87,15 +100,16 @@ def agree_on_step(topology: Any, param_groups: list[dict], work: Work, bad: str 
     return bad
 
 
-def finite_or_skip(optimizer: Any, work: Work) -> bool:
+def finite_or_skip(optimizer: Any, work: Work) -> tuple[bool, dict[int, float]]:
     """Whether the step goes on: ``False`` after a non-finite gradient with ``on_nonfinite="skip"``
     (warned and counted in ``nonfinite_skips``); ``FloatingPointError`` with ``"raise"``. All ranks
-    agree first (and on which parameters step)."""
-    bad = first_nonfinite(work, optimizer._param_name)
+    agree first (and on which parameters step). Also every local gradient's largest magnitude, by
+    ``id`` of its parameter (:func:`first_nonfinite`)."""
+    bad, peaks = first_nonfinite(work, optimizer._param_name)
     if optimizer._topology is not None:
         bad = agree_on_step(optimizer._topology, optimizer.param_groups, work, bad)
     if bad is None:
-        return True
+        return True, peaks
     if optimizer.on_nonfinite == "raise":
         raise FloatingPointError(
             f"Non-finite gradient (NaN or Inf) in parameter {bad!r}; parameters and optimizer "
@@ -104,4 +118,4 @@ def finite_or_skip(optimizer: Any, work: Work) -> bool:
     optimizer.nonfinite_skips += 1
     warnings.warn(f"{type(optimizer).__name__}: skipped a step with a non-finite gradient in "
                   f"parameter {bad!r} ({optimizer.nonfinite_skips} skipped so far)", RuntimeWarning)
-    return False
+    return False, peaks

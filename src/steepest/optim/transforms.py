@@ -80,36 +80,43 @@ def momentum_foreach(bufs: list[Tensor], grads: list[Tensor], beta: float, neste
 
 
 def adam_transform(exp_avg: Tensor, exp_avg_rms: Tensor, step: Tensor, grad: Tensor, beta1: float,
-                   beta2: float, eps: float, *, compile: bool = False) -> Tensor:
-    """Update Adam's moments and step counter in place and return the bias-corrected direction."""
+                   beta2: float, eps: float, *, compile: bool = False, fast: bool = False) -> Tensor:
+    """Update Adam's moments and step counter in place and return the bias-corrected direction
+    (``fast``: the squared second-moment update, :func:`rms_kernel`)."""
     step += 1
     t = float(step)
     bias1 = 1 - beta1**t
     bias2_sqrt = math.sqrt(1 - beta2**t)
-    return kernel(adam_kernel, compile)(exp_avg, exp_avg_rms, grad, beta1, beta2, eps, bias1, bias2_sqrt)
+    return kernel(adam_kernel, compile)(exp_avg, exp_avg_rms, grad, beta1, beta2, eps, bias1, bias2_sqrt, fast)
 
 
 def adam_kernel(exp_avg: Tensor, exp_avg_rms: Tensor, grad: Tensor, beta1: float, beta2: float, eps: float,
-                bias1: float, bias2_sqrt: float) -> Tensor:
+                bias1: float, bias2_sqrt: float, fast: bool = False) -> Tensor:
     """The kernel of :func:`adam_transform`, given the bias corrections ``1 - beta1^t`` and
     ``sqrt(1 - beta2^t)`` of the new step ``t``."""
     exp_avg.lerp_(grad, 1 - beta1)
-    rms_kernel(exp_avg_rms, grad, beta2)
+    rms_kernel(exp_avg_rms, grad, beta2, fast)
     denom = (exp_avg_rms / bias2_sqrt).add_(eps)
     return (exp_avg / bias1).div_(denom)
 
 
 def adam_foreach(exp_avgs: list[Tensor], exp_avg_rmss: list[Tensor], steps: list[Tensor], grads: list[Tensor],
-                 beta1: float, beta2: float, eps: float) -> list[Tensor]:
+                 beta1: float, beta2: float, eps: float, fast: bool = False) -> list[Tensor]:
     """:func:`adam_transform` over lists of tensors, as grouped (``torch._foreach_*``) kernels; the
     same operations in the same order, so the results are the same to the bit (``hypot`` has no
-    grouped kernel and runs per tensor)."""
+    grouped kernel and runs per tensor; ``fast`` applies to every tensor of the lists)."""
     torch._foreach_add_(steps, 1.0)
     ts = [float(t) for t in steps]  # host counters
     torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
-    torch._foreach_mul_(exp_avg_rmss, math.sqrt(beta2))
-    for rms, scaled in zip(exp_avg_rmss, torch._foreach_mul(grads, math.sqrt(1 - beta2))):
-        rms.hypot_(scaled)
+    if fast:
+        torch._foreach_mul_(exp_avg_rmss, exp_avg_rmss)
+        torch._foreach_mul_(exp_avg_rmss, beta2)
+        torch._foreach_addcmul_(exp_avg_rmss, grads, grads, value=1 - beta2)
+        torch._foreach_sqrt_(exp_avg_rmss)
+    else:
+        torch._foreach_mul_(exp_avg_rmss, math.sqrt(beta2))
+        for rms, scaled in zip(exp_avg_rmss, torch._foreach_mul(grads, math.sqrt(1 - beta2))):
+            rms.hypot_(scaled)
     denoms = torch._foreach_div(exp_avg_rmss, [math.sqrt(1 - beta2**t) for t in ts])
     torch._foreach_add_(denoms, eps)
     out = torch._foreach_div(exp_avgs, [1 - beta1**t for t in ts])
@@ -117,10 +124,45 @@ def adam_foreach(exp_avgs: list[Tensor], exp_avg_rmss: list[Tensor], steps: list
     return out
 
 
-def rms_kernel(exp_avg_rms: Tensor, grad: Tensor, beta2: float) -> None:
-    """``r <- sqrt(beta2 r^2 + (1 - beta2) g^2)`` in place, as ``hypot`` of the two scaled terms:
-    nothing is squared, so it is finite for every finite ``r`` and ``g``."""
-    exp_avg_rms.mul_(math.sqrt(beta2)).hypot_(grad * math.sqrt(1 - beta2))
+def rms_kernel(exp_avg_rms: Tensor, grad: Tensor, beta2: float, fast: bool = False) -> None:
+    """``r <- sqrt(beta2 r^2 + (1 - beta2) g^2)`` in place. ``fast=False``: as ``hypot`` of the two
+    scaled terms, nothing squared, finite for every finite ``r`` and ``g``. ``fast=True``: squared,
+    summed and rooted in place (four passes, no temporary; ``hypot`` is a scalar library call that
+    costs about six times as much on the CPU), for when :func:`fast_rms` has shown that nothing can
+    overflow or matter below the underflow."""
+    if fast:
+        exp_avg_rms.mul_(exp_avg_rms).mul_(beta2).addcmul_(grad, grad, value=1 - beta2).sqrt_()
+    else:
+        exp_avg_rms.mul_(math.sqrt(beta2)).hypot_(grad * math.sqrt(1 - beta2))
+
+
+#: largest entry bound (of ``r`` and of ``g``) under which the squared update cannot overflow, by
+#: state dtype: squares stay below 2^120 (float32's largest finite number is about 2^128)
+FAST_RMS_LIMIT = {torch.float32: 2.0 ** 60, torch.float64: 2.0 ** 500}
+#: smallest ``eps`` for the squared update: entries whose ``g^2`` underflows (``|g| < ~2^-63`` in
+#: float32) then have ``r < 2^-63``, so losing them changes ``r + eps`` by at most ``2^-13`` relative
+FAST_RMS_MIN_EPS = 2.0 ** -50
+
+
+def fast_rms(state: dict, exp_avg_rms: Tensor, grad: Tensor, peak: float | None, beta2: float, eps: float) -> bool:
+    """Whether this step's second-moment update may take the squared form, given ``peak``, the
+    gradient's largest magnitude (read by the step's non-finite check; ``None``: read here); and
+    advance ``state["rms_bound"]``, a host-side bound on ``r``'s entries: since
+    ``r'^2 = beta2 r^2 + (1 - beta2) g^2``, ``B' = sqrt(beta2 B^2 + (1 - beta2) peak^2)`` bounds
+    ``r'`` (times ``1 + 1e-6`` for rounding), so after a huge gradient the bound decays back. A
+    state without the key (saved before it existed) reads ``r``'s maximum once."""
+    if not exp_avg_rms.numel():
+        return True
+    bound = state.get("rms_bound")
+    if bound is None:
+        bound = state["rms_bound"] = torch.tensor(float(exp_avg_rms.abs().max()) if exp_avg_rms.numel() else 0.0,
+                                                  dtype=torch.float64)
+    if peak is None:  # a transform called outside the engine's step
+        peak = float(grad.abs().amax())
+    old = float(bound)
+    limit = FAST_RMS_LIMIT.get(exp_avg_rms.dtype, 0.0)
+    bound.fill_(math.hypot(math.sqrt(beta2) * old, math.sqrt(1 - beta2) * peak) * (1 + 1e-6))
+    return max(old, peak) <= limit and eps >= FAST_RMS_MIN_EPS
 
 
 def lion_transform(exp_avg: Tensor, grad: Tensor, beta1: float, beta2: float, *, compile: bool = False) -> Tensor:
@@ -170,21 +212,22 @@ def split_grouped(compile: bool, grads: list[Tensor]) -> tuple[list[int], list[i
 
 
 def diffgrad_transform(exp_avg: Tensor, exp_avg_rms: Tensor, prev_grad: Tensor, step: Tensor, grad: Tensor,
-                       beta1: float, beta2: float, eps: float, *, compile: bool = False) -> Tensor:
+                       beta1: float, beta2: float, eps: float, *, compile: bool = False, fast: bool = False) -> Tensor:
     """Update diffGrad's moments, previous gradient and step in place; return the friction-scaled direction."""
     step += 1
     t = float(step)
     step_scale = math.sqrt(1 - beta2**t) / (1 - beta1**t)
-    return kernel(diffgrad_kernel, compile)(exp_avg, exp_avg_rms, prev_grad, grad, beta1, beta2, eps, step_scale)
+    return kernel(diffgrad_kernel, compile)(exp_avg, exp_avg_rms, prev_grad, grad, beta1, beta2, eps, step_scale,
+                                            fast)
 
 
 def diffgrad_kernel(exp_avg: Tensor, exp_avg_rms: Tensor, prev_grad: Tensor, grad: Tensor, beta1: float,
-                    beta2: float, eps: float, step_scale: float) -> Tensor:
+                    beta2: float, eps: float, step_scale: float, fast: bool = False) -> Tensor:
     """The kernel of :func:`diffgrad_transform`, given ``sqrt(1 - beta2^t) / (1 - beta1^t)`` of the new step ``t``."""
     friction = torch.sigmoid((prev_grad - grad).abs_())
     prev_grad.copy_(grad)
     exp_avg.lerp_(grad, 1 - beta1)
-    rms_kernel(exp_avg_rms, grad, beta2)
+    rms_kernel(exp_avg_rms, grad, beta2, fast)
     return friction.mul_(exp_avg).div_(exp_avg_rms.add(eps)).mul_(step_scale)
 
 
@@ -214,10 +257,11 @@ class Transform(ABC):
 
     @abstractmethod
     def apply_group(self, group: dict, states: list[dict], grads: list[Tensor], compile: bool,
-                    whole_sums=None) -> list[Tensor]:
+                    whole_sums=None, peaks: list[float] | None = None) -> list[Tensor]:
         """Stage 1 over a group: ``states`` are the parameters' state views, ``grads`` their working
         gradients; ``whole_sums(partial)`` sums per-parameter partial sums over shards (``None``
-        on one process)."""
+        on one process); ``peaks`` the gradients' largest magnitudes, as the step's non-finite
+        check read them (``None``: unknown)."""
 
     @abstractmethod
     def describe(self, group: dict) -> str:
@@ -238,23 +282,28 @@ class ElementwiseTransform(Transform):
     kernels for the small tensors of a group where a subclass has them (:meth:`apply_split`)."""
 
     @abstractmethod
-    def apply(self, group: dict, state: dict, grad: Tensor, compile: bool) -> Tensor:
-        """Update one parameter's ``state`` with its working gradient and return the signal."""
+    def apply(self, group: dict, state: dict, grad: Tensor, compile: bool, peak: float | None = None) -> Tensor:
+        """Update one parameter's ``state`` with its working gradient and return the signal
+        (``peak``: the gradient's largest magnitude, ``None`` if unknown)."""
 
     def apply_group(self, group: dict, states: list[dict], grads: list[Tensor], compile: bool,
-                    whole_sums=None) -> list[Tensor]:
-        return [self.apply(group, state, g, compile) for state, g in zip(states, grads)]
+                    whole_sums=None, peaks: list[float] | None = None) -> list[Tensor]:
+        peaks = peaks or [None] * len(grads)
+        return [self.apply(group, state, g, compile, peak) for state, g, peak in zip(states, grads, peaks)]
 
-    def apply_split(self, group: dict, states: list[dict], grads: list[Tensor], compile: bool, foreach) -> list[Tensor]:
-        """``foreach(states, grads)`` on the small tensors (:func:`split_grouped`), :meth:`apply` on
-        the others; the signals in the order of ``grads``."""
+    def apply_split(self, group: dict, states: list[dict], grads: list[Tensor], compile: bool, foreach,
+                    peaks: list[float] | None = None) -> list[Tensor]:
+        """``foreach(states, grads, peaks)`` on the small tensors (:func:`split_grouped`), :meth:`apply`
+        on the others; the signals in the order of ``grads``."""
+        peaks = peaks or [None] * len(grads)
         small, large = split_grouped(compile, grads)
         out: list = [None] * len(grads)
         if small:
-            for i, d in zip(small, foreach([states[i] for i in small], [grads[i] for i in small])):
+            for i, d in zip(small, foreach([states[i] for i in small], [grads[i] for i in small],
+                                           [peaks[i] for i in small])):
                 out[i] = d
         for i in large:
-            out[i] = self.apply(group, states[i], grads[i], compile)
+            out[i] = self.apply(group, states[i], grads[i], compile, peaks[i])
         return out
 
 
@@ -268,16 +317,16 @@ class Momentum(ElementwiseTransform):
         if group["momentum"] > 0 and "momentum_buffer" not in state:
             state["momentum_buffer"] = zeros_state(p, dtype)
 
-    def apply(self, group: dict, state: dict, grad: Tensor, compile: bool) -> Tensor:
+    def apply(self, group: dict, state: dict, grad: Tensor, compile: bool, peak: float | None = None) -> Tensor:
         beta = group["momentum"]
         return momentum_transform(state.get("momentum_buffer") if beta > 0 else None, grad, beta, group["nesterov"],
                                compile=compile)
 
     def apply_group(self, group: dict, states: list[dict], grads: list[Tensor], compile: bool,
-                    whole_sums=None) -> list[Tensor]:
+                    whole_sums=None, peaks: list[float] | None = None) -> list[Tensor]:
         if group["momentum"] == 0:
             return super().apply_group(group, states, grads, compile, whole_sums)
-        return self.apply_split(group, states, grads, compile, lambda ss, gs: momentum_foreach(
+        return self.apply_split(group, states, grads, compile, lambda ss, gs, _: momentum_foreach(
             [s["momentum_buffer"] for s in ss], gs, group["momentum"], group["nesterov"]))
 
     def describe(self, group: dict) -> str:
@@ -298,16 +347,36 @@ class Adam(ElementwiseTransform):
     name = "adam"
     state_keys = ("step", "exp_avg", "exp_avg_rms")
 
-    def apply(self, group: dict, state: dict, grad: Tensor, compile: bool) -> Tensor:
+    def init_state(self, group: dict, state: dict, p: Tensor, dtype: torch.dtype) -> None:
+        if "exp_avg_rms" not in state:
+            state["rms_bound"] = torch.zeros((), dtype=torch.float64)  # r = 0 (see fast_rms)
+        super().init_state(group, state, p, dtype)
+
+    def apply(self, group: dict, state: dict, grad: Tensor, compile: bool, peak: float | None = None) -> Tensor:
         beta1, beta2 = group["betas"]
+        fast = fast_rms(state, state["exp_avg_rms"], grad, peak, beta2, group["eps"])
         return adam_transform(state["exp_avg"], state["exp_avg_rms"], state["step"], grad, beta1, beta2, group["eps"],
-                              compile=compile)
+                              compile=compile, fast=fast)
 
     def apply_group(self, group: dict, states: list[dict], grads: list[Tensor], compile: bool,
-                    whole_sums=None) -> list[Tensor]:
-        return self.apply_split(group, states, grads, compile, lambda ss, gs: adam_foreach(
-            [s["exp_avg"] for s in ss], [s["exp_avg_rms"] for s in ss], [s["step"] for s in ss], gs,
-            *group["betas"], group["eps"]))
+                    whole_sums=None, peaks: list[float] | None = None) -> list[Tensor]:
+        return self.apply_split(group, states, grads, compile,
+                                lambda ss, gs, pk: self._foreach(group, ss, gs, pk), peaks)
+
+    def _foreach(self, group: dict, states: list[dict], grads: list[Tensor], peaks: list[float | None]) -> list[Tensor]:
+        """:func:`adam_foreach` over the tensors, in two calls where only some may take the fast form."""
+        beta1, beta2 = group["betas"]
+        fast = [fast_rms(s, s["exp_avg_rms"], g, peak, beta2, group["eps"]) for s, g, peak in zip(states, grads, peaks)]
+        out: list = [None] * len(grads)
+        for choice in (True, False):
+            idx = [i for i, f in enumerate(fast) if f is choice]
+            if idx:
+                ss = [states[i] for i in idx]
+                for i, d in zip(idx, adam_foreach([s["exp_avg"] for s in ss], [s["exp_avg_rms"] for s in ss],
+                                                  [s["step"] for s in ss], [grads[i] for i in idx], beta1, beta2,
+                                                  group["eps"], fast=choice)):
+                    out[i] = d
+        return out
 
     def describe(self, group: dict) -> str:
         return f"adamw(betas={tuple(group['betas'])})"
@@ -326,13 +395,13 @@ class Lion(ElementwiseTransform):
     name = "lion"
     state_keys = ("exp_avg",)
 
-    def apply(self, group: dict, state: dict, grad: Tensor, compile: bool) -> Tensor:
+    def apply(self, group: dict, state: dict, grad: Tensor, compile: bool, peak: float | None = None) -> Tensor:
         beta1, beta2 = group["betas"]
         return lion_transform(state["exp_avg"], grad, beta1, beta2, compile=compile)
 
     def apply_group(self, group: dict, states: list[dict], grads: list[Tensor], compile: bool,
-                    whole_sums=None) -> list[Tensor]:
-        return self.apply_split(group, states, grads, compile, lambda ss, gs: lion_foreach(
+                    whole_sums=None, peaks: list[float] | None = None) -> list[Tensor]:
+        return self.apply_split(group, states, grads, compile, lambda ss, gs, _: lion_foreach(
             [s["exp_avg"] for s in ss], gs, *group["betas"]))
 
     def describe(self, group: dict) -> str:
@@ -353,10 +422,11 @@ class DiffGrad(Adam):
     #: one tensor at a time (diffGrad has no grouped kernel)
     apply_group = ElementwiseTransform.apply_group
 
-    def apply(self, group: dict, state: dict, grad: Tensor, compile: bool) -> Tensor:
+    def apply(self, group: dict, state: dict, grad: Tensor, compile: bool, peak: float | None = None) -> Tensor:
         beta1, beta2 = group["betas"]
+        fast = fast_rms(state, state["exp_avg_rms"], grad, peak, beta2, group["eps"])
         return diffgrad_transform(state["exp_avg"], state["exp_avg_rms"], state["prev_grad"], state["step"], grad,
-                               beta1, beta2, group["eps"], compile=compile)
+                               beta1, beta2, group["eps"], compile=compile, fast=fast)
 
     def describe(self, group: dict) -> str:
         return f"diffgrad(betas={tuple(group['betas'])})"
