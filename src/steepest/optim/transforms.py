@@ -17,12 +17,14 @@ arXiv 1711.05101, as torch.optim.AdamW computes it):
     m <- beta1 m + (1 - beta1) g ;  v <- beta2 v + (1 - beta2) g^2 ;  t <- t + 1
     D  = (m / (1 - beta1^t)) / (sqrt(v) / sqrt(1 - beta2^t) + eps)
 
-The state holds ``r = sqrt(v)`` (key ``exp_avg_rms``), not ``v``, updated without ever squaring:
-    r <- hypot(sqrt(beta2) r, sqrt(1 - beta2) g)
-so the second moment of float32/bfloat16 parameters stays finite for every finite gradient (``v``
-in float32 overflows once ``|g| > ~1.8e19 / sqrt(1 - beta2)``: torch.optim.Adam then holds inf
-and the layer never moves again). ``r`` is ``sqrt(v)`` to rounding, so the direction matches
-torch.optim.AdamW to about 1e-7 relative in float32.
+The state holds ``r = sqrt(v)`` (key ``exp_avg_rms``), not ``v``, so the second moment of
+float32/bfloat16 parameters stays finite for every finite gradient (``v`` in float32 overflows once
+``|g| > ~1.8e19 / sqrt(1 - beta2)``: torch.optim.Adam then holds inf and the layer never moves
+again). It is updated in one of two forms (:func:`rms_kernel`): squared, summed and rooted in place
+when a host-side bound ``rms_bound`` on ``r`` and the gradient's peak (read with the step's
+non-finite check) are at most 2^60, so no square can overflow (:func:`fast_rms`); otherwise
+without ever squaring, ``r <- hypot(sqrt(beta2) r, sqrt(1 - beta2) g)``. Both are ``sqrt(v)`` to
+rounding, so the direction matches torch.optim.AdamW to about 1e-7 relative in float32.
 
 ``lion`` (Chen et al., arXiv 2302.06675): the signal interpolates with the fast beta1 and the
 buffer tracks the gradient with the slow beta2 (Lion / Lion-K; the sign or other LMO is stage 2),
