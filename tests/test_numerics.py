@@ -185,7 +185,9 @@ def test_diffgrad_state_is_finite_for_huge_gradients():
     for sign in (1.0, -1.0):
         p.grad = torch.full((4, 3), sign * 1e30)
         opt.step()
-    assert all(torch.isfinite(v).all() for v in opt.state[p].values())
+    state = opt.state[p]
+    assert all(torch.isfinite(v).all() for v in state.values() if isinstance(v, torch.Tensor))
+    assert math.isfinite(state["rms_bound"])  # the host-side bound, a float
     assert torch.isfinite(p).all() and p.abs().max() > 0
 
 
@@ -346,5 +348,5 @@ def test_state_saved_without_rms_bound_reads_it_once():
     q.grad = torch.randn(64)
     opt2.step()
     bound = opt2.state[q]["rms_bound"]
-    assert bound.device.type == "cpu" and bound.dtype == torch.float64
-    assert float(opt2.state[q]["exp_avg_rms"].max()) <= float(bound) <= 10 * float(opt2.state[q]["exp_avg_rms"].max())
+    assert isinstance(bound, float)  # host-side by construction
+    assert float(opt2.state[q]["exp_avg_rms"].max()) <= bound <= 10 * float(opt2.state[q]["exp_avg_rms"].max())

@@ -9,9 +9,8 @@ from torch import Tensor
 
 from ..numerics import wide_float
 
-#: state kept on the CPU whatever the parameter's device (counters and bounds read on the host every
-#: step; ``rms_bound`` is float64: ``steepest.optim.transforms.fast_rms``)
-HOST_STATE = ("noise_count", "noise_prev_valid", "noise_step", "rms_bound")
+#: state kept on the CPU whatever the parameter's device (counters read on the host every step)
+HOST_STATE = ("noise_count", "noise_prev_valid", "noise_step")
 
 
 def upgrade_state(state: dict[str, Any]) -> None:

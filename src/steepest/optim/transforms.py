@@ -151,20 +151,18 @@ def fast_rms(state: dict, exp_avg_rms: Tensor, grad: Tensor, peak: float | None,
     gradient's largest magnitude (read by the step's non-finite check; ``None``: read here); and
     advance ``state["rms_bound"]``, a host-side bound on ``r``'s entries: since
     ``r'^2 = beta2 r^2 + (1 - beta2) g^2``, ``B' = sqrt(beta2 B^2 + (1 - beta2) peak^2)`` bounds
-    ``r'`` (times ``1 + 1e-6`` for rounding), so after a huge gradient the bound decays back. A
-    state without the key (saved before it existed) reads ``r``'s maximum once."""
+    ``r'`` (times ``1 + 1e-6`` for rounding), so after a huge gradient the bound decays back. The
+    bound is a Python float (host-side by construction, kept as is by ``state_dict``); a state
+    without it (saved before the key existed) reads ``r``'s maximum once."""
     if not exp_avg_rms.numel():
         return True
-    bound = state.get("rms_bound")
-    if bound is None:
-        bound = state["rms_bound"] = torch.tensor(float(exp_avg_rms.abs().max()) if exp_avg_rms.numel() else 0.0,
-                                                  dtype=torch.float64)
+    old = state.get("rms_bound")
+    if old is None:
+        old = float(exp_avg_rms.abs().max())
     if peak is None:  # a transform called outside the engine's step
         peak = float(grad.abs().amax())
-    old = float(bound)
-    limit = FAST_RMS_LIMIT.get(exp_avg_rms.dtype, 0.0)
-    bound.fill_(math.hypot(math.sqrt(beta2) * old, math.sqrt(1 - beta2) * peak) * (1 + 1e-6))
-    return max(old, peak) <= limit and eps >= FAST_RMS_MIN_EPS
+    state["rms_bound"] = math.hypot(math.sqrt(beta2) * old, math.sqrt(1 - beta2) * peak) * (1 + 1e-6)
+    return max(old, peak) <= FAST_RMS_LIMIT.get(exp_avg_rms.dtype, 0.0) and eps >= FAST_RMS_MIN_EPS
 
 
 def lion_transform(exp_avg: Tensor, grad: Tensor, beta1: float, beta2: float, *, compile: bool = False) -> Tensor:
@@ -351,7 +349,7 @@ class Adam(ElementwiseTransform):
 
     def init_state(self, group: dict, state: dict, p: Tensor, dtype: torch.dtype) -> None:
         if "exp_avg_rms" not in state:
-            state["rms_bound"] = torch.zeros((), dtype=torch.float64)  # r = 0 (see fast_rms)
+            state["rms_bound"] = 0.0  # r = 0 (see fast_rms)
         super().init_state(group, state, p, dtype)
 
     def apply(self, group: dict, state: dict, grad: Tensor, compile: bool, peak: float | None = None) -> Tensor:
