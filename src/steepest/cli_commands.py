@@ -286,8 +286,7 @@ def info_lines() -> list[str]:
     machine = machine_info()
     bf16 = machine["mkldnn_bf16_supported"]
     bf16_text = {True: "yes (oneDNN reports native bf16 support)",
-                 False: "no (oneDNN has no native bf16 here: bf16 matmul falls back to a slow path; "
-                        "steepest runs Newton-Schulz in float32 on CPU)",
+                 False: "no (oneDNN has no native bf16 here: bf16 matmul falls back to a slow path)",
                  None: "unknown (torch.ops.mkldnn._is_mkldnn_bf16_supported is unavailable)"}[bf16]
     lines = [
         f"steepest       {steepest_version}",
@@ -298,6 +297,8 @@ def info_lines() -> list[str]:
         f"capability {machine['cpu_capability']}",
         f"torch threads  {machine['torch_threads']}",
         f"fast bf16 matmul on CPU: {bf16_text}",
+        f"Newton-Schulz  ns_dtype=\"auto\" iterates in {machine['ns_dtype_auto']} on the CPU "
+        f"({machine['ns_dtype_auto_reason']})",
         f"cuda available {torch.cuda.is_available()}",
     ]
     try:

@@ -200,11 +200,13 @@ def run_suite(config: SuiteConfig, run_dir: str | Path, show_progress: bool = Tr
     machine = machine_info()
     if "torch-muon" in optimizers and machine["mkldnn_bf16_supported"] is False:
         notes.append("no native bf16 on this CPU: torch.optim.Muon's hard-coded bfloat16 Newton-Schulz "
-                     "runs on a slow fallback path; steepest uses float32 on CPU")
+                     "runs on a slow fallback path; steepest's ns_dtype=\"auto\" iterates in "
+                     f"{machine['ns_dtype_auto']} here")
     elif "torch-muon" in optimizers and machine["mkldnn_bf16_supported"]:
         notes.append("oneDNN reports native bf16 on this CPU, so torch.optim.Muon's hard-coded bfloat16 "
                      "Newton-Schulz is fast here; on CPUs without AVX512-BF16/AMX it runs on a slow "
-                     "fallback (~0.76 s per step for the GPT, docs/benchmarks.md)")
+                     "fallback (~0.76 s per step for the GPT, docs/benchmarks.md); steepest's "
+                     f"ns_dtype=\"auto\" iterates in {machine['ns_dtype_auto']} here")
     results = summarize(config, tasks, data, records, notes)
     results.update(machine=machine, run_dir=str(run_dir), total_wall_seconds=time.perf_counter() - started,
                    cells_total=len(cells), cells_resumed=resumed,

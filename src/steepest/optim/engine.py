@@ -319,14 +319,18 @@ class GeometryOptimizer(Optimizer):
 
     def _parts(self, group: dict[str, Any], grads: list[Tensor]) -> list[list[int]]:
         """The index sets that run stages 1-4 together: the whole group, unless every stage acts on
-        each tensor alone (an elementwise transform, a geometry that does not batch, no group-level
-        step size, one process). Then the small tensors stay together (grouped kernels) and each
-        large one runs alone, so its temporaries are freed before the next tensor's are made: held
-        for a whole group, they are fresh memory at every step (the allocator returns them to the
-        system), and touching fresh pages cost more than the arithmetic on the benchmark GPT."""
+        each tensor alone (an elementwise transform whose signals are temporaries, a geometry that
+        does not batch, no group-level step size, one process). Then the small tensors stay
+        together (grouped kernels) and each large one runs alone, so its temporaries are freed
+        before the next tensor's are made: held for a whole group, they are fresh memory at every
+        step (the allocator returns them to the system), and touching fresh pages cost more than
+        the arithmetic on the benchmark GPT. A transform that returns its state buffers (Signum's
+        momentum) makes no temporaries worth it, and there the parts' Python costs more."""
         whole = [list(range(len(grads)))]
+        transform = self.transform(group)
         if (self._topology is not None or self.GROUP_STEP_SIZES or len(grads) < 2
-                or not isinstance(self.transform(group), ElementwiseTransform) or self.geometry(group).batched_lmo):
+                or not isinstance(transform, ElementwiseTransform) or not transform.fresh_signals(group)
+                or self.geometry(group).batched_lmo):
             return whole
         small, large = split_grouped(bool(grads) and self.compiles(grads[0]), grads)
         return ([small] if small else []) + [[i] for i in large]

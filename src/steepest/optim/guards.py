@@ -40,22 +40,30 @@ def collect_work(optimizer: Any) -> Work:
     return work
 
 
-def first_nonfinite(work: Work, name: Callable[[int, int], str]) -> tuple[str | None, dict[int, float]]:
-    """The name of the first parameter whose gradient holds NaN or Inf (or ``None``), and every
-    gradient's largest magnitude by ``id`` of its parameter (read in the same transfer; the Adam
-    transforms use it: ``steepest.optim.transforms.fast_rms``)."""
-    pairs = [(p, g) for _, _, params, gs in work for p, g in zip(params, gs) if g.numel()]
+def first_nonfinite(work: Work, name: Callable[[int, int], str],
+                    wants_peaks: Callable[[dict], bool] = lambda group: False) -> tuple[str | None, dict[int, float]]:
+    """The name of the first parameter whose gradient holds NaN or Inf (or ``None``), and the
+    largest magnitude of the gradients of the groups where ``wants_peaks(group)`` holds, by ``id``
+    of the parameter, read in the same transfer (the Adam transforms use it:
+    ``steepest.optim.transforms.fast_rms``)."""
+    pairs = [(p, g, wants_peaks(group)) for _, group, params, gs in work for p, g in zip(params, gs) if g.numel()]
     if not pairs:
         return None, {}
-    values, small, large = extremes([g for _, g in pairs])
-    values = values.tolist()  # the step's one host read
-    n = len(small)
+    values, small, large = extremes([g for _, g, _ in pairs])
     peaks: dict[int, float] = {}
-    for k, i in enumerate(small):
-        peaks[id(pairs[i][0])] = max(values[k], values[n + k])  # max and -min
-    for k, i in enumerate(large):
-        peaks[id(pairs[i][0])] = max(-values[2 * n + 2 * k], values[2 * n + 2 * k + 1])  # min and max
-    if all(math.isfinite(v) for v in values):
+    if not any(wanted for _, _, wanted in pairs):
+        finite = bool(values.isfinite().all())  # the step's one host read
+    else:
+        values = values.tolist()  # the step's one host read
+        n = len(small)
+        for k, i in enumerate(small):
+            if pairs[i][2]:
+                peaks[id(pairs[i][0])] = max(values[k], values[n + k])  # max and -min
+        for k, i in enumerate(large):
+            if pairs[i][2]:
+                peaks[id(pairs[i][0])] = max(-values[2 * n + 2 * k], values[2 * n + 2 * k + 1])  # min and max
+        finite = all(map(math.isfinite, values))
+    if finite:
         return None, peaks
     for gi, group, params, gs in work:
         for p, g in zip(params, gs):
@@ -105,7 +113,8 @@ def finite_or_skip(optimizer: Any, work: Work) -> tuple[bool, dict[int, float]]:
     (warned and counted in ``nonfinite_skips``); ``FloatingPointError`` with ``"raise"``. All ranks
     agree first (and on which parameters step). Also every local gradient's largest magnitude, by
     ``id`` of its parameter (:func:`first_nonfinite`)."""
-    bad, peaks = first_nonfinite(work, optimizer._param_name)
+    bad, peaks = first_nonfinite(work, optimizer._param_name,
+                                 lambda group: optimizer.transform(group).reads_peaks)
     if optimizer._topology is not None:
         bad = agree_on_step(optimizer._topology, optimizer.param_groups, work, bad)
     if bad is None:

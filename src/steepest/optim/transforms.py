@@ -195,20 +195,21 @@ GROUPED_MAX_NUMEL = 1 << 14
 def split_grouped(compile: bool, grads: list[Tensor]) -> tuple[list[int], list[int]]:
     """The indices of ``grads`` that run grouped (on the CPU the tensors of at most
     :data:`GROUPED_MAX_NUMEL` entries, elsewhere all) and those that run one by one. Nothing is
-    grouped when compiled, for fewer than two tensors, or across devices or dtypes (torch's foreach
-    kernels need them alike)."""
-    small: list[int] = []
-    large: list[int] = []
-    kinds = set()
-    for i, g in enumerate(grads):
-        if g.device.type != "cpu" or g.numel() <= GROUPED_MAX_NUMEL:
-            small.append(i)
-            kinds.add((g.device, g.dtype))
-        else:
-            large.append(i)
-    if compile or len(small) < 2 or len(kinds) > 1:  # torch's foreach kernels need one device and dtype
-        return [], list(range(len(grads)))
-    return small, large
+    grouped when compiled, for fewer than two tensors, or when the tensors differ in device or
+    dtype (torch's foreach kernels need them alike)."""
+    everything = list(range(len(grads)))
+    if compile or len(grads) < 2:
+        return [], everything
+    kinds = {(g.device, g.dtype) for g in grads}
+    if len(kinds) > 1:  # torch's foreach kernels need one device and dtype
+        return [], everything
+    if next(iter(kinds))[0].type != "cpu":
+        return everything, []
+    numels = [g.numel() for g in grads]
+    small = [i for i, k in enumerate(numels) if k <= GROUPED_MAX_NUMEL]
+    if len(small) < 2:
+        return [], everything
+    return small, [i for i, k in enumerate(numels) if k > GROUPED_MAX_NUMEL]
 
 
 def diffgrad_transform(exp_avg: Tensor, exp_avg_rms: Tensor, prev_grad: Tensor, step: Tensor, grad: Tensor,
@@ -246,6 +247,8 @@ class Transform(ABC):
     group."""
 
     name: str = ""
+    #: whether :meth:`apply_group` uses ``peaks`` (the engine reads them only for such groups)
+    reads_peaks: bool = False
     #: the state keys :meth:`init_state` creates (``step`` a float32 counter, the others like the
     #: parameter)
     state_keys: tuple[str, ...] = ()
@@ -346,6 +349,7 @@ class Adam(ElementwiseTransform):
 
     name = "adam"
     state_keys = ("step", "exp_avg", "exp_avg_rms")
+    reads_peaks = True  # fast_rms
 
     def init_state(self, group: dict, state: dict, p: Tensor, dtype: torch.dtype) -> None:
         if "exp_avg_rms" not in state:
