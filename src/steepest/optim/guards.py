@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from ..distributed import is_dtensor, local
-from .transforms import split_grouped
+from .transforms import GROUPED_MAX_NUMEL
 
 #: (group index, group, parameters with gradients, their local gradients) for every group that steps
 Work = list[tuple[int, dict[str, Any], list[Tensor], list[Tensor]]]
@@ -82,7 +82,12 @@ def extremes(grads: list[Tensor]) -> tuple[Tensor, list[int], list[int]]:
     calls (of the tensors and of their negations: there is no ``_foreach_min``), which on many tiny
     tensors costs less than a reduction per tensor; larger ones by one fused ``aminmax`` each (no
     copy; cheaper on the CPU than an inf-norm)."""
-    small, large = split_grouped(False, grads)
+    # on every device only small tensors go through _foreach_max: the negation copies what it reduces
+    small = [i for i, g in enumerate(grads) if g.numel() <= GROUPED_MAX_NUMEL]
+    if len(small) < 2 or len({(grads[i].device, grads[i].dtype) for i in small}) > 1:
+        small = []
+    grouped = set(small)
+    large = [i for i in range(len(grads)) if i not in grouped]
     parts = []
     if small:
         few = [grads[i] for i in small]
