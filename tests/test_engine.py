@@ -116,3 +116,20 @@ def test_presets_are_compositions_of_flat_engine_keys():
             opt_a.step()
             opt_b.step()
         assert torch.equal(a, b), preset.__name__
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("where", ["big", "small1"])
+def test_nonfinite_check_covers_grouped_and_large_tensors(value, where):
+    """The check reduces small tensors with one grouped inf-norm and large ones (> 2^14 entries)
+    one by one; a NaN or +-Inf is found in either, in any entry, and named."""
+    params = {"big": torch.nn.Parameter(torch.zeros(200, 100)),  # 20,000 entries: the per-tensor path
+              "small0": torch.nn.Parameter(torch.zeros(8, 8)), "small1": torch.nn.Parameter(torch.zeros(8)),
+              "small2": torch.nn.Parameter(torch.zeros(4, 4))}
+    opt = steepest.Lion([{"params": list(params.values()), "param_names": list(params)}], lr=0.1)
+    for p in params.values():
+        p.grad = torch.ones_like(p)
+    params[where].grad.view(-1)[-1] = value
+    with pytest.raises(FloatingPointError, match=f"in parameter '{where}'"):
+        opt.step()
+    assert all(bool((p == 0).all()) for p in params.values())

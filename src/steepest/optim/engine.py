@@ -146,7 +146,14 @@ class GeometryOptimizer(Optimizer):
         """Add a group; a group without ``role`` is split by tensor shape into hidden/conv/vector
         groups, each completed with the preset's recipe for its role, then validated."""
         group = dict(param_group)
-        parts = split_by_role(group.pop("params"), group)
+        params = group.pop("params")
+        names = group.get("param_names")
+        if names is not None and "role" not in group:
+            tensors = [params] if isinstance(params, Tensor) else list(params)
+            if len(names) == len(tensors) and all(isinstance(t, Tensor) for t in tensors):
+                # the split below gives each part its own names (torch builds them from the pairs)
+                params = list(zip(group.pop("param_names"), tensors))
+        parts = split_by_role(params, group)
         start = len(self.param_groups)
         try:
             for role, items in parts:
