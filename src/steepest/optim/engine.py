@@ -10,7 +10,8 @@ For every parameter ``W`` with gradient ``g`` in a group, one step is
                            s = lr * radius * geometry.shape_scale(shape(W))   (times a preset's factor)
     (4) decay and apply    W <- (1 - lr * weight_decay) W - s O
 
-Every stage sees the whole group: stage 1 is the group's :class:`~steepest.optim.transforms.Transform`
+The stages run on a group's tensors together (on the CPU, an elementwise group runs each large
+tensor alone: ``_parts``): stage 1 is the group's :class:`~steepest.optim.transforms.Transform`
 (the table ``transforms.TRANSFORMS``; per parameter, except M-FAC's window, which spans the group),
 stage 2 runs ``lmo_many`` so same-shape matrices are orthogonalized in one batched call, and stage 3
 is two methods (``_scale_entries`` for per-entry factors, ``_step_sizes`` for one scalar per
@@ -22,7 +23,8 @@ Where each part lives: the stages and the step loop here; the stage-1 transforms
 ``transforms.py``; the geometries (stage 2) in ``steepest.geometry``; the checks before anything
 moves in ``guards.py``; the constraint projection in ``constraint_stage.py``; the noise-adaptive
 rates in ``noise_rates.py`` (math in ``noise.py``); state loading and old layouts in
-``state_io.py``; group-key validation in ``validation.py``. Weight decay uses the unadjusted
+``state_io.py``; group-key validation in ``validation.py``; the apply of stage 4 and how a group
+splits into parts in ``apply_stage.py``. Weight decay uses the unadjusted
 ``lr``, as torch.optim.Muon, Moonlight and Dion do; with ``weight_decay = 1`` stage 4 is Scion's
 constrained (conditional-gradient) blend ``W <- (1 - lr) W - lr * radius * shape * O``, which keeps
 ``||W|| <= radius * shape`` in the geometry's norm.
@@ -71,17 +73,16 @@ from torch.optim import Optimizer
 from ..compiled import resolve_compile
 from ..distributed import is_sharded, local, resolve_topology
 from ..geometry import Geometry, make_geometry
-from .initialization import init_on_sphere
+from .initialization import init_groups_
+from .apply_stage import LOW_PRECISION, apply_steps, stage_parts
 from .constraint_stage import ConstraintStage
 from .guards import collect_work, finite_or_skip
 from .group_keys import ENGINE_DEFAULTS, GEOMETRY_KEYS, plain_keys, split_by_role
 from .noise_rates import NoiseRates, default_layer_rule, describe_noise, noise_active
 from .state_io import restore_saved_state
-from .transforms import TRANSFORMS, ElementwiseTransform, Transform, split_grouped, zeros_state
+from .transforms import TRANSFORMS, ElementwiseTransform, Transform, zeros_state
 from .checks import ON_NONFINITE, check_choice, check_compile
 from .validation import check_group, check_group_params
-
-_LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 class GeometryOptimizer(Optimizer):
     """Steepest descent under a geometry chosen per parameter group (see the module docstring).
@@ -146,14 +147,7 @@ class GeometryOptimizer(Optimizer):
         """Add a group; a group without ``role`` is split by tensor shape into hidden/conv/vector
         groups, each completed with the preset's recipe for its role, then validated."""
         group = dict(param_group)
-        params = group.pop("params")
-        names = group.get("param_names")
-        if names is not None and "role" not in group:
-            tensors = [params] if isinstance(params, Tensor) else list(params)
-            if len(names) == len(tensors) and all(isinstance(t, Tensor) for t in tensors):
-                # the split below gives each part its own names (torch builds them from the pairs)
-                params = list(zip(group.pop("param_names"), tensors))
-        parts = split_by_role(params, group)
+        parts = split_by_role(group.pop("params"), group)
         start = len(self.param_groups)
         try:
             for role, items in parts:
@@ -242,7 +236,7 @@ class GeometryOptimizer(Optimizer):
     @staticmethod
     def state_dtype(p: Tensor) -> torch.dtype:
         """Dtype of ``p``'s optimizer state: float32 for bfloat16/float16 parameters, else ``p.dtype``."""
-        return torch.float32 if p.dtype in _LOW_PRECISION else p.dtype
+        return torch.float32 if p.dtype in LOW_PRECISION else p.dtype
 
     def _zeros_state(self, p: Tensor) -> Tensor:
         return zeros_state(p, self.state_dtype(p))
@@ -308,7 +302,7 @@ class GeometryOptimizer(Optimizer):
                 self._noise.measure(group, params, grads)                       # stage 3's inputs
         self._noise.prefetch([group for _, group, _, _ in work if noise_active(group)])
         for _, group, params, grads in work:
-            self._update_group(group, params, grads, [peaks.get(id(p)) for p in params])
+            self._update_group(group, params, grads, [peaks.get(id(p)) for p in params] if peaks else None)
 
     def _param_name(self, gi: int, pi: int) -> str:
         names = self.param_groups[gi].get("param_names")
@@ -325,22 +319,14 @@ class GeometryOptimizer(Optimizer):
             self._run_stages(group, [params[i] for i in part], [grads[i] for i in part], [peaks[i] for i in part])
 
     def _parts(self, group: dict[str, Any], grads: list[Tensor]) -> list[list[int]]:
-        """The index sets that run stages 1-4 together: the whole group, unless every stage acts on
-        each tensor alone (an elementwise transform whose signals are temporaries, a geometry that
-        does not batch, no group-level step size, one process). Then the small tensors stay
-        together (grouped kernels) and each large one runs alone, so its temporaries are freed
-        before the next tensor's are made: held for a whole group, they are fresh memory at every
-        step (the allocator returns them to the system), and touching fresh pages cost more than
-        the arithmetic on the benchmark GPT. A transform that returns its state buffers (Signum's
-        momentum) makes no temporaries worth it, and there the parts' Python costs more."""
-        whole = [list(range(len(grads)))]
+        """The index sets that run stages 1-4 together (:func:`apply_stage.stage_parts`). A transform
+        that returns its state buffers (Signum's momentum) makes no temporaries to free, and there
+        the parts' Python would cost more."""
         transform = self.transform(group)
-        if (self._topology is not None or self.GROUP_STEP_SIZES or len(grads) < 2
-                or not isinstance(transform, ElementwiseTransform) or not transform.fresh_signals(group)
-                or self.geometry(group).batched_lmo):
-            return whole
-        small, large = split_grouped(bool(grads) and self.compiles(grads[0]), grads)
-        return ([small] if small else []) + [[i] for i in large]
+        per_tensor = (self._topology is None and not self.GROUP_STEP_SIZES
+                      and isinstance(transform, ElementwiseTransform) and transform.fresh_signals(group)
+                      and not self.geometry(group).batched_lmo)
+        return stage_parts(grads, per_tensor=per_tensor, compile=bool(grads) and self.compiles(grads[0]))
 
     def _run_stages(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
                     peaks: list[float | None]) -> None:
@@ -392,26 +378,10 @@ class GeometryOptimizer(Optimizer):
         return steps
 
     def _apply(self, group: dict[str, Any], params: list[Tensor], directions: list[Tensor], steps: list[float]) -> None:
-        """Stage 4: decoupled decay with the unadjusted lr, then the step, as grouped (foreach)
-        kernels over the parameters that share a step size; bfloat16/float16 parameters are
-        updated in float32, one by one."""
-        shrink = 1 - float(group["lr"]) * group["weight_decay"]
+        """Stage 4: decoupled decay with the unadjusted lr, then the step (:func:`apply_stage.apply_steps`)."""
         if self._topology is not None:
             params = [local(p) for p in params]
-        by_step: dict[float, tuple[list[Tensor], list[Tensor]]] = {}
-        for p, d, s in zip(params, directions, steps):
-            if p.dtype in _LOW_PRECISION:
-                w = p.float()
-                w.mul_(shrink).add_(d, alpha=-s)
-                p.copy_(w)
-            else:
-                ps, ds = by_step.setdefault(s, ([], []))
-                ps.append(p)
-                ds.append(d)
-        for s, (ps, ds) in by_step.items():
-            if shrink != 1.0:
-                torch._foreach_mul_(ps, shrink)
-            torch._foreach_add_(ps, ds, alpha=-s)
+        apply_steps(params, directions, steps, 1 - float(group["lr"]) * group["weight_decay"])
 
     def compiles(self, tensor: Tensor) -> bool:
         """Whether the kernels run compiled for ``tensor`` under this optimizer's ``compile`` setting."""
@@ -475,19 +445,9 @@ class GeometryOptimizer(Optimizer):
         return text
 
     # -- initialization ------------------------------------------------------------------------
-    @torch.no_grad()
     def init_params_(self, roles: Iterable[str] = ("hidden", "conv", "embedding", "head"),
                      generator: torch.Generator | None = None) -> None:
         """Re-initialize parameters of the given roles on their geometry's sphere of radius
-        ``radius * shape_scale`` (Scion's init rules: orthogonal for spectral, normalized
-        columns/rows, +-1 for sign). Needed before training with the constrained variant.
-
-        Distributed, each rank draws the whole tensor and keeps its shard, so every rank must use
-        the same ``generator`` seed (or the same global RNG state)."""
-        wanted = set(roles)
-        for group in self.param_groups:
-            if group["role"] in wanted:
-                geometry = self.geometry(group)
-                for p in group["params"]:
-                    init_on_sphere(p, geometry, group["radius"] * geometry.shape_scale(p.shape), generator,
-                                   self._topology)
+        ``radius * shape_scale`` (:func:`initialization.init_groups_`: Scion's init rules).
+        Needed before training with the constrained variant."""
+        init_groups_(self, roles, generator)

@@ -91,12 +91,17 @@ def plain_keys(group: dict[str, Any]) -> None:
 
 def split_by_role(params: Any, group: dict[str, Any]) -> list[tuple[Any, list]]:
     """``[(role, items)]`` of a group's ``params`` (tensors or ``(name, tensor)`` pairs): the
-    ``group``'s own ``role`` when it has one (or no parameters), else one part per :func:`default_role`."""
+    ``group``'s own ``role`` when it has one (or no parameters), else one part per :func:`default_role`.
+    A split group's ``param_names`` (one per tensor) are taken out of ``group`` and paired with its
+    tensors, so each part carries its own names (torch builds ``param_names`` from the pairs)."""
     if isinstance(params, Tensor):
         params = [params]
     params = list(params)
     if "role" in group or not params:
         return [(group.get("role", ""), params)]
+    names = group.get("param_names")
+    if names is not None and len(names) == len(params) and all(isinstance(t, Tensor) for t in params):
+        params = list(zip(group.pop("param_names"), params))
     by_role: dict[str, list] = {}
     for item in params:
         tensor = item[1] if isinstance(item, tuple) else item

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from ..distributed import is_dtensor, local
-from .transforms import GROUPED_MAX_NUMEL
+from .transforms import split_grouped
 
 #: (group index, group, parameters with gradients, their local gradients) for every group that steps
 Work = list[tuple[int, dict[str, Any], list[Tensor], list[Tensor]]]
@@ -46,12 +46,13 @@ def first_nonfinite(work: Work, name: Callable[[int, int], str],
     largest magnitude of the gradients of the groups where ``wants_peaks(group)`` holds, by ``id``
     of the parameter, read in the same transfer (the Adam transforms use it:
     ``steepest.optim.transforms.fast_rms``)."""
-    pairs = [(p, g, wants_peaks(group)) for _, group, params, gs in work for p, g in zip(params, gs) if g.numel()]
+    wanted = [wants_peaks(group) for _, group, _, _ in work]  # once per group
+    pairs = [(p, g, want) for (_, _, params, gs), want in zip(work, wanted) for p, g in zip(params, gs) if g.numel()]
     if not pairs:
         return None, {}
     values, small, large = extremes([g for _, g, _ in pairs])
     peaks: dict[int, float] = {}
-    if not any(wanted for _, _, wanted in pairs):
+    if not any(wanted):
         finite = bool(values.isfinite().all())  # the step's one host read
     else:
         values = values.tolist()  # the step's one host read
@@ -81,11 +82,7 @@ def extremes(grads: list[Tensor]) -> tuple[Tensor, list[int], list[int]]:
     reduced by one grouped ``_foreach_norm(inf)`` call, which on many tiny tensors costs less than a
     reduction per tensor; larger ones by one fused ``aminmax`` each (on the CPU several times
     cheaper than an inf-norm of a large tensor)."""
-    small = [i for i, g in enumerate(grads) if g.numel() <= GROUPED_MAX_NUMEL]
-    if len(small) < 2 or len({(grads[i].device, grads[i].dtype) for i in small}) > 1:
-        small = []
-    grouped = set(small)
-    large = [i for i in range(len(grads)) if i not in grouped]
+    small, large = split_grouped(False, grads, by_size_everywhere=True)
     parts = []
     if small:
         parts.append(torch.stack(torch._foreach_norm([grads[i] for i in small], math.inf)))

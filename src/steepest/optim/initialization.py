@@ -2,7 +2,7 @@
 the local shard of a distributed tensor."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 from torch import Tensor
@@ -21,3 +21,18 @@ def init_on_sphere(p: Tensor, geometry: Any, scale: float, generator: torch.Gene
     whole = torch.empty(p.shape, dtype=p.dtype, device=local(p).device)
     geometry.init_(whole, scale=scale, generator=generator)
     local(p).copy_(topology.local_part(p, whole))
+
+
+@torch.no_grad()
+def init_groups_(optimizer: Any, roles: Iterable[str], generator: torch.Generator | None) -> None:
+    """Draw every parameter of ``optimizer``'s groups of the given ``roles`` on its geometry's
+    sphere of radius ``radius * shape_scale`` (orthogonal for spectral, normalized columns/rows, +-1
+    for sign). Distributed, each rank draws the whole tensor and keeps its shard, so every rank must
+    use the same ``generator`` seed (or the same global RNG state)."""
+    wanted = set(roles)
+    for group in optimizer.param_groups:
+        if group["role"] in wanted:
+            geometry = optimizer.geometry(group)
+            for p in group["params"]:
+                init_on_sphere(p, geometry, group["radius"] * geometry.shape_scale(p.shape), generator,
+                               optimizer._topology)

@@ -204,11 +204,15 @@ class NoiseRates:
             out.append(h)
         return out
 
+    @staticmethod
+    def _settings(group: dict[str, Any]) -> tuple:
+        """What a group's cached factors depend on besides the estimates."""
+        return (tuple(map(id, group["params"])), group["noise_rule"], group["noise_alpha"],
+                group["noise_eps"], group["noise_beta"])
+
     def _cached(self, group: dict[str, Any]) -> dict[int, float] | None:
-        settings = (tuple(map(id, group["params"])), group["noise_rule"], group["noise_alpha"],
-                    group["noise_eps"], group["noise_beta"])
         cached = self.factor_cache.get(id(group))
-        return cached[1] if cached is not None and cached[0] == settings else None
+        return cached[1] if cached is not None and cached[0] == self._settings(group) else None
 
     def prefetch(self, groups: list[dict[str, Any]]) -> None:
         """Compute the factors of every group of ``groups`` whose cache is stale (a measurement, a
@@ -230,9 +234,7 @@ class NoiseRates:
             else:
                 stds = noise_stds(noise_sq, group["noise_eps"])  # type: ignore[arg-type]
                 factors = {id(p): f for p, f in zip(params, self.opt.layer_rule(group, stds))}
-            settings = (tuple(map(id, group["params"])), group["noise_rule"], group["noise_alpha"],
-                        group["noise_eps"], group["noise_beta"])
-            self.factor_cache[id(group)] = (settings, factors)
+            self.factor_cache[id(group)] = (self._settings(group), factors)
 
     def factors(self, group: dict[str, Any]) -> dict[int, float]:
         """``{id(param): lr factor}``; see :meth:`GeometryOptimizer.noise_factors`."""

@@ -192,18 +192,19 @@ def lion_foreach(exp_avgs: list[Tensor], grads: list[Tensor], beta1: float, beta
 GROUPED_MAX_NUMEL = 1 << 14
 
 
-def split_grouped(compile: bool, grads: list[Tensor]) -> tuple[list[int], list[int]]:
+def split_grouped(compile: bool, grads: list[Tensor], *, by_size_everywhere: bool = False) -> tuple[list[int], list[int]]:
     """The indices of ``grads`` that run grouped (on the CPU the tensors of at most
     :data:`GROUPED_MAX_NUMEL` entries, elsewhere all) and those that run one by one. Nothing is
     grouped when compiled, for fewer than two tensors, or when the tensors differ in device or
-    dtype (torch's foreach kernels need them alike)."""
+    dtype (torch's foreach kernels need them alike). ``by_size_everywhere``: the size limit holds on
+    every device (for kernels that copy what they reduce)."""
     everything = list(range(len(grads)))
     if compile or len(grads) < 2:
         return [], everything
     kinds = {(g.device, g.dtype) for g in grads}
     if len(kinds) > 1:  # torch's foreach kernels need one device and dtype
         return [], everything
-    if next(iter(kinds))[0].type != "cpu":
+    if next(iter(kinds))[0].type != "cpu" and not by_size_everywhere:
         return everything, []
     numels = [g.numel() for g in grads]
     small = [i for i, k in enumerate(numels) if k <= GROUPED_MAX_NUMEL]
