@@ -28,7 +28,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ..polar import NS_FORMS, get_schedule, polar, resolve_ns_dtype
+from ..polar import get_schedule, polar, resolve_ns_dtype
+from ..polar.newton_schulz import check_form
 from .base import Geometry, as_matrix, shape_fans
 
 
@@ -54,8 +55,7 @@ class Spectral(Geometry):
     def __init__(self, ns: str = "keller", ns_steps: int | None = None, ns_dtype: str = "auto",
                  eps: float = 1e-7, shape_scale: str | None = None, ns_form: str = "auto"):
         super().__init__(shape_scale)
-        if ns_form not in NS_FORMS:
-            raise ValueError(f"Unknown ns_form {ns_form!r}; expected one of: {', '.join(NS_FORMS)}")
+        check_form(ns_form)
         self.ns_form = ns_form
         self.ns = ns
         self.ns_steps = ns_steps

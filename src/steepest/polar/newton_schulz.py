@@ -85,13 +85,18 @@ def gram_flops(p: int, q: int, steps: int) -> int:
     return 4 * p * p * q + 2 * p ** 3 * max(4 * steps - 3, 1)
 
 
+def check_form(form: str) -> None:
+    """``ValueError`` unless ``form`` is one of :data:`NS_FORMS`."""
+    if form not in NS_FORMS:
+        raise ValueError(f"Unknown ns_form {form!r}; expected one of: {', '.join(NS_FORMS)}")
+
+
 def choose_form(form: str, shape: tuple[int, ...], steps: int, dtype: torch.dtype) -> str:
     """``"direct"`` or ``"gram"`` for a matrix (or stack) of ``shape`` iterated ``steps`` times in
     ``dtype``: ``form`` itself unless it is ``"auto"``, which takes ``"gram"`` only in float32/float64,
     for a short side of at least :data:`GRAM_MIN_SIDE` and at most :data:`GRAM_MAX_FLOP_RATIO` of
     the direct form's FLOPs (module docstring)."""
-    if form not in NS_FORMS:
-        raise ValueError(f"Unknown ns_form {form!r}; expected one of: {', '.join(NS_FORMS)}")
+    check_form(form)
     if form != "auto":
         return form
     p, q = sorted(shape[-2:])
