@@ -152,14 +152,16 @@ def _add_bench(sub) -> None:
                     "seeds, and writes report.md, PNG plots and results.json. The run resumes: rerunning "
                     "the same command skips the cells this steepest version finished. `steepest bench "
                     "kernels` times the orthogonalization backends against this machine's matmul roofline.")
-    bench.add_argument("what", nargs="?", choices=("suite", "kernels", "distributed", "lanton", "overhead"),
+    bench.add_argument("what", nargs="?", choices=("suite", "kernels", "distributed", "lanton", "overhead", "defaults"),
                        default="suite",
                        help="suite (default): train and compare; kernels: the kernel micro-benchmark; "
                             "distributed: optimizer step time per rank under DDP and FSDP2 (torchrun, gloo); "
                             "lanton: the LANTON study (its noise rules against its base, Muon and AdamW on "
                             "shakespeare-char and a depth ladder of GPTs; hours on 2 cores, resumable); "
                             "overhead: the time of one optimizer.step() with the gradients set, steepest "
-                            "against its peers, on a tiny, the quick-suite and a GPT-2-small-shaped model")
+                            "against its peers, on a tiny, the quick-suite and a GPT-2-small-shaped model; "
+                            "defaults: the defaults study (every preset's candidate settings on six tasks, "
+                            "scored by worst-case regret; about an hour on 2 cores with --jobs 2, resumable)")
     size = bench.add_mutually_exclusive_group()
     size.add_argument("--quick", dest="budget", action="store_const", const="quick",
                       help="the quick suite, 4-11 minutes on 2 cores (the default): optimizers "
@@ -226,9 +228,10 @@ def _add_distributed_and_lanton_options(bench: argparse.ArgumentParser) -> None:
     bench.add_argument("--layers", type=_positive_int, default=None,
                        help="distributed: blocks of the benchmark GPT (default 4)")
     bench.add_argument("--jobs", type=_positive_int, default=None,
-                       help="lanton: tasks trained at the same time (default 1; each cell uses --threads, default 1)")
+                       help="lanton, defaults: tasks (defaults: suites) trained at the same time (default 1; each "
+                            "cell uses --threads, default 1)")
     bench.add_argument("--report-only", action="store_true",
-                       help="lanton: write the report from the finished cells without training")
+                       help="lanton, defaults: write the report from the finished cells without training")
 
 
 def _add_overhead_options(bench: argparse.ArgumentParser) -> None:

@@ -72,6 +72,35 @@ def _cmd_lanton(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     return 0
 
 
+def _cmd_defaults(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """``steepest bench defaults``: run (or resume) the defaults study and print its report."""
+    from dataclasses import replace
+
+    from .bench.defaults_study import DefaultsStudy, default_tasks, describe, run_study, tiny_study
+
+    if args.budget not in (None, "smoke"):
+        parser.error("`steepest bench defaults` takes --smoke (a tiny study) or no size option")
+    if args.text is not None and not Path(args.text).is_file():
+        parser.error(f"--text: no such file: {args.text}")
+    study = tiny_study(args.text) if args.budget == "smoke" else DefaultsStudy(tasks=default_tasks(args.text))
+    if args.threads is not None:
+        study = replace(study, threads=args.threads)
+    if args.in_process:
+        study = replace(study, isolate=False)
+    out = Path(args.out) if args.out else Path("bench-out") / ("defaults-study-smoke" if args.budget else "defaults-study")
+    if not args.no_progress:
+        print(f"steepest bench defaults: {out}\n{describe(study)}", file=sys.stderr)
+    try:
+        run_study(study, out, jobs=args.jobs or 1, report_only=args.report_only, show_progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print(f"\nsteepest bench defaults: interrupted; finished cells are saved in {out}; rerun the same "
+              f"command to resume", file=sys.stderr)
+        return 130
+    print((out / "report.md").read_text(encoding="utf-8"))
+    print(f"report written to {out / 'report.md'}")
+    return 0
+
+
 def suite_config(args: argparse.Namespace):
     """The :class:`SuiteConfig` that the ``bench`` options describe (``ValueError`` when invalid)."""
     from .bench.config import SuiteConfig
@@ -102,18 +131,18 @@ def suite_config(args: argparse.Namespace):
 
 #: ``bench`` options (argparse dest, flag) and the commands they apply to; any other use is an error
 _BENCH_OPTION_SCOPE = {
-    ("tasks", "--task"): ("suite",), ("text", "--text"): ("suite", "lanton"),
+    ("tasks", "--task"): ("suite",), ("text", "--text"): ("suite", "lanton", "defaults"),
     ("optimizers", "--optimizers"): ("suite", "overhead"),
     ("lr_grid", "--lr-grid"): ("suite",), ("seeds", "--seeds"): ("suite",), ("lr", "--lr"): ("suite",),
     ("batch_size", "--batch-size"): ("suite",), ("eval_every", "--eval-every"): ("suite",),
-    ("target", "--target"): ("suite",), ("in_process", "--in-process"): ("suite", "lanton"),
+    ("target", "--target"): ("suite",), ("in_process", "--in-process"): ("suite", "lanton", "defaults"),
     ("hyper_connections", "--hyper-connections"): ("suite",), ("diagnostics", "--diagnostics"): ("suite",),
     ("checkpoint_every", "--checkpoint-every"): ("suite",),
-    ("budget", "--quick/--full/--smoke"): ("suite", "kernels", "lanton", "overhead"),
+    ("budget", "--quick/--full/--smoke"): ("suite", "kernels", "lanton", "overhead", "defaults"),
     ("steps", "--steps"): ("suite", "distributed"),
-    ("threads", "--threads"): ("suite", "kernels", "distributed", "lanton", "overhead"),
+    ("threads", "--threads"): ("suite", "kernels", "distributed", "lanton", "overhead", "defaults"),
     ("ranks", "--ranks"): ("distributed",),
-    ("jobs", "--jobs"): ("lanton",), ("report_only", "--report-only"): ("lanton",),
+    ("jobs", "--jobs"): ("lanton", "defaults"), ("report_only", "--report-only"): ("lanton", "defaults"),
     ("d_model", "--d-model"): ("distributed",), ("layers", "--layers"): ("distributed",),
     ("workloads", "--workloads"): ("overhead",), ("repeats", "--repeats"): ("overhead",),
     ("warmup", "--warmup"): ("overhead",), ("min_time", "--min-time"): ("overhead",),
@@ -139,6 +168,8 @@ def cmd_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return _cmd_lanton(args, parser)
     if args.what == "overhead":
         return _cmd_overhead(args, parser)
+    if args.what == "defaults":
+        return _cmd_defaults(args, parser)
     from .bench.config import default_run_dir
     from .bench.report import summary_text, write_report
     from .bench.runner import load_tasks, run_suite

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .formatting import clean_json
@@ -31,6 +31,8 @@ class Cell:
     budget: dict        # Budget.to_dict()
     #: record per-layer sharpness and noise (``steepest bench --diagnostics``: the first seed of each lr)
     diagnostics: bool = False
+    #: constructor keywords added to the peer's own (``SuiteConfig.peer_options``: a study's candidates)
+    options: dict = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -38,8 +40,9 @@ class Cell:
 
     def to_dict(self) -> dict:
         values = asdict(self)
-        if not values["diagnostics"]:
-            del values["diagnostics"]  # cells planned without it keep matching their saved records
+        for key in ("diagnostics", "options"):
+            if not values[key]:
+                del values[key]  # cells planned without them keep matching their saved records
         return values
 
 

@@ -13,16 +13,19 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from .external_peers import EXTERNAL_BUILDERS
-from .peers import CORE_PEERS, DEFAULT_LRS, PEER_NAMES
+from .peers import CORE_PEERS, DEFAULT_LRS, PEER_NAMES, defaults_are_tuned
 from .tasks import BUDGETS, BUILTIN_TASKS, Budget, Task
 
 __all__ = ["REFERENCES", "QUICK_OPTIMIZERS", "FULL_OPTIMIZERS", "SuiteConfig", "default_run_dir", "base_lr"]
 
 #: the reference optimizers: every ratio in a summary is against one of them, measured in the same run
 REFERENCES = {"adamw": "torch.optim.AdamW", "torch-muon": "torch.optim.Muon"}
-#: the quick suite's optimizers: the two torch references and steepest's main presets
-QUICK_OPTIMIZERS = ("adamw", "torch-muon", "steepest-muon", "steepest-normuon", "steepest-scion",
-                    "steepest-lanton", "steepest-lanton-base")
+_QUICK_PRESETS = ("steepest-muon", "steepest-normuon", "steepest-scion", "steepest-lanton")
+#: the quick suite's optimizers: the two torch references, steepest's main presets at their tuned
+#: benchmark settings and LANTON's base, and each of those presets at its own defaults where these
+#: differ from the tuned settings (what a user who sets nothing gets)
+QUICK_OPTIMIZERS = ("adamw", "torch-muon", *_QUICK_PRESETS, "steepest-lanton-base",
+                    *[f"{p}-defaults" for p in _QUICK_PRESETS if not defaults_are_tuned(p)])
 FULL_OPTIMIZERS = (*CORE_PEERS, *EXTERNAL_BUILDERS)
 
 
@@ -56,6 +59,9 @@ class SuiteConfig:
     #: ``None``: after every evaluation; 0: never. It does not change any result, so it is not part
     #: of the suite's fingerprint.
     checkpoint_every: int | None = None
+    #: extra constructor keywords per steepest peer, e.g. ``{"steepest-muon": {"adamw_lr": 3e-3}}``
+    #: (the defaults study's candidates); they replace the peer's own keywords, except ``lr``
+    peer_options: dict[str, dict] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.budget not in BUDGETS:
@@ -76,6 +82,11 @@ class SuiteConfig:
             value = getattr(self, name)
             if value is not None and int(value) < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
+        for name, options in self.peer_options.items():
+            if name not in self.optimizers or not name.startswith("steepest-"):
+                raise ValueError(f"peer_options names {name!r}, which is not a steepest peer of this suite")
+            if "lr" in options:
+                raise ValueError(f"peer_options of {name!r} set lr; use lrs or lr_multipliers for it")
         if self.checkpoint_every is not None and int(self.checkpoint_every) < 0:
             raise ValueError(f"checkpoint_every must be >= 0 (0: no checkpoints), got {self.checkpoint_every}")
 
@@ -96,7 +107,7 @@ class SuiteConfig:
 
     def to_dict(self) -> dict:
         values = asdict(self)
-        for key in ("gpt_options", "diagnostics"):
+        for key in ("gpt_options", "diagnostics", "peer_options"):
             if not values[key]:
                 del values[key]  # suites without them keep their fingerprint (and run directory)
         if values["checkpoint_every"] is None:

@@ -176,6 +176,39 @@ def load_shakespeare(
     return text
 
 
+#: the standard-library modules whose source, concatenated in this order, is the second real text of
+#: ``steepest bench defaults`` (:func:`python_source_text`): English comments and docstrings mixed
+#: with code, a different distribution from Shakespeare's verse that every Python ships
+PYTHON_SOURCE_MODULES = ("argparse", "ast", "calendar", "configparser", "csv", "dataclasses", "difflib",
+                         "enum", "fractions", "functools", "gettext", "inspect", "logging", "pathlib",
+                         "pickle", "pprint", "shutil", "statistics", "subprocess", "tarfile", "textwrap",
+                         "threading", "typing", "zipfile")
+
+
+def python_source_text(directory: Path | None = None) -> Path:
+    """The path of a UTF-8 text file holding the source of :data:`PYTHON_SOURCE_MODULES` from this
+    Python's standard library (written into ``directory``, default :func:`cache_dir`, on first use;
+    its name carries the Python version, whose library it is)."""
+    import importlib.util
+    import sys
+
+    directory = cache_dir() if directory is None else Path(directory)
+    path = directory / f"python{sys.version_info[0]}.{sys.version_info[1]}-source.txt"
+    if path.is_file():
+        return path
+    parts = []
+    for name in PYTHON_SOURCE_MODULES:
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+            raise FileNotFoundError(f"this Python has no source for the standard-library module {name!r}")
+        parts.append(Path(spec.origin).read_text(encoding="utf-8"))
+    directory.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{path.name}.{os.getpid()}.part")
+    partial.write_text("\n".join(parts), encoding="utf-8")
+    os.replace(partial, path)
+    return path
+
+
 @dataclass
 class CharData:
     """A character-level corpus split by position into train and validation token tensors.

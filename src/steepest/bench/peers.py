@@ -21,6 +21,8 @@ Peers:
     steepest-*     steepest.for_model(model, <preset>, **STEEPEST_PEERS[name][1]): every preset of
                    steepest's registry, with the benchmark lrs below (presets with an AdamW
                    fallback use adamw_lr 2e-3, like the AdamW beside torch.optim.Muon).
+    steepest-*-defaults  every preset at its own defaults (``for_model(model, <preset>)``, nothing
+                   else): what a user who sets no hyperparameter gets (:data:`DEFAULTS_PEERS`).
     po-*, hb-*     the same-name optimizers of pytorch-optimizer and heavyball, when installed
                    (:mod:`.external_peers`).
 
@@ -98,6 +100,31 @@ STEEPEST_PEERS: dict[str, tuple[str, dict]] = {
     "steepest-muon-lanton": ("muon", {"lr": 0.04, "adamw_lr": AUX_ADAMW_LR, "noise_adaptive": True}),
 }
 
+
+def default_lr(preset: str) -> float:
+    """The preset constructor's default lr."""
+    return float(inspect.signature(REGISTRY[preset].cls.__init__).parameters["lr"].default)
+
+
+#: ``steepest-<name>-defaults``: every preset exactly as ``for_model(model, name)`` builds it (the
+#: lr it is given is its default lr, so the suite's multiplier x1 is what a user gets)
+DEFAULTS_PEERS: dict[str, tuple[str, dict]] = {
+    f"steepest-{name.replace('_', '-')}-defaults": (name, {"lr": default_lr(name)}) for name in REGISTRY}
+STEEPEST_PEERS.update(DEFAULTS_PEERS)
+
+
+def tuned_peer(name: str) -> str | None:
+    """The benchmark's tuned peer of a defaults peer (``steepest-muon`` for ``steepest-muon-defaults``)."""
+    return name.removesuffix("-defaults") if name in DEFAULTS_PEERS else None
+
+
+def defaults_are_tuned(tuned: str) -> bool:
+    """Whether the tuned peer ``tuned`` (``steepest-<preset>``) runs its preset at its defaults: every
+    keyword it sets equals the constructor's default."""
+    preset, kwargs = STEEPEST_PEERS[tuned]
+    params = inspect.signature(REGISTRY[preset].cls.__init__).parameters
+    return all(k in params and params[k].default == v for k, v in kwargs.items())
+
 #: The base learning rate of every peer (the suite's lr grid multiplies it).
 DEFAULT_LRS: dict[str, float] = {
     "adamw": 4e-3,
@@ -157,8 +184,8 @@ def steepest_builder(name: str) -> Callable[..., Peer]:
     preset, defaults = STEEPEST_PEERS[name]
 
     def build(model: nn.Module, lr: float | None = None, roles_override=None,
-              adamw_weight_decay: float = 0.1) -> Peer:
-        kwargs = dict(defaults)
+              adamw_weight_decay: float = 0.1, options: Mapping | None = None) -> Peer:
+        kwargs = {**defaults, **(options or {})}
         if lr is not None:
             kwargs["lr"] = lr
         return _steepest_peer(name, model, preset, roles_override=roles_override, **kwargs)
@@ -168,8 +195,9 @@ def steepest_builder(name: str) -> Callable[..., Peer]:
 
 
 
-#: torch's references and every steepest preset
-CORE_PEERS: tuple[str, ...] = ("adamw", "torch-muon", *STEEPEST_PEERS)
+#: torch's references and every steepest peer but the defaults ones (the full suite's lr grid would
+#: move them off their defaults)
+CORE_PEERS: tuple[str, ...] = ("adamw", "torch-muon", *[n for n in STEEPEST_PEERS if n not in DEFAULTS_PEERS])
 BUILDERS: dict[str, Callable[..., Peer]] = {
     "adamw": build_adamw,
     "torch-muon": build_torch_muon,
@@ -191,15 +219,22 @@ def unavailable_reason(name: str) -> str | None:
 
 
 def build_peer(name: str, model: nn.Module, lr: float | None = None,
-               roles_override: Mapping[str, str] | None = None, adamw_weight_decay: float = 0.1) -> Peer:
+               roles_override: Mapping[str, str] | None = None, adamw_weight_decay: float = 0.1,
+               options: Mapping | None = None) -> Peer:
     """Build the peer ``name`` for ``model``.
 
     ``lr`` overrides its default learning rate; ``roles_override`` is passed to
     :func:`steepest.roles.classify` (so every peer agrees on the hidden matrices);
-    ``adamw_weight_decay`` is the AdamW baseline's decay on >= 2-D tensors (a task may set 0).
+    ``adamw_weight_decay`` is the AdamW baseline's decay on >= 2-D tensors (a task may set 0);
+    ``options`` (steepest peers only) replaces constructor keywords of the peer's own.
     """
     try:
         builder = BUILDERS[name]
     except KeyError:
         raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(PEER_NAMES)}") from None
+    if options:
+        if name not in STEEPEST_PEERS:
+            raise ValueError(f"options apply to steepest peers only; {name!r} is not one")
+        return builder(model, lr=lr, roles_override=roles_override, adamw_weight_decay=adamw_weight_decay,
+                       options=options)
     return builder(model, lr=lr, roles_override=roles_override, adamw_weight_decay=adamw_weight_decay)

@@ -116,6 +116,32 @@ def overview_table(results: dict) -> str:
     return markdown_table(header, rows)
 
 
+def defaults_table(results: dict) -> str:
+    """Each preset at its own defaults against its tuned benchmark settings, on every task, with the
+    regret (nats for language models, relative excess otherwise); empty when no preset ran both ways."""
+    tasks = {k: t for k, t in results["tasks"].items() if t.get("defaults")}
+    presets = list(dict.fromkeys(r["preset"] for t in tasks.values() for r in t["defaults"]))
+    if not presets:
+        return ""
+    rows = []
+    for preset in presets:
+        row = [f"`{preset}`"]
+        for task in tasks.values():
+            found = [r for r in task["defaults"] if r["preset"] == preset]
+            if not found:
+                row.append("")
+                continue
+            r = found[0]
+            if r["same"]:
+                row.append(f"{_fmt(r['defaults'])} (the tuned settings)")
+                continue
+            regret = (f"{r['regret']:+.3f} nats" if r["unit"] == "nats" else f"{100 * r['regret']:+.0f} %") \
+                if math.isfinite(r["regret"]) else "-"
+            row.append(f"{_fmt(r['defaults'])} vs {_fmt(r['tuned_value'])} ({regret})")
+        rows.append(row)
+    return markdown_table(["preset", *[f"{k}: defaults vs tuned (regret)" for k in tasks]], rows)
+
+
 def layer_stats_lines(results: dict) -> list[str]:
     """For noise-adaptive runs (seed of the best lr, first seed), hidden layers' lr factors over time."""
     lines = []
@@ -169,6 +195,12 @@ def render_markdown(results: dict) -> str:
     if len(results["tasks"]) > 1:
         lines += ["## Overview", "", "Mean final metric at each optimizer's best lr (rank on the task; 1 is best):",
                   "", overview_table(results), ""]
+    defaults = defaults_table(results)
+    if defaults:
+        lines += ["## Out of the box", "", "Each preset at its own defaults (`steepest.for_model(model, preset)`, "
+                  "nothing else set; the `-defaults` rows) against its tuned benchmark settings at their best lr; "
+                  "the regret is the difference in nats for language models and the relative excess of the "
+                  "metric otherwise:", "", defaults, ""]
     for key, task in results["tasks"].items():
         budget = task["budget"]
         lines += [f"## {key}", "",

@@ -52,7 +52,8 @@ def plan_cells(config: SuiteConfig, tasks: dict[str, Task], optimizers: list[str
                     cells.append(Cell(task_key=key, task=task.spec(), optimizer=optimizer,
                                       lr_multiplier=float(mult), lr=lr * mult, seed=int(seed),
                                       budget=budget,
-                                      diagnostics=bool(config.diagnostics and seed == config.seeds[0])))
+                                      diagnostics=bool(config.diagnostics and seed == config.seeds[0]),
+                                      options=dict(config.peer_options.get(optimizer, {}))))
     return cells
 
 
@@ -65,7 +66,7 @@ def run_cell(cell: Cell, task: Task, show_progress: bool = False,
         budget = Budget(**cell.budget)
         trial = task.trial(cell.seed, budget.batch_size)
         peer = build_peer(cell.optimizer, trial.model, lr=cell.lr, roles_override=trial.roles,
-                          adamw_weight_decay=task.adamw_weight_decay)
+                          adamw_weight_decay=task.adamw_weight_decay, options=cell.options)
         label = f"{cell.optimizer} x{cell.lr_multiplier:g} s{cell.seed}"
         record = train_trial(task, trial, peer, budget, label=label, show_progress=show_progress,
                              diagnostics=cell.diagnostics, seed=cell.seed,

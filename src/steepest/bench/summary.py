@@ -30,7 +30,7 @@ import statistics
 from ..optim import PRESETS
 from .cells import Cell
 from .config import REFERENCES, SuiteConfig
-from .peers import STEEPEST_PEERS
+from .peers import DEFAULTS_PEERS, STEEPEST_PEERS, defaults_are_tuned, tuned_peer
 from .tasks import Task
 
 BUDGET_FRACTIONS = (0.25, 0.5, 1.0)
@@ -185,7 +185,34 @@ def summarize_task(task: Task, config: SuiteConfig, cells: list[tuple[Cell, dict
             "metric_log_scale": task.metric_log_scale, "extra_metrics": list(task.extra_metrics),
             "budget": budget.to_dict(), "data": data, "model": task.describe_model(),
             "target": target, "target_source": source, "optimizers": optimizers,
-            "headlines": headlines(task, ok, target)}
+            "defaults": defaults_rows(task, optimizers), "headlines": headlines(task, ok, target)}
+
+
+def defaults_rows(task: Task, optimizers: dict[str, dict]) -> list[dict]:
+    """What the defaults give on this task: for every steepest preset run both ways
+    (``steepest-<p>`` tuned and ``steepest-<p>-defaults``), the defaults' mean final metric at x1
+    (the defaults exactly), the tuned peer's at its best lr, and the regret: the difference in
+    nats for a language model (metric ``val_loss``), else the relative excess. A tuned peer whose
+    settings are its preset's defaults counts as both (regret 0)."""
+    rows = []
+    for name, summary in optimizers.items():
+        tuned = tuned_peer(name)
+        if tuned is not None and tuned in optimizers:
+            at_one = [g for g in summary["grid"] if g["lr_multiplier"] == 1.0]
+            value = at_one[0]["mean"] if at_one else math.inf
+        elif name.startswith("steepest-") and name not in DEFAULTS_PEERS and defaults_are_tuned(name):
+            tuned, value = name, summary.get("final", math.inf)
+        else:
+            continue
+        best = optimizers[tuned].get("final", math.inf)
+        if not (math.isfinite(value) and math.isfinite(best)):
+            regret = math.inf
+        else:
+            regret = value - best if task.metric == "val_loss" else value / best - 1.0
+        rows.append({"preset": STEEPEST_PEERS[tuned][0], "tuned": tuned, "defaults": value, "tuned_value": best,
+                     "regret": regret, "unit": "nats" if task.metric == "val_loss" else "relative",
+                     "same": name == tuned})
+    return rows
 
 
 def headlines(task: Task, ok: dict[str, dict], target: float | None) -> list[str]:

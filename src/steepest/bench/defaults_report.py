@@ -1,0 +1,117 @@
+"""The defaults study's report (``report.md``): the chosen defaults, the out-of-the-box ranking and
+every candidate's regret, from :func:`steepest.bench.defaults_study.analyse_preset`'s results."""
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+
+from .environment import machine_info
+from .formatting import markdown_table
+
+
+def options_text(options: dict | None) -> str:
+    """``lr=0.02, adamw_lr=0.003`` (the studied keys of a candidate, lr first)."""
+    if options is None:
+        return "-"
+    keys = ["lr", *sorted(k for k in options if k != "lr")]
+    return ", ".join(f"{k}={options[k]:g}" if isinstance(options[k], float) else f"{k}={options[k]}"
+                     for k in keys if k in options)
+
+
+def _num(value: float, digits: int = 4) -> str:
+    return f"{value:.{digits}g}" if value is not None and math.isfinite(value) else "diverged"
+
+
+def _score(value: float) -> str:
+    return f"{value:.2f}" if math.isfinite(value) else "inf"
+
+
+def worst_task(row: dict) -> str:
+    key = max(row["tasks"], key=lambda k: row["tasks"][k]["regret"])
+    return f"{key} ({_score(row['tasks'][key]['regret'])})"
+
+
+def chosen_table(results: dict) -> str:
+    rows = []
+    for preset, res in results.items():
+        old, now, new = res["previous"], res["current"], res["chosen"]
+        rows.append([f"`{preset}`", options_text(old and old["options"]), _score(old["score"]) if old else "-",
+                     _score(now["score"]) if now else "-", options_text(new["options"]), _score(new["score"]),
+                     worst_task(new)])
+    return markdown_table(["preset", "0.9 default", "its worst regret", "the code's default: worst regret",
+                           "minimax-regret choice", "its worst regret", "its worst task (regret)"], rows)
+
+
+def ranking(results: dict, which: str = "chosen") -> list[tuple[str, float, dict]]:
+    """``(preset, mean rank, {task: value})`` at each preset's ``which`` settings, best mean rank first
+    (per task, presets are ranked by their value; a diverged value ranks last)."""
+    tasks = list(next(iter(results.values()))["chosen"]["tasks"])
+    values = {p: {t: (r[which] or r["chosen"])["tasks"][t]["value"] for t in tasks} for p, r in results.items()}
+    ranks: dict[str, list[float]] = {p: [] for p in results}
+    for task in tasks:
+        order = sorted(results, key=lambda p: values[p][task])
+        for i, preset in enumerate(order, 1):
+            ranks[preset].append(i)
+    out = [(p, statistics.fmean(ranks[p]), values[p]) for p in results]
+    return sorted(out, key=lambda item: item[1])
+
+
+def ranking_table(results: dict, which: str = "chosen") -> str:
+    tasks = list(next(iter(results.values()))["chosen"]["tasks"])
+    rows = [[f"`{p}`", f"{rank:.1f}", *[_num(values[t]) for t in tasks]] for p, rank, values in ranking(results, which)]
+    return markdown_table(["preset", "mean rank", *tasks], rows)
+
+
+def candidates_table(res: dict) -> str:
+    tasks = list(res["chosen"]["tasks"])
+    rows = []
+    for row in sorted(res["candidates"], key=lambda r: (r["score"], r["mean_regret"])):
+        mark = " (chosen)" if row is res["chosen"] or row["options"] == res["chosen"]["options"] else ""
+        mark += " (0.9 default)" if res["previous"] and row["options"] == res["previous"]["options"] else ""
+        mark += " (the code's default)" if res["current"] and row["options"] == res["current"]["options"] else ""
+        cells = [f"{_num(t['value'])} ({_score(t['regret'])})" for t in row["tasks"].values()]
+        rows.append([options_text(row["options"]) + mark, _score(row["score"]), *cells])
+    return markdown_table(["candidate", "worst regret", *[f"{t} (regret)" for t in tasks]], rows)
+
+
+def failures(results: dict) -> list[str]:
+    """The (preset, task) pairs where the chosen default misses the tolerance."""
+    lines = []
+    for preset, res in results.items():
+        for task, cell in res["chosen"]["tasks"].items():
+            if not cell["regret"] <= 1.0:
+                best = res["best"][task]
+                lines.append(f"- `{preset}` on {task}: {_num(cell['value'])} against the best "
+                             f"{_num(cell['best'])} ({options_text(best)}), regret {_score(cell['regret'])} "
+                             f"tolerances")
+    return lines
+
+
+def write_report(study, results: dict, out: Path, seconds: float) -> Path:
+    from .defaults_study import LM_TOLERANCE, REL_TOLERANCE
+
+    machine = machine_info()
+    tasks = ", ".join(f"{t.key} ({t.task.split(':')[0]}{', ' + str(t.gpt_options) if t.gpt_options else ''})"
+                      for t in study.tasks)
+    lines = ["# The defaults study", "",
+             f"Machine: {machine['processor']} ({machine['cpu_count']} cores), Python {machine['python']}, "
+             f"torch {machine['torch']}, "
+             f"{study.threads or 'default'} torch thread(s) per cell. Tasks: {tasks}; budget {study.budget}; "
+             f"seeds {', '.join(map(str, study.seeds))}.", "",
+             f"Regret is the candidate's seed-mean final metric against the preset's best candidate on the "
+             f"same task, divided by the tolerance ({LM_TOLERANCE} nats for language models, "
+             f"{REL_TOLERANCE:.0%} of the metric otherwise): a worst regret <= 1 keeps the promise on "
+             f"every task.", "",
+             "## Chosen defaults", "", chosen_table(results), "",
+             "## Out-of-the-box ranking (each preset at its chosen defaults)", "", ranking_table(results), "",
+             "## Out-of-the-box ranking at the 0.9 defaults", "", ranking_table(results, "previous"), ""]
+    missed = failures(results)
+    lines += ["## Where the chosen default misses the tolerance", "",
+              *(missed or ["None: every chosen default is within the tolerance on every task."]), ""]
+    for preset, res in results.items():
+        lines += [f"## {preset}", "", candidates_table(res), ""]
+    lines += [f"Study wall time (this invocation): {seconds:.0f} s."]
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
