@@ -25,7 +25,7 @@ PACKAGE = "steepest"
 
 #: units below the benchmarks and the command line: none of them may import those
 LOWER = ("polar", "geometry", "numerics", "compiled", "distributed", "optim", "constraints", "roles",
-         "diagnostics", "nn")
+         "diagnostics", "nn", "spd")
 #: the benchmark layer and the command-line layer (``steepest``, ``python -m steepest``)
 BENCH = ("bench",)
 CLI = ("cli", "cli_commands", "__main__")

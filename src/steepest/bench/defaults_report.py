@@ -88,9 +88,11 @@ def failures(results: dict) -> list[str]:
     return lines
 
 
-def write_report(study, results: dict, out: Path, seconds: float) -> Path:
-    from .defaults_study import LM_TOLERANCE, REL_TOLERANCE
-
+def write_report(study, results: dict, out: Path, seconds: float, lm_tolerance: float,
+                 rel_tolerance: float) -> Path:
+    """Write ``out/report.md`` for ``study`` (a :class:`~steepest.bench.defaults_study.DefaultsStudy`)
+    from :func:`~steepest.bench.defaults_study.analyse_preset`'s ``results``; the tolerances are the
+    study's regret units."""
     machine = machine_info()
     tasks = ", ".join(f"{t.key} ({t.task.split(':')[0]}{', ' + str(t.gpt_options) if t.gpt_options else ''})"
                       for t in study.tasks)
@@ -100,8 +102,8 @@ def write_report(study, results: dict, out: Path, seconds: float) -> Path:
              f"{study.threads or 'default'} torch thread(s) per cell. Tasks: {tasks}; budget {study.budget}; "
              f"seeds {', '.join(map(str, study.seeds))}.", "",
              f"Regret is the candidate's seed-mean final metric against the preset's best candidate on the "
-             f"same task, divided by the tolerance ({LM_TOLERANCE} nats for language models, "
-             f"{REL_TOLERANCE:.0%} of the metric otherwise): a worst regret <= 1 keeps the promise on "
+             f"same task, divided by the tolerance ({lm_tolerance} nats for language models, "
+             f"{rel_tolerance:.0%} of the metric otherwise): a worst regret <= 1 keeps the promise on "
              f"every task.", "",
              "## Chosen defaults", "", chosen_table(results), "",
              "## Out-of-the-box ranking (each preset at its chosen defaults)", "", ranking_table(results), "",

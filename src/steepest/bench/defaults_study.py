@@ -43,6 +43,7 @@ from pathlib import Path
 from ..optim.registry import REGISTRY
 from .cells import CellStore, write_json_atomic
 from .config import SuiteConfig
+from .defaults_report import write_report
 from .environment import machine_info
 from .runner import load_tasks, plan_cells, run_suite
 
@@ -277,8 +278,6 @@ def run_study(study: DefaultsStudy, out: str | Path, jobs: int = 1, report_only:
               show_progress: bool = False) -> dict:
     """Run (or resume) every suite, ``jobs`` at a time (the GPT tasks first), then write
     ``report.md`` and ``results.json`` into ``out``; return the analysed results."""
-    from .defaults_report import write_report
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -299,7 +298,7 @@ def run_study(study: DefaultsStudy, out: str | Path, jobs: int = 1, report_only:
                   "seeds": study.seeds, "budget": study.budget, "lm_tolerance": LM_TOLERANCE,
                   "rel_tolerance": REL_TOLERANCE},
         "presets": results, "machine": machine_info()})
-    write_report(study, results, out, time.perf_counter() - started)
+    write_report(study, results, out, time.perf_counter() - started, LM_TOLERANCE, REL_TOLERANCE)
     return results
 
 
