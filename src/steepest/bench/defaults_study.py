@@ -78,21 +78,23 @@ class Grid:
 
 
 _MUON_FALLBACKS = (3e-4, 1e-3, 3e-3, 1e-2)
-#: the candidate grids (lr ladders of ratio about 2 around the benchmark's tuned lr, reaching the
-#: previous default where it was far from it)
+#: the candidate grids: lr ladders of ratio about 2 around the benchmark's tuned lr, reaching the
+#: previous default where it was far from it, each extended by one step where the first pass found
+#: a task's best on the ladder's edge (NorMuon 0.08, AuON 1.6, LANTON sign_lr 3e-3, Lion-K 0.12,
+#: Signum 2e-3, M-FAC 6e-3)
 GRIDS: dict[str, Grid] = {
     "muon": Grid((0.01, 0.02, 0.04), "adamw_lr", _MUON_FALLBACKS,
                  extra=tuple({"lr": v, "adamw_lr": v, "adjust_lr": "match_rms_adamw"} for v in (3e-3, 1e-2))),
-    "normuon": Grid((0.02, 0.04), "adamw_lr", (1e-3, 3e-3, 1e-2)),
-    "auon": Grid((0.2, 0.4, 0.8), "adamw_lr", (3e-3, 1e-2)),
-    "hybrid_auon": Grid((0.2, 0.4, 0.8), "adamw_lr", (3e-3, 1e-2)),
-    "lanton": Grid((0.02, 0.04, 0.08), "sign_lr", (5e-4, 1.5e-3)),
+    "normuon": Grid((0.02, 0.04, 0.08), "adamw_lr", (1e-3, 3e-3, 1e-2)),
+    "auon": Grid((0.2, 0.4, 0.8, 1.6), "adamw_lr", (3e-3, 1e-2)),
+    "hybrid_auon": Grid((0.2, 0.4, 0.8, 1.6), "adamw_lr", (3e-3, 1e-2)),
+    "lanton": Grid((0.02, 0.04, 0.08), "sign_lr", (5e-4, 1.5e-3, 3e-3)),
     "scion": Grid((2.0 ** -7, 2.0 ** -6, 2.0 ** -5, 2.0 ** -4)),
     "lion": Grid((1e-4, 3e-4, 6e-4, 1.2e-3)),
-    "lion_k": Grid((0.015, 0.03, 0.06)),
-    "signum": Grid((1e-4, 2.5e-4, 5e-4, 1e-3)),
+    "lion_k": Grid((0.015, 0.03, 0.06, 0.12)),
+    "signum": Grid((1e-4, 2.5e-4, 5e-4, 1e-3, 2e-3)),
     "diffgrad": Grid((1e-3, 2e-3, 4e-3, 8e-3)),
-    "mfac": Grid((1e-3, 3e-3), variants=({"momentum": 0.0}, {"momentum": 0.5})),
+    "mfac": Grid((1e-3, 3e-3, 6e-3), variants=({"momentum": 0.0}, {"momentum": 0.5})),
 }
 #: the constructor keywords whose defaults the study chooses
 STUDIED_KEYS = ("lr", "adamw_lr", "sign_lr", "momentum", "adjust_lr")
