@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[bench,test,peers,hf,lightning]"
+	$(PY) -m pip install --quiet -e ".[bench,test,peers,hf,lightning,sdp]"
 	touch $@
 
 install: $(VENV)/.installed
