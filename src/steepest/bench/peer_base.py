@@ -43,7 +43,10 @@ class Peer:
             opt.zero_grad(set_to_none=set_to_none)
 
 
-AUX_ADAMW_LR = 2e-3  # the AdamW that handles non-matrix parameters beside Muon
+AUX_ADAMW_LR = 2e-3  # the AdamW that handles non-matrix parameters beside the tuned steepest presets
+#: the AdamW lr beside torch.optim.Muon in the ``torch-muon`` reference (torch.optim.Muon at 0.02 on
+#: the hidden matrices, torch.optim.AdamW at 3e-3 on the rest: the recipe the defaults are held to)
+TORCH_MUON_ADAMW_LR = 3e-3
 BETAS = (0.9, 0.95)
 
 def hidden_matrix_names(model: nn.Module, overrides: Mapping[str, str] | None = None) -> set[str]:

@@ -17,10 +17,10 @@ Peers:
                    >= 2-D weights and 0 elsewhere.
     torch-muon     torch.optim.Muon on the hidden matrices (lr 0.02, momentum 0.95, Nesterov, no
                    weight decay, default lr adjustment and default Newton-Schulz, i.e. bfloat16),
-                   plus torch.optim.AdamW (lr 2e-3, betas (0.9, 0.95), no weight decay) on the rest.
+                   plus torch.optim.AdamW (lr 3e-3, betas (0.9, 0.95), no weight decay) on the rest.
     steepest-*     steepest.for_model(model, <preset>, **STEEPEST_PEERS[name][1]): every preset of
                    steepest's registry, with the benchmark lrs below (presets with an AdamW
-                   fallback use adamw_lr 2e-3, like the AdamW beside torch.optim.Muon).
+                   fallback use adamw_lr 2e-3).
     steepest-*-defaults  every preset at its own defaults (``for_model(model, <preset>)``, nothing
                    else): what a user who sets no hyperparameter gets (:data:`DEFAULTS_PEERS`).
     po-*, hb-*     the same-name optimizers of pytorch-optimizer and heavyball, when installed
@@ -62,7 +62,8 @@ from ..explain import explain
 from ..factory import for_model
 from ..optim.registry import REGISTRY
 from .external_peers import EXTERNAL_BUILDERS, EXTERNAL_LRS, installed
-from .peer_base import (AUX_ADAMW_LR, BETAS, Peer, PeerUnavailable, hidden_matrix_names,  # noqa: F401
+from .peer_base import (AUX_ADAMW_LR, BETAS, TORCH_MUON_ADAMW_LR, Peer, PeerUnavailable,  # noqa: F401
+                        hidden_matrix_names,  # noqa: F401
                         split_hidden, state_bytes)
 
 
@@ -162,13 +163,13 @@ def build_torch_muon(model: nn.Module, lr: float | None = None, roles_override=N
     muon = torch.optim.Muon(muon_params, lr=lr, momentum=0.95, nesterov=True, weight_decay=0.0)
     optimizers = [muon]
     if other_params:
-        optimizers.append(torch.optim.AdamW(other_params, lr=AUX_ADAMW_LR, betas=BETAS, weight_decay=0.0))
+        optimizers.append(torch.optim.AdamW(other_params, lr=TORCH_MUON_ADAMW_LR, betas=BETAS, weight_decay=0.0))
     return Peer(
         "torch-muon", optimizers,
         step_covers=(f"torch.optim.Muon ({len(muon_params)} hidden matrices, bfloat16 Newton-Schulz) "
                      f"+ torch.optim.AdamW ({len(other_params)} other tensors)"),
         hyperparameters={"lr": lr, "momentum": 0.95, "nesterov": True, "weight_decay": 0.0,
-                         "adjust_lr_fn": "original (default)", "aux_adamw_lr": AUX_ADAMW_LR,
+                         "adjust_lr_fn": "original (default)", "aux_adamw_lr": TORCH_MUON_ADAMW_LR,
                          "aux_betas": BETAS, "aux_weight_decay": 0.0, "hidden_chosen_by": "steepest.roles.classify"},
     )
 

@@ -115,9 +115,11 @@ class AuON(GeometryOptimizer):
     as in :class:`Muon`. Whether a group is braked is its flat key ``cosh_brake`` (True for the
     matrix roles, False for the AdamW fallback); set it per group to change that.
 
-    Defaults: ``lr=0.055`` (the paper's GPT experiment; the v1 code's class default is 0.02 and
-    the same file's training config uses 0.24), ``momentum=0.95``, Nesterov, ``weight_decay=0``
-    (v1 code); AdamW side as in :class:`Muon` (``lr=3e-4``, ``betas=(0.9, 0.95)``,
+    Defaults: ``lr=0.4`` and ``adamw_lr=1e-2``, the minimax-regret choice of ``steepest bench
+    defaults`` (docs/benchmarks.md, "The defaults study"; the paper's GPT experiment used 0.055, the
+    v1 code's class default is 0.02 and the same file's training config 0.24: on the study's
+    GPTs 0.055 was 0.17-0.41 nats worse), ``momentum=0.95``, Nesterov, ``weight_decay=0``
+    (v1 code); the rest of the AdamW side as in :class:`Muon` (``betas=(0.9, 0.95)``,
     ``eps=1e-10``). Differences from the public code: the v1 code normalizes a bfloat16 copy of
     ``D`` by ``||D||_F + 1e-7`` and has no weight decay; here ``X`` is exactly unit-Frobenius in
     the state dtype (the ``1e-7`` changes the step by a relative ``1e-7 / ||D||_F``) and weight
@@ -134,8 +136,8 @@ class AuON(GeometryOptimizer):
     PRESET_KEYS = {"cosh_brake": True}
     GROUP_STEP_SIZES = True  # the brakes of all matrices are read from the device together
 
-    def __init__(self, params: Iterable[Any], lr: float = 0.055, momentum: float = 0.95, nesterov: bool = True,
-                 weight_decay: float = 0.0, adamw_lr: float = 3e-4, adamw_betas: tuple[float, float] = (0.9, 0.95),
+    def __init__(self, params: Iterable[Any], lr: float = 0.4, momentum: float = 0.95, nesterov: bool = True,
+                 weight_decay: float = 0.0, adamw_lr: float = 1e-2, adamw_betas: tuple[float, float] = (0.9, 0.95),
                  adamw_eps: float = 1e-10, adamw_weight_decay: float = 0.0, *, maximize: bool = False,
                  on_nonfinite: str = "raise", distributed_mesh: Any = None, compile: bool | str = "auto",
                  **stage2_keys: Any):
@@ -195,8 +197,9 @@ class HybridAuON(AuON):
     3.44 (small ``s``) to 0.70 (``s = 1``), so small singular values gain up to 4.9x relative to
     the top one, a partial whitening. ``ns``/``ns_steps`` select another schedule or more steps.
 
-    Defaults: ``lr=0.055`` (the paper gives no separate Hybrid-AuON lr; with the renormalized
-    brake the update has AuON's Frobenius norm, so AuON's lr carries over), momentum 0.95,
+    Defaults: ``lr=0.4`` and ``adamw_lr=1e-2``, the minimax-regret choice of ``steepest bench
+    defaults`` (the paper gives no separate Hybrid-AuON lr; with the renormalized brake the update
+    has AuON's Frobenius norm, and the study picked AuON's lr for it too), momentum 0.95,
     Nesterov, one Keller step; AdamW fallback as in :class:`AuON`. The later public repository
     version of ``HybridAuON`` runs a full 5-step Newton-Schulz on the raw (not Frobenius
     normalized) momentum before the brake, with lr 0.24 and no shape factor; this class implements
@@ -208,9 +211,9 @@ class HybridAuON(AuON):
         {COMMON_DOC}
     """).replace("{AUON_ARGS}", _AUON_ARGS)
 
-    def __init__(self, params: Iterable[Any], lr: float = 0.055, momentum: float = 0.95, nesterov: bool = True,
+    def __init__(self, params: Iterable[Any], lr: float = 0.4, momentum: float = 0.95, nesterov: bool = True,
                  weight_decay: float = 0.0, ns: str = "keller", ns_steps: int | None = 1, ns_dtype: str = "auto",
-                 adamw_lr: float = 3e-4, adamw_betas: tuple[float, float] = (0.9, 0.95), adamw_eps: float = 1e-10,
+                 adamw_lr: float = 1e-2, adamw_betas: tuple[float, float] = (0.9, 0.95), adamw_eps: float = 1e-10,
                  adamw_weight_decay: float = 0.0, *, maximize: bool = False, on_nonfinite: str = "raise",
                  distributed_mesh: Any = None, compile: bool | str = "auto"):
         super().__init__(params, lr, momentum, nesterov, weight_decay, adamw_lr, adamw_betas, adamw_eps,

@@ -27,8 +27,10 @@ class Lion(GeometryOptimizer):
     solves ``min f(W)`` subject to ``max |W_ij| <= 1/lambda`` (arXiv 2310.05898): iterates from any
     start enter that box and stay there. One state buffer (half of Adam's memory).
 
-    Defaults ``lr=1e-4``, ``betas=(0.9, 0.99)``, ``weight_decay=0`` are the paper's and the
-    ``lion-pytorch`` package's; with equal hyperparameters the parameters match ``lion_pytorch.Lion``
+    Defaults: ``betas=(0.9, 0.99)``, ``weight_decay=0`` are the paper's and the ``lion-pytorch``
+    package's; ``lr=6e-4`` is the minimax-regret choice of ``steepest bench defaults``
+    (docs/benchmarks.md, "The defaults study"; the paper's 1e-4 was 0.6-0.97 nats worse on the
+    study's GPTs at their short budgets); with equal hyperparameters the parameters match ``lion_pytorch.Lion``
     (a test checks 20 steps to 1e-6). ``sign(0) = 0``: an exactly zero entry of ``c`` does not move.
 
     Args:
@@ -39,7 +41,7 @@ class Lion(GeometryOptimizer):
         {COMMON_DOC}
     """)
 
-    def __init__(self, params: Iterable[Any], lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
+    def __init__(self, params: Iterable[Any], lr: float = 6e-4, betas: tuple[float, float] = (0.9, 0.99),
                  weight_decay: float = 0.0, *, maximize: bool = False, on_nonfinite: str = "raise", distributed_mesh: Any = None,
                  compile: bool | str = "auto"):
         super().__init__(params, on_nonfinite=on_nonfinite, distributed_mesh=distributed_mesh,
@@ -80,7 +82,9 @@ class LionK(GeometryOptimizer):
     stays ``1/lambda`` (Keller's coefficients reach 1.14 and would loosen it by up to 14%).
     No shape factor is applied: the constraint is on the plain norm, as in the paper.
 
-    Defaults as :class:`Lion` (``lr=1e-4``, ``betas=(0.9, 0.99)``) and ``kappa="nuclear"``.
+    Defaults: ``betas=(0.9, 0.99)`` as :class:`Lion`, ``kappa="nuclear"``, and ``lr=0.03``, the
+    minimax-regret choice of ``steepest bench defaults`` (docs/benchmarks.md, "The defaults study";
+    a nuclear-norm step has a fixed spectral size, so Lion's 1e-4 barely moves the weights).
 
     Args:
         {PARAMS_DOC}
@@ -93,7 +97,7 @@ class LionK(GeometryOptimizer):
         {COMMON_DOC}
     """)
 
-    def __init__(self, params: Iterable[Any], lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
+    def __init__(self, params: Iterable[Any], lr: float = 0.03, betas: tuple[float, float] = (0.9, 0.99),
                  weight_decay: float = 0.0, kappa: str = "nuclear", ns: str = "you", ns_steps: int | None = None,
                  ns_dtype: str = "auto", *, maximize: bool = False, on_nonfinite: str = "raise", distributed_mesh: Any = None,
                  compile: bool | str = "auto"):

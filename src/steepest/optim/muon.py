@@ -60,8 +60,10 @@ class Muon(GeometryOptimizer):
     scheduler drives every group; their lr is ``adamw_lr``.
 
     Defaults: ``lr=0.02``, ``momentum=0.95``, Nesterov, 5 Keller steps, ``weight_decay=0`` (Keller
-    Jordan's reference); AdamW side ``lr=3e-4``, ``betas=(0.9, 0.95)``, ``eps=1e-10``,
-    ``weight_decay=0`` (his ``MuonWithAuxAdam``). Differences from ``torch.optim.Muon``: Newton-Schulz
+    Jordan's reference); AdamW side ``lr=1e-2``, ``betas=(0.9, 0.95)``, ``eps=1e-10``,
+    ``weight_decay=0``. ``lr`` and ``adamw_lr`` are the minimax-regret choice of the defaults study,
+    ``steepest bench defaults`` (docs/benchmarks.md, "The defaults study": three character GPTs
+    and a CNN, 2 seeds; the reference's AdamW lr 3e-4 was 0.29-0.97 nats worse on the GPTs). Differences from ``torch.optim.Muon``: Newton-Schulz
     runs in float32 on CPUs without native bfloat16 matmul (there it is 60-600x slower than
     float32) and in bfloat16 on CPUs with AMX-BF16 or AVX512-BF16 and on CUDA, conv
     and other >= 3-D tensors are accepted, same-shape matrices are orthogonalized in one batched
@@ -86,7 +88,7 @@ class Muon(GeometryOptimizer):
 
     def __init__(self, params: Iterable[Any], lr: float = 0.02, momentum: float = 0.95, nesterov: bool = True,
                  weight_decay: float = 0.0, adjust_lr: str = "original", ns: str = "keller",
-                 ns_steps: int | None = None, ns_dtype: str = "auto", adamw_lr: float = 3e-4,
+                 ns_steps: int | None = None, ns_dtype: str = "auto", adamw_lr: float = 1e-2,
                  adamw_betas: tuple[float, float] = (0.9, 0.95), adamw_eps: float = 1e-10,
                  adamw_weight_decay: float = 0.0, *, noise_adaptive: bool = False, noise_beta: float = 0.9,
                  noise_source: str = "previous", noise_rule: str = NOISE_RULE, noise_alpha: float = NOISE_ALPHA,

@@ -70,8 +70,10 @@ class NorMuon(Muon):
     Embeddings, heads and vectors get AdamW inside the same optimizer, as in :class:`Muon`. The
     neuron normalization applies to every group whose geometry is ``spectral``.
 
-    Defaults (reference repository): ``lr=0.02``, ``momentum=0.95``, ``beta2=0.95``, Nesterov, 5
-    Keller Newton-Schulz steps, ``weight_decay=0``; AdamW side as :class:`Muon`.
+    Defaults: ``momentum=0.95``, ``beta2=0.95``, Nesterov, 5 Keller Newton-Schulz steps,
+    ``weight_decay=0`` (reference repository); ``lr=0.04`` and AdamW side ``adamw_lr=1e-2``, the
+    minimax-regret choice of ``steepest bench defaults`` (docs/benchmarks.md, "The defaults
+    study"; the reference's lr 0.02 is there too); otherwise the AdamW side is :class:`Muon`'s.
 
     Args:
         {PARAMS_DOC}
@@ -91,10 +93,10 @@ class NorMuon(Muon):
 
     PRESET_KEYS = {"beta2": 0.95, "scale": "frobenius"}
 
-    def __init__(self, params: Iterable[Any], lr: float = 0.02, momentum: float = 0.95, beta2: float = 0.95,
+    def __init__(self, params: Iterable[Any], lr: float = 0.04, momentum: float = 0.95, beta2: float = 0.95,
                  scale: str = "frobenius", nesterov: bool = True, weight_decay: float = 0.0,
                  adjust_lr: str | None = None, ns: str = "keller", ns_steps: int | None = None,
-                 ns_dtype: str = "auto", adamw_lr: float = 3e-4, adamw_betas: tuple[float, float] = (0.9, 0.95),
+                 ns_dtype: str = "auto", adamw_lr: float = 1e-2, adamw_betas: tuple[float, float] = (0.9, 0.95),
                  adamw_eps: float = 1e-10, adamw_weight_decay: float = 0.0, *, noise_adaptive: bool = False,
                  noise_beta: float = 0.9, noise_source: str = "previous", noise_rule: str = NOISE_RULE, noise_alpha: float = NOISE_ALPHA,
                  noise_every: int = NOISE_EVERY,

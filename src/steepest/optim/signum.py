@@ -20,8 +20,9 @@ class Signum(GeometryOptimizer):
     signSGD.) It is the engine's momentum transform followed by the ``sign`` geometry; Lion differs
     only in using two betas. Every entry moves by exactly ``lr``, so lrs are Lion-sized.
 
-    Defaults: ``momentum=0.9`` (the paper's beta); ``lr=1e-4`` as Lion's, since both move every
-    entry by ``lr``. Weight decay is decoupled here (the paper adds it to the gradient before the
+    Defaults: ``momentum=0.9`` (the paper's beta); ``lr=1e-3``, the minimax-regret choice of
+    ``steepest bench defaults`` (docs/benchmarks.md, "The defaults study"; 1e-4 was 0.52-0.96 nats
+    worse on the study's GPTs). Weight decay is decoupled here (the paper adds it to the gradient before the
     sign).
 
     Args:
@@ -33,7 +34,7 @@ class Signum(GeometryOptimizer):
         {COMMON_DOC}
     """)
 
-    def __init__(self, params: Iterable[Any], lr: float = 1e-4, momentum: float = 0.9, nesterov: bool = False,
+    def __init__(self, params: Iterable[Any], lr: float = 1e-3, momentum: float = 0.9, nesterov: bool = False,
                  weight_decay: float = 0.0, *, maximize: bool = False, on_nonfinite: str = "raise", distributed_mesh: Any = None,
                  compile: bool | str = "auto"):
         super().__init__(params, on_nonfinite=on_nonfinite, distributed_mesh=distributed_mesh,
