@@ -421,4 +421,4 @@ def test_defaults_are_the_studys_choice():
         assert (params["noise_rule"].default, params["noise_alpha"].default, params["noise_every"].default,
                 params["noise_beta"].default, params["noise_source"].default) == ("alpha_sqrt", 0.3, 10, 0.9,
                                                                                   "previous"), cls
-    assert inspect.signature(LANTON.__init__).parameters["lr"].default == 0.04
+    assert inspect.signature(LANTON.__init__).parameters["lr"].default == 0.02  # the defaults study's choice

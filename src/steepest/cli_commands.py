@@ -42,63 +42,53 @@ def cmd_diagnose(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     return 0
 
 
-def _cmd_lanton(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    """``steepest bench lanton``: run (or resume) the LANTON study and print its report."""
+def _run_study(name: str, study, run_study, describe, args: argparse.Namespace) -> int:
+    """Run (or resume) a study (``steepest bench lanton`` or ``defaults``) with the shared options
+    (``--threads``, ``--in-process``, ``--out``, ``--jobs``, ``--report-only``) and print its report."""
     from dataclasses import replace
 
-    from .bench.lanton_study import Study, describe, run_study, tiny_study
-
-    if args.budget not in (None, "smoke"):
-        parser.error("`steepest bench lanton` takes --smoke (a tiny study) or no size option")
-    if args.text is not None and not Path(args.text).is_file():
-        parser.error(f"--text: no such file: {args.text}")
-    corpus = f"text:{args.text}" if args.text else "shakespeare-char"
-    study = tiny_study(corpus) if args.budget == "smoke" else Study(corpus=corpus)
     if args.threads is not None:
         study = replace(study, threads=args.threads)
     if args.in_process:
         study = replace(study, isolate=False)
-    out = Path(args.out) if args.out else Path("bench-out") / ("lanton-study-smoke" if args.budget else "lanton-study")
+    out = Path(args.out) if args.out else Path("bench-out") / (f"{name}-study-smoke" if args.budget else f"{name}-study")
     if not args.no_progress:
-        print(f"steepest bench lanton: {out}\n{describe(study)}", file=sys.stderr)
+        print(f"steepest bench {name}: {out}\n{describe(study)}", file=sys.stderr)
     try:
         run_study(study, out, jobs=args.jobs or 1, report_only=args.report_only, show_progress=not args.no_progress)
     except KeyboardInterrupt:
-        print(f"\nsteepest bench lanton: interrupted; finished cells are saved in {out}; rerun the same "
+        print(f"\nsteepest bench {name}: interrupted; finished cells are saved in {out}; rerun the same "
               f"command to resume", file=sys.stderr)
         return 130
     print((out / "report.md").read_text(encoding="utf-8"))
     print(f"report written to {out / 'report.md'}")
     return 0
+
+
+def _check_study_options(name: str, args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    if args.budget not in (None, "smoke"):
+        parser.error(f"`steepest bench {name}` takes --smoke (a tiny study) or no size option")
+    if args.text is not None and not Path(args.text).is_file():
+        parser.error(f"--text: no such file: {args.text}")
+
+
+def _cmd_lanton(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """``steepest bench lanton``: run (or resume) the LANTON study and print its report."""
+    from .bench.lanton_study import Study, describe, run_study, tiny_study
+
+    _check_study_options("lanton", args, parser)
+    corpus = f"text:{args.text}" if args.text else "shakespeare-char"
+    study = tiny_study(corpus) if args.budget == "smoke" else Study(corpus=corpus)
+    return _run_study("lanton", study, run_study, describe, args)
 
 
 def _cmd_defaults(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """``steepest bench defaults``: run (or resume) the defaults study and print its report."""
-    from dataclasses import replace
-
     from .bench.defaults_study import DefaultsStudy, default_tasks, describe, run_study, tiny_study
 
-    if args.budget not in (None, "smoke"):
-        parser.error("`steepest bench defaults` takes --smoke (a tiny study) or no size option")
-    if args.text is not None and not Path(args.text).is_file():
-        parser.error(f"--text: no such file: {args.text}")
+    _check_study_options("defaults", args, parser)
     study = tiny_study(args.text) if args.budget == "smoke" else DefaultsStudy(tasks=default_tasks(args.text))
-    if args.threads is not None:
-        study = replace(study, threads=args.threads)
-    if args.in_process:
-        study = replace(study, isolate=False)
-    out = Path(args.out) if args.out else Path("bench-out") / ("defaults-study-smoke" if args.budget else "defaults-study")
-    if not args.no_progress:
-        print(f"steepest bench defaults: {out}\n{describe(study)}", file=sys.stderr)
-    try:
-        run_study(study, out, jobs=args.jobs or 1, report_only=args.report_only, show_progress=not args.no_progress)
-    except KeyboardInterrupt:
-        print(f"\nsteepest bench defaults: interrupted; finished cells are saved in {out}; rerun the same "
-              f"command to resume", file=sys.stderr)
-        return 130
-    print((out / "report.md").read_text(encoding="utf-8"))
-    print(f"report written to {out / 'report.md'}")
-    return 0
+    return _run_study("defaults", study, run_study, describe, args)
 
 
 def suite_config(args: argparse.Namespace):

@@ -91,7 +91,7 @@ def test_hyper_connections_option_reaches_the_gpt_tasks_and_keeps_other_fingerpr
     (["bench", "kernels", "--steps", "3"],
      "--steps does not apply to `steepest bench kernels` (it applies to: suite, distributed)"),
     (["bench", "distributed", "--full"],
-     "--quick/--full/--smoke does not apply to `steepest bench distributed` (it applies to: suite, kernels, lanton, overhead)"),
+     "--quick/--full/--smoke does not apply to `steepest bench distributed` (it applies to: suite, kernels, lanton, overhead, defaults)"),
     (["bench", "distributed", "--ranks", "0,2"], "--ranks: world sizes must be >= 1"),
 ])
 def test_bad_arguments_exit_2_with_exact_message(argv, message, capsys):

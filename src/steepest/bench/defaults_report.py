@@ -46,11 +46,13 @@ def chosen_table(results: dict) -> str:
 
 def ranking(results: dict, which: str = "chosen") -> list[tuple[str, float, dict]]:
     """``(preset, mean rank, {task: value})`` at each preset's ``which`` settings, best mean rank first
-    (per task, presets are ranked by their value; a diverged value ranks last)."""
-    tasks = list(next(iter(results.values()))["chosen"]["tasks"])
+    (per scored task, presets are ranked by their value; a diverged value ranks last; the values of
+    unscored tasks are listed, not ranked)."""
+    first = next(iter(results.values()))
+    tasks = list(first["chosen"]["tasks"])
     values = {p: {t: (r[which] or r["chosen"])["tasks"][t]["value"] for t in tasks} for p, r in results.items()}
     ranks: dict[str, list[float]] = {p: [] for p in results}
-    for task in tasks:
+    for task in first["scored"]:
         order = sorted(results, key=lambda p: values[p][task])
         for i, preset in enumerate(order, 1):
             ranks[preset].append(i)
@@ -60,8 +62,10 @@ def ranking(results: dict, which: str = "chosen") -> list[tuple[str, float, dict
 
 def ranking_table(results: dict, which: str = "chosen") -> str:
     tasks = list(next(iter(results.values()))["chosen"]["tasks"])
+    scored = next(iter(results.values()))["scored"]
     rows = [[f"`{p}`", f"{rank:.1f}", *[_num(values[t]) for t in tasks]] for p, rank, values in ranking(results, which)]
-    return markdown_table(["preset", "mean rank", *tasks], rows)
+    return markdown_table(["preset", "mean rank (scored tasks)",
+                           *[t if t in scored else f"{t} (not ranked)" for t in tasks]], rows)
 
 
 def candidates_table(res: dict) -> str:
