@@ -61,7 +61,7 @@ def test_step_is_dense_inverse_fisher_times_gradient(m, steps):
     moves the parameters by exactly -lr * F^{-1} g, before the ring is full and after it wrapped."""
     model = make_model()
     lr, damp = 0.01, 1e-5
-    opt = MFAC(model.named_parameters(), lr=lr, ngrads=m, damp=damp)
+    opt = MFAC(model.named_parameters(), lr=lr, ngrads=m, damp=damp, momentum=0.0)
     assert len(opt.param_groups) == 1 and opt.param_groups[0]["role"] == ""  # one window, not split by shape
     history = []
     for t in range(steps):
@@ -83,7 +83,7 @@ def test_groups_have_independent_windows():
     model = make_model()
     first, second = list(model[0].parameters()), list(model[2].parameters())
     lr = 0.02
-    opt = MFAC([{"params": first, "ngrads": 3, "damp": 1e-4}, {"params": second, "ngrads": 5}], lr=lr, damp=1e-3)
+    opt = MFAC([{"params": first, "ngrads": 3, "damp": 1e-4}, {"params": second, "ngrads": 5}], lr=lr, damp=1e-3, momentum=0.0)
     n1 = sum(p.numel() for p in first)
     hist1, hist2 = [], []
     for t in range(7):
@@ -116,7 +116,7 @@ def test_momentum_weight_decay_and_maximize_match_dense_reference():
 # -- the window's bookkeeping -----------------------------------------------------------------------
 def test_zero_gradient_after_training_gives_exactly_zero_step():
     model = make_model()
-    opt = MFAC(model.parameters(), lr=0.01, ngrads=3)
+    opt = MFAC(model.parameters(), lr=0.01, ngrads=3, momentum=0.0)
     for t in range(4):
         set_grads(model, seed=30 + t)
         opt.step()
@@ -222,7 +222,7 @@ def test_for_model_gives_one_window_per_role_and_explain_names_it():
     opt = steepest.for_model(model, "mfac")
     assert sorted(g["role"] for g in opt.param_groups) == ["head", "hidden", "vector"]
     table = steepest.explain(opt)
-    assert "mfac(m=32, damp=1e-05)" in table and "none" in table
+    assert "mfac(m=32, damp=1e-05, momentum=0.5)" in table and "none" in table
 
 
 # -- kernels -----------------------------------------------------------------------------------------
