@@ -2,7 +2,7 @@
 
 ``steepest bench``    train every benchmark task with several optimizers at a shared lr grid and
                       seeds, and write a report (markdown tables, PNG plots, JSON); with no options
-                      it runs the quick suite (4-11 minutes on a 2-core CPU: torch.optim.Muon's
+                      it runs the quick suite (4-13 minutes on a 2-core CPU: torch.optim.Muon's
                       bfloat16 step is slow where bfloat16 matmul is not native). ``steepest bench
                       kernels`` times the orthogonalization backends against the matmul roofline.
 ``steepest explain``  print how a preset treats each parameter of the benchmark GPT.
@@ -164,7 +164,7 @@ def _add_bench(sub) -> None:
                             "scored by worst-case regret; about an hour on 2 cores with --jobs 2, resumable)")
     size = bench.add_mutually_exclusive_group()
     size.add_argument("--quick", dest="budget", action="store_const", const="quick",
-                      help="the quick suite, 4-11 minutes on 2 cores (the default): optimizers "
+                      help="the quick suite, 4-13 minutes on 2 cores (the default): optimizers "
                            f"{','.join(QUICK_OPTIMIZERS)}, lr x1, seeds 0,1, every built-in task")
     size.add_argument("--full", dest="budget", action="store_const", const="full",
                       help=f"the full suite, about an hour on 2 cores: {len(FULL_OPTIMIZERS)} optimizers "

@@ -92,10 +92,12 @@ _MUON_FALLBACKS = (3e-4, 1e-3, 3e-3, 1e-2)
 #: the candidate grids: lr ladders of ratio about 2 around the benchmark's tuned lr, reaching the
 #: previous default where it was far from it, each extended by one step where the first pass found
 #: a task's best on the ladder's edge (NorMuon 0.08, AuON 1.6, LANTON sign_lr 3e-3, Lion-K 0.12,
-#: Signum 2e-3, M-FAC 6e-3)
+#: Signum 2e-3, M-FAC 6e-3), and Muon by two points between its first choice and the quick GPT's best
 GRIDS: dict[str, Grid] = {
     "muon": Grid((0.01, 0.02, 0.04), "adamw_lr", _MUON_FALLBACKS,
-                 extra=tuple({"lr": v, "adamw_lr": v, "adjust_lr": "match_rms_adamw"} for v in (3e-3, 1e-2))),
+                 extra=(*({"lr": v, "adamw_lr": v, "adjust_lr": "match_rms_adamw"} for v in (3e-3, 1e-2)),
+                        # between the first pass's choice (0.02, 1e-2) and the quick GPT's best settings
+                        {"lr": 0.03, "adamw_lr": 1e-2}, {"lr": 0.02, "adamw_lr": 5e-3})),
     "normuon": Grid((0.02, 0.04, 0.08), "adamw_lr", (1e-3, 3e-3, 1e-2)),
     "auon": Grid((0.2, 0.4, 0.8, 1.6), "adamw_lr", (3e-3, 1e-2)),
     "hybrid_auon": Grid((0.2, 0.4, 0.8, 1.6), "adamw_lr", (3e-3, 1e-2)),
