@@ -53,8 +53,9 @@ def test_the_choice_minimises_the_worst_regret_and_a_divergence_disqualifies(mon
     values = {"lm": {1.0: 2.00, 2.0: 2.03, 3.0: 2.20}, "other": {1.0: math.inf, 2.0: 0.105, 3.0: 0.10}}
     study = ds.DefaultsStudy(tasks=[ds.DefaultsTask("lm", "shakespeare-char"), ds.DefaultsTask("other", "digits-cnn")],
                              presets=("lion",), grids={"lion": [a, b, c]})
-    monkeypatch.setattr(ds, "task_results", lambda st, task, preset, out: [
-        {"options": o, "value": values[task.key][o["lr"]]} for o in (a, b, c)])
+    monkeypatch.setattr(ds, "task_results", lambda st, task, preset, out: [  # seeds agree: no noise floor
+        {"options": o, "value": values[task.key][o["lr"]], "seeds": [values[task.key][o["lr"]]] * 2}
+        for o in (a, b, c)])
     monkeypatch.setattr(ds, "current_defaults", lambda preset: c)
     res = ds.analyse_preset(study, "lion", None)
     assert res["chosen"]["options"] == b
@@ -145,3 +146,24 @@ def test_defaults_rows_give_the_regret_in_nats_or_relative():
     if peers.defaults_are_tuned("steepest-scion"):
         (row,) = defaults_rows(other, {"steepest-scion": {"final": 0.5, "grid": grid(0.5)}})
         assert row["same"] and row["regret"] == 0.0
+
+
+def test_seed_noise_floors_the_tolerance_and_unscored_tasks_do_not_count(monkeypatch):
+    """The noise floor: two seeds that disagree by 0.1 make a 0.05 gap on a non-LM task count as
+    less than one tolerance. An unscored task's regret is reported but not in the score."""
+    assert ds.seed_noise([{"seeds": [1.0, 1.1]}, {"seeds": [2.0, 2.1]}, {"seeds": [math.inf, 1.0]}]) == \
+        pytest.approx(math.sqrt(0.005 * 2 / 2))
+    assert ds.regret(0.15, 0.10, False, noise=0.1) == pytest.approx(0.05 / 0.2)
+    a, b = {"lr": 1.0}, {"lr": 2.0}
+    values = {"lm": {1.0: 2.00, 2.0: 2.01}, "ms": {1.0: 1.0, 2.0: 100.0}}
+    study = ds.DefaultsStudy(tasks=[ds.DefaultsTask("lm", "shakespeare-char"),
+                                    ds.DefaultsTask("ms", "matrix-sensing", scored=False)],
+                             presets=("lion",), grids={"lion": [a, b]})
+    monkeypatch.setattr(ds, "task_results", lambda st, task, preset, out: [
+        {"options": o, "value": values[task.key][o["lr"]], "seeds": [values[task.key][o["lr"]]] * 2} for o in (a, b)])
+    monkeypatch.setattr(ds, "current_defaults", lambda preset: a)
+    res = ds.analyse_preset(study, "lion", None)
+    assert res["chosen"]["options"] == a
+    second = next(r for r in res["candidates"] if r["options"] == b)
+    assert second["score"] == pytest.approx(0.2) and second["raw_score"] > 100  # ms counts in the raw score only
+    assert res["scored"] == ["lm"]

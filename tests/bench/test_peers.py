@@ -36,7 +36,7 @@ def test_references_follow_the_documented_recipes():
     assert sum(p.numel() for g in torch_muon.param_groups for p in g["params"]) == 786_432
     group = torch_muon.param_groups[0]
     assert (group["lr"], group["momentum"], group["nesterov"], group["weight_decay"]) == (0.02, 0.95, True, 0.0)
-    assert aux.param_groups[0]["lr"] == 2e-3 and aux.param_groups[0]["weight_decay"] == 0.0
+    assert aux.param_groups[0]["lr"] == 3e-3 and aux.param_groups[0]["weight_decay"] == 0.0
     assert peers.build_peer("torch-muon", model, lr=0.04).optimizers[0].param_groups[0]["lr"] == 0.04
     with pytest.raises(ValueError, match="unknown optimizer 'sgd'"):
         peers.build_peer("sgd", model)
