@@ -72,7 +72,7 @@ def candidates_table(res: dict) -> str:
     tasks = list(res["chosen"]["tasks"])
     rows = []
     for row in sorted(res["candidates"], key=lambda r: (r["score"], r["mean_regret"])):
-        mark = " (chosen)" if row is res["chosen"] or row["options"] == res["chosen"]["options"] else ""
+        mark = " (chosen)" if row["options"] == res["chosen"]["options"] else ""
         mark += " (0.9 default)" if res["previous"] and row["options"] == res["previous"]["options"] else ""
         mark += " (the code's default)" if res["current"] and row["options"] == res["current"]["options"] else ""
         cells = [f"{_num(t['value'])} ({_score(t['regret'])}; raw {_score(t['raw_regret'])})"

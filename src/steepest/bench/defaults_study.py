@@ -57,6 +57,7 @@ from .config import SuiteConfig
 from .defaults_report import write_report
 from .environment import machine_info
 from .runner import load_tasks, plan_cells, run_suite
+from .summary import final_metric
 
 #: regret tolerance of language-model tasks (nats of validation loss)
 LM_TOLERANCE = 0.05
@@ -230,13 +231,6 @@ class DefaultsStudy:
                 for slug, (config, _) in self.suites(task, preset).items()]
 
 
-def _metric(record: dict | None, metric: str) -> float:
-    if not record or record.get("status") != "ok":
-        return math.inf
-    value = record["final"].get(metric)
-    return float(value) if value is not None and math.isfinite(value) else math.inf
-
-
 def task_results(study: DefaultsStudy, task: DefaultsTask, preset: str, out: Path) -> list[dict]:
     """Every candidate's seed-mean final metric on ``task`` (infinite when a seed diverged, failed
     or is missing), from the saved cells."""
@@ -247,7 +241,7 @@ def task_results(study: DefaultsStudy, task: DefaultsTask, preset: str, out: Pat
         store = CellStore(out / task.key / preset / slug)
         by_lr: dict[float, list[float]] = {}
         for cell in plan_cells(config, tasks, config.optimizers):
-            by_lr.setdefault(cell.lr_multiplier, []).append(_metric(store.load(cell), metric))
+            by_lr.setdefault(cell.lr_multiplier, []).append(final_metric(store.load(cell), metric))
         for options in members:
             values = by_lr.get(float(options["lr"]), [math.inf])
             mean = statistics.fmean(values) if all(math.isfinite(v) for v in values) else math.inf

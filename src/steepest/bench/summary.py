@@ -69,7 +69,8 @@ def _spread(values: list[float]) -> dict:
             "min": min(values), "max": max(values)}
 
 
-def _final(record: dict | None, metric: str) -> float:
+def final_metric(record: dict | None, metric: str) -> float:
+    """A cell's final ``metric`` (infinite when it diverged, failed, is missing or is not finite)."""
     if not record or record.get("status") != "ok":
         return math.inf
     value = record["final"].get(metric)
@@ -117,7 +118,7 @@ def summarize_optimizer(task: Task, cells: list[tuple[Cell, dict | None]], budge
     grid = []
     for mult, items in sorted(by_mult.items()):
         present = [(c, r) for c, r in items if r is not None]  # a missing cell has not run yet
-        finals = [_final(r, metric) for _, r in present] or [math.inf]
+        finals = [final_metric(r, metric) for _, r in present] or [math.inf]
         grid.append({"lr_multiplier": mult, "lr": items[0][0].lr,
                      "seeds": [c.seed for c, _ in items],
                      "status": [r.get("status") if r else "missing" for _, r in items],
