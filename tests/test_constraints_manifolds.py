@@ -214,7 +214,7 @@ def test_stiefel_invalid_arguments():
 # -- registry --------------------------------------------------------------------------------------
 def test_registry_names_and_classes():
     assert CONSTRAINT_NAMES == ("spectral_normalize", "spectral_hammer", "spectral_hardcap", "spectral_softcap",
-                                "hypersphere", "spectral_sphere", "stiefel", "birkhoff")
+                                "hypersphere", "spectral_sphere", "stiefel", "birkhoff", "spd")
     for name in CONSTRAINT_NAMES:
         cls = constraint_class(name)
         assert issubclass(cls, Constraint) and cls.name == name and cls.cost
@@ -227,7 +227,7 @@ def test_make_constraint_passes_keywords():
     assert make_constraint("stiefel", retraction="qr", scale=3.0).scale == 3.0
     with pytest.raises(ValueError, match=exact("Unknown constraint 'birkhof'; expected one of: spectral_normalize, "
                                                "spectral_hammer, spectral_hardcap, spectral_softcap, hypersphere, "
-                                               "spectral_sphere, stiefel, birkhoff")):
+                                               "spectral_sphere, stiefel, birkhoff, spd")):
         make_constraint("birkhof")
     with pytest.raises(ValueError, match=exact("Invalid bound value: -2; expected a positive number")):
         make_constraint("spectral_normalize", bound=-2)

@@ -14,7 +14,7 @@ from torch import nn
 
 from .optim.engine import GeometryOptimizer
 from .optim.registry import PRESETS, preset_class
-from .roles import ROLES, classify, in_out_weights
+from .roles import ROLES, classify, declared_constraints, in_out_weights
 
 
 def for_model(model: nn.Module, preset: str = "muon", *, lr: float | None = None,
@@ -28,6 +28,12 @@ def for_model(model: nn.Module, preset: str = "muon", *, lr: float | None = None
     in GPT-2 and its relatives, or attributes a module lists in ``steepest_layouts``; see
     :func:`steepest.roles.in_out_weights`) get a group of their own with ``layout="in_out"``, so their
     geometry acts on ``W^T`` and shape factors use the true fan-in and fan-out.
+
+    Parameters whose module declares a constraint (``steepest_constraints``, see
+    :func:`steepest.roles.declared_constraints`: BiMap weights ``"stiefel"``, SPD batch-norm
+    parameters ``"spd"``) get a group of their own with that constraint. The declaration is part of
+    the layer's definition, so a role-wide ``constraints=``/``overrides=`` constraint does not replace
+    it (the role's other keys apply); a per-parameter entry does.
 
     Args:
         model: the model to optimize; only parameters with ``requires_grad`` are included.
@@ -59,8 +65,17 @@ def for_model(model: nn.Module, preset: str = "muon", *, lr: float | None = None
         raise ValueError(f"overrides= keys must be role names ({', '.join(ROLES)}) or parameter names; "
                          f"unknown: {', '.join(unknown)}")
     transposed = {n for n in in_out_weights(model) if labels.get(n) in ("hidden", "head", "embedding")}
+    declared = declared_constraints(model)
+
+    def role_keys(role: str, constraint: str | None) -> dict[str, Any]:
+        keys = dict(overrides.get(role, {}))
+        if constraint is not None:  # the module's own constraint wins over a role-wide one
+            keys = {k: v for k, v in keys.items() if k not in _CONSTRAINT_KEYS}
+            keys["constraint"] = constraint
+        return keys
+
     groups: list[dict[str, Any]] = []
-    by_role: dict[tuple[str, bool], list] = {(role, flip): [] for role in ROLES for flip in (False, True)}
+    by_role: dict[tuple[str, bool, str | None], list] = {}
     for name, role in labels.items():
         p = params[name]
         if not p.requires_grad:
@@ -69,23 +84,27 @@ def for_model(model: nn.Module, preset: str = "muon", *, lr: float | None = None
             group = {"params": [(name, p)], "role": role}
             if name in transposed:
                 group["layout"] = "in_out"
-            group.update(overrides.get(role, {}))
+            group.update(role_keys(role, declared.get(name)))
             group.update(overrides[name])
             groups.append(group)
         else:
-            by_role[(role, name in transposed)].append((name, p))
+            by_role.setdefault((role, name in transposed, declared.get(name)), []).append((name, p))
     role_groups = []
-    for (role, flip), items in by_role.items():
-        if items:
-            group = {"params": items, "role": role}
-            if flip:  # weights stored (in, out), e.g. GPT-2's Conv1D: geometry on W^T
-                group["layout"] = "in_out"
-            group.update(overrides.get(role, {}))
-            role_groups.append(group)
+    order = {role: i for i, role in enumerate(ROLES)}
+    for (role, flip, constraint), items in sorted(by_role.items(), key=lambda kv: (
+            order[kv[0][0]], kv[0][1], kv[0][2] is not None, kv[0][2] or "")):
+        group = {"params": items, "role": role}
+        if flip:  # weights stored (in, out), e.g. GPT-2's Conv1D: geometry on W^T
+            group["layout"] = "in_out"
+        group.update(role_keys(role, constraint))
+        role_groups.append(group)
     kwargs = dict(preset_kwargs)
     if lr is not None:
         kwargs["lr"] = lr
     return cls(role_groups + groups, **kwargs)
+
+
+_CONSTRAINT_KEYS = ("constraint", "constraint_bound", "constraint_units")
 
 
 def constraint_keys(spec: Any) -> dict[str, Any]:

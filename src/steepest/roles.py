@@ -23,6 +23,12 @@ which asks for explicit parameter groups):
    ambiguous and raises.
 
 Ambiguous cases raise ``ValueError`` with the ``roles={...}`` override that resolves them.
+
+A module may also declare the constraint set of some of its parameters in a class attribute
+``steepest_constraints = {attribute: constraint name}`` (:func:`declared_constraints`): the SPD
+network layers of :mod:`steepest.nn.spd` keep BiMap weights on the Stiefel manifold (``"stiefel"``)
+and batch-norm congruences and biases symmetric positive definite (``"spd"``).
+:func:`steepest.for_model` puts such parameters in groups of their own with that stage-4 constraint.
 """
 from __future__ import annotations
 
@@ -148,6 +154,27 @@ def _is_hf_conv1d(module: nn.Module) -> bool:
     return (type(module).__name__ == "Conv1D" and isinstance(getattr(module, "nx", None), int)
             and isinstance(getattr(module, "nf", None), int) and isinstance(weight, torch.Tensor)
             and tuple(weight.shape) == (module.nx, module.nf))
+
+
+def declared_constraints(model: nn.Module) -> dict[str, str]:
+    """Names (as in ``named_parameters``) of the parameters whose module declares their constraint in a
+    class attribute ``steepest_constraints = {attribute: constraint name}``, mapped to that name, in
+    ``named_parameters()`` order. A tensor shared by modules that declare different constraints raises
+    ``ValueError``; the names themselves are checked where the optimizer builds the constraint."""
+    first_name, owners = _owners(model)
+    found: dict[str, str] = {}
+    for pid, os in owners.items():
+        declared = {getattr(module, "steepest_constraints", {}).get(attr) for _, attr, module in os} - {None}
+        if len(declared) > 1:
+            raise ValueError(f"Conflicting constraints declared for parameter {first_name[pid]!r}: "
+                             f"{', '.join(sorted(map(str, declared)))}")
+        if declared:
+            name = declared.pop()
+            if not isinstance(name, str):
+                raise ValueError(f"Constraint declared for parameter {first_name[pid]!r} must be a constraint "
+                                 f"name (str), got {name!r}")
+            found[first_name[pid]] = name
+    return found
 
 
 def in_out_weights(model: nn.Module) -> set[str]:

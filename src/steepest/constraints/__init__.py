@@ -11,15 +11,17 @@ constraints=...)``) or used directly (``make_constraint(name, ...).project_(w)``
 ``spectral_sphere``         ``||W||_2 = radius``                                    arXiv 2601.08393
 ``stiefel``                 ``W^T W = scale^2 I`` (polar, QR or Cayley retraction)  arXiv 2002.01113
 ``birkhoff``                doubly stochastic (Sinkhorn-Knopp, implicit backward)   arXiv 2512.24880
+``spd``                     symmetric, eigenvalues ``>= eps`` (eigenvalue clamp)    Higham 1988
 ==========================  ==================================================================
 """
 from .base import Constraint
 from .birkhoff import Birkhoff, sinkhorn
 from .registry import CONSTRAINT_NAMES, constraint_from_keys, make_constraint
 from .spectral import SpectralHammer, SpectralHardCap, SpectralNormalize, SpectralSoftCap
+from .spd import SPD
 from .sphere import Hypersphere, SpectralSphere
 from .stiefel import Stiefel
 
-__all__ = ["CONSTRAINT_NAMES", "Birkhoff", "Constraint", "Hypersphere", "SpectralHammer", "SpectralHardCap",
+__all__ = ["CONSTRAINT_NAMES", "Birkhoff", "Constraint", "Hypersphere", "SPD", "SpectralHammer", "SpectralHardCap",
            "SpectralNormalize", "SpectralSoftCap", "SpectralSphere", "Stiefel", "constraint_from_keys",
            "make_constraint", "sinkhorn"]

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 from .base import Constraint, choice
 from .birkhoff import Birkhoff
 from .spectral import SpectralHammer, SpectralHardCap, SpectralNormalize, SpectralSoftCap
+from .spd import SPD
 from .spectral_norm import SPECTRAL_UNITS
 from .sphere import Hypersphere, SpectralSphere
 from .stiefel import Stiefel
@@ -39,6 +40,7 @@ _REGISTRY: Mapping[str, _Entry] = MappingProxyType({
     "spectral_sphere": _Entry(SpectralSphere, "radius", True),
     "stiefel": _Entry(Stiefel, "scale", False),
     "birkhoff": _Entry(Birkhoff, None, False),
+    "spd": _Entry(SPD, None, False),
 })
 
 #: every registered constraint name
@@ -67,9 +69,10 @@ def constraint_from_keys(name: str, bound: float, units: str) -> Constraint:
     ``constraint_units``.
 
     ``bound`` is the spectral bound of the balls, the radius of the spheres and the scale of
-    ``stiefel``; ``birkhoff`` (rows and columns summing to 1) has none and ignores it. ``units`` goes
+    ``stiefel``; ``birkhoff`` (rows and columns summing to 1) and ``spd`` (eigenvalues at least
+    ``eps = 1e-6``) have none and ignore it. ``units`` goes
     to the constraints that take it; ``hypersphere``, ``stiefel`` and ``birkhoff`` have no RMS form
-    here, so they accept only ``units="spectral"`` (the plain value).
+    here (nor ``spd``), so they accept only ``units="spectral"`` (the plain value).
     """
     entry = _entry(name)
     choice("units", units, SPECTRAL_UNITS)
