@@ -179,7 +179,7 @@ def _add_bench(sub) -> None:
 
 
 def _add_suite_options(bench: argparse.ArgumentParser) -> None:
-    """The options of the suite (``--task`` to ``--diagnostics``)."""
+    """The options of the suite (``--task`` to ``--diagnostics``, ``--average`` among them)."""
     bench.add_argument("--task", dest="tasks", action="append", default=None, metavar="NAME",
                        help=f"a task: {', '.join(BUILTIN_TASKS)} or text:PATH for your own UTF-8 file "
                             "(repeatable; default: every built-in task)")
@@ -212,6 +212,10 @@ def _add_suite_options(bench: argparse.ArgumentParser) -> None:
     bench.add_argument("--checkpoint-every", type=_nonnegative_int, default=None, metavar="N",
                        help="save a crash-safe checkpoint of the running cell every N steps (default: after "
                             "every evaluation; 0: never); a killed run resumes mid-cell with the exact curve")
+    bench.add_argument("--average", choices=("ema", "swa"), default=None,
+                       help="also keep a torch.optim.swa_utils.AveragedModel of every cell's model (ema: decay "
+                            "1 - 1/h, h = 10%% of the steps; swa: equal weights over the last 25%% of the steps) and "
+                            "report its final metric next to the raw one (default: none)")
     bench.add_argument("--diagnostics", action="store_true",
                        help="record each hidden layer's sharpness and gradient noise at every evaluation of "
                             "the first seed (the report's per-layer panel, diagnostics-<task>.png); costs 10 "

@@ -115,6 +115,8 @@ def suite_config(args: argparse.Namespace):
         overrides["gpt_options"] = dict(args.hyper_connections)
     if args.diagnostics:
         overrides["diagnostics"] = True
+    if getattr(args, "average", None):
+        overrides["average"] = args.average
     overrides["isolate"] = not args.in_process
     return SuiteConfig.preset(args.budget or "quick", **overrides)
 
@@ -127,7 +129,7 @@ _BENCH_OPTION_SCOPE = {
     ("batch_size", "--batch-size"): ("suite",), ("eval_every", "--eval-every"): ("suite",),
     ("target", "--target"): ("suite",), ("in_process", "--in-process"): ("suite", "lanton", "defaults"),
     ("hyper_connections", "--hyper-connections"): ("suite",), ("diagnostics", "--diagnostics"): ("suite",),
-    ("checkpoint_every", "--checkpoint-every"): ("suite",),
+    ("checkpoint_every", "--checkpoint-every"): ("suite",), ("average", "--average"): ("suite",),
     ("budget", "--quick/--full/--smoke"): ("suite", "kernels", "lanton", "overhead", "defaults"),
     ("steps", "--steps"): ("suite", "distributed"),
     ("threads", "--threads"): ("suite", "kernels", "distributed", "lanton", "overhead", "defaults"),

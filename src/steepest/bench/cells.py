@@ -33,6 +33,8 @@ class Cell:
     diagnostics: bool = False
     #: constructor keywords added to the peer's own (``SuiteConfig.peer_options``: a study's candidates)
     options: dict = field(default_factory=dict)
+    #: iterate averaging (``SuiteConfig.average``: ``"ema"`` or ``"swa"``), ``None`` without
+    average: str | None = None
 
     @property
     def name(self) -> str:
@@ -40,7 +42,7 @@ class Cell:
 
     def to_dict(self) -> dict:
         values = asdict(self)
-        for key in ("diagnostics", "options"):
+        for key in ("diagnostics", "options", "average"):
             if not values[key]:
                 del values[key]  # cells planned without them keep matching their saved records
         return values

@@ -16,7 +16,10 @@ from .external_peers import EXTERNAL_BUILDERS
 from .peers import CORE_PEERS, DEFAULT_LRS, PEER_NAMES, defaults_are_tuned
 from .tasks import BUDGETS, BUILTIN_TASKS, Budget, Task
 
-__all__ = ["REFERENCES", "QUICK_OPTIMIZERS", "FULL_OPTIMIZERS", "SuiteConfig", "default_run_dir", "base_lr"]
+#: the ``average`` choices (``--average``)
+AVERAGES = ("ema", "swa")
+
+__all__ = ["AVERAGES", "REFERENCES", "QUICK_OPTIMIZERS", "FULL_OPTIMIZERS", "SuiteConfig", "default_run_dir", "base_lr"]
 
 #: the reference optimizers: every ratio in a summary is against one of them, measured in the same run
 REFERENCES = {"adamw": "torch.optim.AdamW", "torch-muon": "torch.optim.Muon"}
@@ -62,6 +65,10 @@ class SuiteConfig:
     #: extra constructor keywords per steepest peer, e.g. ``{"steepest-muon": {"adamw_lr": 3e-3}}``
     #: (the defaults study's candidates); they replace the peer's own keywords, except ``lr``
     peer_options: dict[str, dict] = field(default_factory=dict)
+    #: iterate averaging (``--average``): ``None`` (off), ``"ema"`` or ``"swa"``; every cell then keeps a
+    #: ``torch.optim.swa_utils.AveragedModel`` and records its metrics next to the raw model's
+    #: (:class:`steepest.bench.train.Averager`)
+    average: str | None = None
 
     def __post_init__(self) -> None:
         if self.budget not in BUDGETS:
@@ -87,6 +94,8 @@ class SuiteConfig:
                 raise ValueError(f"peer_options names {name!r}, which is not a steepest peer of this suite")
             if "lr" in options:
                 raise ValueError(f"peer_options of {name!r} set lr; use lrs or lr_multipliers for it")
+        if self.average is not None and self.average not in AVERAGES:
+            raise ValueError(f"unknown average {self.average!r}; choose from {', '.join(AVERAGES)}")
         if self.checkpoint_every is not None and int(self.checkpoint_every) < 0:
             raise ValueError(f"checkpoint_every must be >= 0 (0: no checkpoints), got {self.checkpoint_every}")
 
@@ -107,7 +116,7 @@ class SuiteConfig:
 
     def to_dict(self) -> dict:
         values = asdict(self)
-        for key in ("gpt_options", "diagnostics", "peer_options"):
+        for key in ("gpt_options", "diagnostics", "peer_options", "average"):
             if not values[key]:
                 del values[key]  # suites without them keep their fingerprint (and run directory)
         if values["checkpoint_every"] is None:

@@ -25,6 +25,16 @@ from .diagnostics_report import diagnostics_lines, plot_diagnostics
 from .formatting import clean_json, markdown_table
 from .summary import label, ratio_key
 
+#: what ``--average`` did, for the report
+_AVERAGE_TEXT = {
+    "swa": "Iterate averaging (`--average swa`): every cell kept a `torch.optim.swa_utils.AveragedModel` with equal "
+           "weights over the iterates of the last 25 % of the steps; the \"averaged\" column is its final metric at the "
+           "raw model's best lr (the raw training run is unchanged: no SWALR).",
+    "ema": "Iterate averaging (`--average ema`): every cell kept a `torch.optim.swa_utils.AveragedModel` with "
+           "`get_ema_multi_avg_fn(decay)`, decay 1 - 1/h over a horizon h of 10 % of the steps; the \"averaged\" column "
+           "is its final metric at the raw model's best lr (the raw training run is unchanged).",
+}
+
 NO_MATPLOTLIB = "plots skipped: matplotlib is not installed (pip install 'steepest[bench]')"
 
 
@@ -37,9 +47,12 @@ def _fmt(value, digits: int = 4, suffix: str = "") -> str:
 
 
 def task_table(task: dict) -> str:
-    """One row per optimizer at its best lr (the main table of a task)."""
+    """One row per optimizer at its best lr (the main table of a task); with ``--average`` the
+    averaged model's final metric follows the raw one."""
     extras = task["extra_metrics"]
-    header = (["optimizer", "best lr", f"final {task['metric']}", "@25%", "@50%", *extras,
+    kinds = sorted({s["averaged_kind"] for s in task["optimizers"].values() if s.get("averaged_kind")})
+    averaged = [f"averaged ({'/'.join(kinds)}) final {task['metric']}"] if kinds else []
+    header = (["optimizer", "best lr", f"final {task['metric']}", *averaged, "@25%", "@50%", *extras,
                "steps to target", "s to target", "ms/step", "ms opt.step", "opt.step mean", "state MiB",
                "peak RSS MiB"])
     rows = [header]
@@ -50,7 +63,12 @@ def task_table(task: dict) -> str:
             continue
         final = _fmt(s["final"]) + (f" ± {_fmt(s['final_std'], 2)}" if s.get("final_std") is not None else "")
         steps = _fmt(s.get("steps_to_target"), 4) + (f" ({s['reached']} seeds)" if s.get("reached") else "")
-        rows.append([name, f"{s['best_lr']:.3g} (x{s['best_lr_multiplier']:g})", final,
+        if averaged:
+            final = [final, _fmt(s.get("averaged_final")) + (f" ± {_fmt(s['averaged_final_std'], 2)}"
+                                                           if s.get("averaged_final_std") is not None else "")]
+        else:
+            final = [final]
+        rows.append([name, f"{s['best_lr']:.3g} (x{s['best_lr_multiplier']:g})", *final,
                      _fmt(s["at_budget"].get("0.25")), _fmt(s["at_budget"].get("0.5")),
                      *[_fmt(s["extras"].get(m)) for m in extras],
                      steps, _fmt(s.get("seconds_to_target"), 3), _fmt(s["step_ms"], 3),
@@ -192,6 +210,8 @@ def render_markdown(results: dict) -> str:
               f"over each cell's steps after the first three, averaged over seeds, except \"opt.step mean\": the mean over "
               f"the same steps, which counts work done at some steps only (LANTON measures its noise every "
               f"noise_every steps); \"opt.step\" covers every optimizer object of the peer.", ""]
+    if cfg.get("average"):
+        lines += [_AVERAGE_TEXT[cfg["average"]], ""]
     if len(results["tasks"]) > 1:
         lines += ["## Overview", "", "Mean final metric at each optimizer's best lr (rank on the task; 1 is best):",
                   "", overview_table(results), ""]

@@ -53,7 +53,8 @@ def plan_cells(config: SuiteConfig, tasks: dict[str, Task], optimizers: list[str
                                       lr_multiplier=float(mult), lr=lr * mult, seed=int(seed),
                                       budget=budget,
                                       diagnostics=bool(config.diagnostics and seed == config.seeds[0]),
-                                      options=dict(config.peer_options.get(optimizer, {}))))
+                                      options=dict(config.peer_options.get(optimizer, {})),
+                                      average=config.average))
     return cells
 
 
@@ -70,7 +71,7 @@ def run_cell(cell: Cell, task: Task, show_progress: bool = False,
         label = f"{cell.optimizer} x{cell.lr_multiplier:g} s{cell.seed}"
         record = train_trial(task, trial, peer, budget, label=label, show_progress=show_progress,
                              diagnostics=cell.diagnostics, seed=cell.seed,
-                             checkpoint=checkpoint)
+                             checkpoint=checkpoint, average=cell.average)
         record.update(step_covers=peer.step_covers, hyperparameters=peer.hyperparameters,
                       explanation=peer.explanation)
         return record

@@ -18,6 +18,8 @@ For each task and optimizer:
 * **speed and memory**: median ms per training step, per forward+backward and per optimizer step
   (each cell's median over its steps after the first three, averaged over seeds), exact optimizer
   state MiB, and the worker process's peak RSS.
+* **averaged** (``--average ema|swa``): the averaged model's mean final metric (and spread) at
+  the same best lr, chosen by the raw metric, next to the raw one (``averaged_final``).
 * **ratios** against torch.optim.AdamW and torch.optim.Muon from the same run: this optimizer's value
   over the reference's, for steps and seconds to target,
   ms per step, ms per optimizer step, state, peak RSS, and the final metric.
@@ -137,6 +139,13 @@ def summarize_optimizer(task: Task, cells: list[tuple[Cell, dict | None]], budge
                final=best["mean"], final_std=best["std"], final_min=best["min"], final_max=best["max"],
                seeds=len(ok))
     out["extras"] = {m: _mean([r["final"].get(m) for r in ok]) for m in task.extra_metrics}
+    averaged = [r["averaged"] for r in ok if (r.get("averaged") or {}).get("final")]
+    if averaged:  # --average: the averaged model's final metric at the same (raw-best) lr
+        values = [a["final"].get(metric) for a in averaged]
+        values = [v if v is not None and math.isfinite(v) else math.inf for v in values]
+        spread = _spread(values)
+        out.update(averaged_kind=averaged[0]["kind"], averaged_final=spread["mean"], averaged_final_std=spread["std"],
+                   averaged_extras={m: _mean([a["final"].get(m) for a in averaged]) for m in task.extra_metrics})
     out["at_budget"] = {f"{frac:g}": _mean([_at_or_after(r["curve"], math.ceil(frac * budget_steps), metric)
                                             for r in ok]) for frac in BUDGET_FRACTIONS}
     for key in ("step_ms", "fwd_bwd_ms", "opt_step_ms", "opt_step_mean_ms", "state_mib", "train_seconds"):

@@ -21,6 +21,17 @@ through :func:`steepest.diagnostics.layers.layer_checkpoint`. The batch stream i
 so the training curve is the one an undiagnosed run gives; the time goes to ``diagnostics_seconds``,
 not to the training clock.
 
+With ``average`` (``"ema"`` or ``"swa"``, the suite's ``--average``) the trial keeps a
+``torch.optim.swa_utils.AveragedModel`` of the model next to it (:class:`Averager`): ``swa`` is the
+equal-weight mean of the iterates after the first :data:`SWA_START` of the steps, ``ema`` the
+exponential moving average (``get_ema_multi_avg_fn``) with decay ``1 - 1/h`` over a horizon of
+``h`` = :data:`EMA_HORIZON` of the steps, from the first step. The training trajectory (and every raw
+number) is the one an unaveraged run gives: no ``SWALR``, the task's schedule stays. At every
+evaluation at which the average exists, the averaged weights are swapped into the model, evaluated
+by the task's own ``evaluate`` and swapped back (buffers stay the raw model's); the record's
+``averaged`` holds that curve and its ``final`` metrics. Averaging costs one parameter copy of memory
+and one ``lerp`` per parameter and step (inside the training clock).
+
 A non-finite training loss, or a non-finite gradient that a steepest optimizer refuses
 (``FloatingPointError``), ends the cell early with status ``diverged``; its metric is then treated
 as infinitely bad when learning rates are compared.
@@ -33,6 +44,7 @@ losses and the evaluation curve then equal an uninterrupted run's bit for bit
 """
 from __future__ import annotations
 
+import copy
 import math
 import resource
 import statistics
@@ -40,10 +52,12 @@ import sys
 import time
 
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ..diagnostics.layers import dual_norm_label, hidden_layers, layer_checkpoint, layer_geometries
 from ..factory import for_model
 from .checkpoint import CellCheckpoint, capture_state, restore_state
+from .config import AVERAGES
 from .peers import Peer, state_bytes
 from .progress import Progress
 from .tasks import Budget, Task, Trial, lr_multiplier
@@ -126,13 +140,69 @@ def second_gradients(trial: Trial) -> dict:
     return {p: g for p, g in zip(params, grads) if g is not None}
 
 
+#: iterate averaging (``--average``): SWA averages the iterates after this fraction of the steps; EMA's
+#: horizon is this fraction of the steps (decay ``1 - 1/horizon``)
+SWA_START = 0.75
+EMA_HORIZON = 0.1
+
+
+class Averager:
+    """An ``AveragedModel`` of the trial's model (``kind``: ``"swa"`` or ``"ema"``, see the module
+    docstring) and its evaluations."""
+
+    def __init__(self, kind: str, model: torch.nn.Module, steps: int) -> None:
+        if kind not in AVERAGES:
+            raise ValueError(f"unknown average {kind!r}; choose from {', '.join(AVERAGES)}")
+        self.kind = kind
+        if kind == "ema":
+            self.decay = 1.0 - 1.0 / max(1.0, EMA_HORIZON * steps)
+            self.start = 1
+            self.model = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(self.decay))
+        else:
+            self.decay = None
+            self.start = math.floor(SWA_START * steps) + 1
+            self.model = AveragedModel(model)  # equal weights: the running mean of the iterates
+        self.curve: list[dict] = []
+
+    def update(self, step: int, model: torch.nn.Module) -> None:
+        if step >= self.start:
+            self.model.update_parameters(model)
+
+    @property
+    def ready(self) -> bool:
+        return int(self.model.n_averaged) > 0
+
+    @torch.no_grad()
+    def evaluate(self, trial: Trial) -> dict:
+        """The task's metrics of the averaged weights: swapped into ``trial.model``, evaluated, and
+        the raw weights put back exactly."""
+        params = list(trial.model.parameters())
+        raw = [p.detach().clone() for p in params]
+        for p, a in zip(params, self.model.module.parameters()):
+            p.copy_(a)
+        try:
+            return trial.evaluate()
+        finally:
+            for p, r in zip(params, raw):
+                p.copy_(r)
+
+    def record(self, step: int, trial: Trial) -> None:
+        if self.ready:
+            self.curve.append({"step": step, **self.evaluate(trial)})
+
+    def result(self) -> dict:
+        final = {k: v for k, v in self.curve[-1].items() if k != "step"} if self.curve else None
+        return {"kind": self.kind, "start_step": self.start, "ema_decay": self.decay,
+                "updates": int(self.model.n_averaged), "curve": self.curve, "final": final}
+
+
 #: the loop's per-step records, saved in a checkpoint and restored on resume
 _RECORD_KEYS = ("curve", "layer_stats", "train_loss", "step_s", "fwd_bwd_s", "opt_s", "train_seconds",
                 "segments")
 
 
 def _resume(checkpoint: CellCheckpoint, trial: Trial, peer: Peer, schedulers: list,
-            diag: _Diagnostics | None) -> tuple[int, dict] | None:
+            diag: _Diagnostics | None, averager: Averager | None = None) -> tuple[int, dict] | None:
     """Restore the cell from its checkpoint: ``(step reached, records)``, or ``None`` (start over,
     with a note when a checkpoint existed but was not usable)."""
     payload = checkpoint.load()
@@ -141,10 +211,18 @@ def _resume(checkpoint: CellCheckpoint, trial: Trial, peer: Peer, schedulers: li
     records = payload["records"]
     try:
         if any(key not in records for key in _RECORD_KEYS) or len(records["train_loss"]) != payload["step"] \
-                or (diag is not None) != isinstance(records.get("diagnostics"), dict):
+                or (diag is not None) != isinstance(records.get("diagnostics"), dict) \
+                or (averager is not None) != isinstance(records.get("averaged_state"), dict):
             raise ValueError("its records are incomplete")
+        averaged = None
+        if averager is not None:  # loaded into a copy first: a misfit changes nothing
+            averaged = copy.deepcopy(averager.model)
+            averaged.load_state_dict(records["averaged_state"])
+            curve = list(records["averaged_curve"])
         restore_state(trial, peer, schedulers, payload["state"])
-    except (ValueError, KeyError, TypeError) as exc:
+        if averaged is not None:
+            averager.model, averager.curve = averaged, curve
+    except (ValueError, KeyError, TypeError, RuntimeError) as exc:
         checkpoint.note(f"partial checkpoint {checkpoint.path} cannot be resumed ({exc}); "
                          f"the cell started over")
         return None
@@ -158,7 +236,7 @@ def _resume(checkpoint: CellCheckpoint, trial: Trial, peer: Peer, schedulers: li
 
 def train_trial(task: Task, trial: Trial, peer: Peer, budget: Budget, label: str = "",
                 show_progress: bool = False, diagnostics: bool = False, seed: int = 0,
-                checkpoint: CellCheckpoint | None = None) -> dict:
+                checkpoint: CellCheckpoint | None = None, average: str | None = None) -> dict:
     """Train ``trial.model`` with ``peer`` for ``budget.steps`` steps and return the measurements.
 
     The record holds ``status`` (``ok`` or ``diverged``), ``curve`` (one dict per evaluation:
@@ -168,6 +246,7 @@ def train_trial(task: Task, trial: Trial, peer: Peer, budget: Budget, label: str
     (``seed`` seeds the power iterations' start vectors). With ``checkpoint`` the loop saves and
     resumes as the module docstring says, and the record adds ``resumed_from_step`` (``None`` for a
     cell trained in one go) and ``checkpoint`` (interval, saves, their seconds, segments, notes).
+    With ``average`` (``"ema"`` or ``"swa"``) the record adds ``averaged`` (:class:`Averager`).
     """
     def schedule(step: int) -> float:
         return lr_multiplier(step, budget.steps, budget.warmup, budget.final_lr_fraction)
@@ -175,7 +254,8 @@ def train_trial(task: Task, trial: Trial, peer: Peer, budget: Budget, label: str
     schedulers = [torch.optim.lr_scheduler.LambdaLR(opt, schedule) for opt in peer.optimizers]
     evals = set(budget.eval_steps())
     diag = _Diagnostics(trial, seed) if diagnostics else None
-    resumed = _resume(checkpoint, trial, peer, schedulers, diag) if checkpoint is not None else None
+    averager = Averager(average, trial.model, budget.steps) if average else None
+    resumed = _resume(checkpoint, trial, peer, schedulers, diag, averager) if checkpoint is not None else None
     if resumed is None:
         start = 1
         rec = {"curve": [{"step": 0, "train_seconds": 0.0, **trial.evaluate()}], "layer_stats": [],
@@ -211,6 +291,8 @@ def train_trial(task: Task, trial: Trial, peer: Peer, budget: Budget, label: str
         t2 = time.perf_counter()
         for scheduler in schedulers:
             scheduler.step()
+        if averager is not None:
+            averager.update(step, trial.model)
         t3 = time.perf_counter()
         step_s.append(t3 - t0)
         fwd_bwd_s.append(t1 - t0)
@@ -227,6 +309,8 @@ def train_trial(task: Task, trial: Trial, peer: Peer, budget: Budget, label: str
                 snapshots.append({"step": step, "layers": rows})
             if diag is not None and not diverged:
                 diag.record(step)
+            if averager is not None and not diverged:
+                averager.record(step, trial)
             bar.update(step, value, metrics[task.metric])
         else:
             bar.update(step, value)
@@ -238,9 +322,14 @@ def train_trial(task: Task, trial: Trial, peer: Peer, budget: Budget, label: str
                        "checkpoint_seconds": checkpoint.seconds}
             if diag is not None:
                 records["diagnostics"] = {"snapshots": diag.snapshots, "seconds": diag.seconds}
+            if averager is not None:
+                records["averaged_state"] = averager.model.state_dict()
+                records["averaged_curve"] = averager.curve
             checkpoint.save(step, capture_state(trial, peer, schedulers), records)
     bar.close()
     extra = {"diagnostics": diag.result()} if diag is not None else {}
+    if averager is not None:
+        extra["averaged"] = averager.result()
     if checkpoint is not None:
         extra["resumed_from_step"] = None if resumed is None else resumed[0]
         extra["checkpoint"] = {"every": checkpoint.every if checkpoint.every is not None else "eval",

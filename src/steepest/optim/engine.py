@@ -9,6 +9,7 @@ For every parameter ``W`` with gradient ``g`` in a group, one step is
     (3) step size          O <- A(O)  (per-entry factor, optional: NorMuon's neuron normalization)
                            s = lr * radius * geometry.shape_scale(shape(W))   (times a preset's factor)
     (4) decay and apply    W <- (1 - lr * weight_decay) W - s O
+                           W <- W + sqrt(2 * lr * langevin_temperature) * xi   (Langevin, optional)
 
 The stages run on a group's tensors together (on the CPU, an elementwise group runs each large
 tensor alone: ``_parts``): stage 1 is the group's :class:`~steepest.optim.transforms.Transform`
@@ -28,6 +29,17 @@ splits into parts in ``apply_stage.py``. Weight decay uses the unadjusted
 ``lr``, as torch.optim.Muon, Moonlight and Dion do; with ``weight_decay = 1`` stage 4 is Scion's
 constrained (conditional-gradient) blend ``W <- (1 - lr) W - lr * radius * shape * O``, which keeps
 ``||W|| <= radius * shape`` in the geometry's norm.
+
+Langevin dynamics (``langevin_temperature`` T > 0; ``docs/averaging.md``): after stage 4's step and
+before the constraint's projection every parameter gets ``sqrt(2 * lr * T) * xi``, ``xi ~ N(0, I)``,
+with the group's unadjusted ``lr`` (as weight decay). For the plain gradient step (``transform=
+"momentum"`` with ``momentum=0``, ``geometry="identity"``, radius 1) this is SGLD,
+``W <- W - lr grad + sqrt(2 lr / beta) xi`` with inverse temperature ``beta = 1 / T``. The noise of
+a parameter's k-th Langevin step is drawn from a generator seeded with a mix of
+(``langevin_seed``, the parameter's index in the optimizer, k, and the rank for a shard): its
+state is the counter ``langevin_step`` (a CPU int64 tensor in the parameter's state), so a run
+resumed from ``state_dict`` is bit-identical to an uninterrupted one, and replicated parameters
+get the same noise on every rank. With T = 0 nothing is drawn and no state is added.
 
 Every hyperparameter is a flat key of the parameter group (strings for names), so param groups stay
 plain data: ``state_dict`` / ``load_state_dict`` round-trip exactly, ``torch.load(weights_only=True)``
@@ -64,6 +76,7 @@ operations), not bit for bit.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Callable, Iterable
 
 import torch
@@ -74,7 +87,7 @@ from ..compiled import resolve_compile
 from ..distributed import is_sharded, local, resolve_topology
 from ..geometry import Geometry, make_geometry
 from .initialization import init_groups_
-from .apply_stage import LOW_PRECISION, apply_steps, stage_parts
+from .apply_stage import LOW_PRECISION, add_langevin_noise, apply_steps, langevin_seed, stage_parts
 from .constraint_stage import ConstraintStage
 from .guards import collect_work, finite_or_skip
 from .group_keys import ENGINE_DEFAULTS, GEOMETRY_KEYS, plain_keys, split_by_role
@@ -82,7 +95,7 @@ from .noise_rates import NoiseRates, default_layer_rule, describe_noise, noise_a
 from .state_io import restore_saved_state
 from .transforms import TRANSFORMS, ElementwiseTransform, Transform, zeros_state
 from .checks import ON_NONFINITE, check_choice, check_compile
-from .validation import check_group, check_group_params
+from .validation import check_group, check_group_params, check_langevin_keys
 
 class GeometryOptimizer(Optimizer):
     """Steepest descent under a geometry chosen per parameter group (see the module docstring).
@@ -137,6 +150,8 @@ class GeometryOptimizer(Optimizer):
         self._geometries: dict[tuple, Geometry] = {}
         self._constraints = ConstraintStage()
         self._noise = NoiseRates(self)
+        self._langevin_generators: dict[torch.device, torch.Generator] = {}
+        self._langevin_index: dict[int, int] = {}
 
     # -- groups ------------------------------------------------------------------------------
     def role_settings(self, role: str) -> dict[str, Any]:
@@ -249,6 +264,8 @@ class GeometryOptimizer(Optimizer):
         self.transform(group).init_state(group, state, p, self.state_dtype(p))
         if noise_active(group):
             self._noise.ensure_state(group, p, state)
+        if group["langevin_temperature"] and "langevin_step" not in state:
+            state["langevin_step"] = torch.zeros((), dtype=torch.int64)  # on the CPU: read on the host
 
     def _state_view(self, p: Tensor) -> dict[str, Any]:
         """``p``'s state with the local tensors of DTensor entries (they share storage, so in-place
@@ -301,6 +318,8 @@ class GeometryOptimizer(Optimizer):
             if noise_active(group):
                 self._noise.measure(group, params, grads)                       # stage 3's inputs
         self._noise.prefetch([group for _, group, _, _ in work if noise_active(group)])
+        if any(group["langevin_temperature"] for _, group, _, _ in work):
+            self._langevin_index = {id(p): i for i, p in enumerate(p for g in self.param_groups for p in g["params"])}
         for _, group, params, grads in work:
             self._update_group(group, params, grads, [peaks.get(id(p)) for p in params] if peaks else None)
 
@@ -335,6 +354,8 @@ class GeometryOptimizer(Optimizer):
         directions = self._scale_entries(group, params, directions)             # stage 3
         steps = self._step_sizes(group, params, directions)
         self._apply(group, params, directions, steps)                           # stage 4
+        if group["langevin_temperature"]:
+            self._langevin(group, params)
         if group["constraint"] is not None:
             self._constraints.project(group, params, steps, self.geometry(group), self._topology)
 
@@ -382,6 +403,33 @@ class GeometryOptimizer(Optimizer):
         if self._topology is not None:
             params = [local(p) for p in params]
         apply_steps(params, directions, steps, 1 - float(group["lr"]) * group["weight_decay"])
+
+    def _langevin(self, group: dict[str, Any], params: list[Tensor]) -> None:
+        """Stage 4's Langevin noise: ``W <- W + sqrt(2 * lr * langevin_temperature) * xi`` (see the
+        module docstring for the seeding); every parameter's ``langevin_step`` counts its draws."""
+        scale = math.sqrt(2.0 * float(group["lr"]) * float(group["langevin_temperature"]))
+        seed = int(group["langevin_seed"])
+        seeds = []
+        for p in params:
+            counter = self.state[p]["langevin_step"]
+            rank = self._topology.rank if self._sharded([p]) else 0
+            seeds.append(langevin_seed(seed, self._langevin_index[id(p)], int(counter), rank))
+            counter.add_(1)
+        dtypes = [self.state_dtype(p) for p in params]
+        if self._topology is not None:
+            params = [local(p) for p in params]
+        add_langevin_noise(params, seeds, scale, dtypes, self._langevin_generators)
+
+    def set_langevin(self, temperature: float, seed: int | None = None) -> None:
+        """Set ``langevin_temperature`` (and ``langevin_seed`` when given) on every group, validated
+        first (all or nothing); ``temperature=0`` turns the noise off."""
+        for group in self.param_groups:
+            check_langevin_keys({"langevin_temperature": temperature,
+                                 "langevin_seed": group["langevin_seed"] if seed is None else seed})
+        for group in self.param_groups:
+            group["langevin_temperature"] = temperature
+            if seed is not None:
+                group["langevin_seed"] = seed
 
     def compiles(self, tensor: Tensor) -> bool:
         """Whether the kernels run compiled for ``tensor`` under this optimizer's ``compile`` setting."""
@@ -439,6 +487,8 @@ class GeometryOptimizer(Optimizer):
         """The state transform of ``group`` in words (plus the noise-adaptive rates and the
         constraint), for ``explain``."""
         text = self.transform(group).describe(group) + describe_noise(group)
+        if group["langevin_temperature"]:
+            text += f" + Langevin noise (T={group['langevin_temperature']:g}, seed {group['langevin_seed']})"
         if group["constraint"] is not None:
             units = "" if group["constraint_units"] == "spectral" else f", {group['constraint_units']}"
             text += f" + {group['constraint']}({group['constraint_bound']:g}{units})"

@@ -19,7 +19,11 @@ squared noise), ``noise_source`` (``previous`` | ``second``), ``noise_rule`` (``
 ``identity``. Stage 4 can end with a projection onto a constraint set (``steepest.constraints``):
 ``constraint`` (a registered name such as ``spectral_hardcap``, or None), ``constraint_bound`` (the
 spectral bound, sphere radius or Stiefel scale) and ``constraint_units`` (``spectral`` or ``rms``:
-the bound on the RMS->RMS norm, ``sigma_1 <= bound * sqrt(fan_out / fan_in)``). Presets may add keys of their own (``PRESET_KEYS``), which are carried the same way.
+the bound on the RMS->RMS norm, ``sigma_1 <= bound * sqrt(fan_out / fan_in)``). Langevin dynamics
+(``docs/averaging.md``): ``langevin_temperature`` (``T >= 0``; 0, the default, is off) adds
+``sqrt(2 * lr * T) * xi``, ``xi ~ N(0, I)``, to every parameter after the step and before the
+constraint's projection, with the group's (unadjusted) ``lr``; ``langevin_seed`` (an integer >= 0)
+seeds it. Presets may add keys of their own (``PRESET_KEYS``), which are carried the same way.
 """
 from __future__ import annotations
 
@@ -61,6 +65,8 @@ ENGINE_DEFAULTS: dict[str, Any] = {
     "constraint": None,
     "constraint_bound": 1.0,
     "constraint_units": "spectral",
+    "langevin_temperature": 0.0,
+    "langevin_seed": 0,
 }
 
 GEOMETRY_KEYS = ("geometry", "shape_scale", "ns", "ns_steps", "ns_dtype", "ns_eps", "ns_form", "layout")

@@ -9,8 +9,9 @@ from torch import Tensor
 
 from ..numerics import wide_float
 
-#: state kept on the CPU whatever the parameter's device (counters read on the host every step)
-HOST_STATE = ("noise_count", "noise_prev_valid", "noise_step")
+#: state kept on the CPU whatever the parameter's device (counters read on the host every step),
+#: restored exactly as saved (torch's loader casts state tensors to the parameter's dtype and device)
+HOST_STATE = ("noise_count", "noise_prev_valid", "noise_step", "langevin_step")
 
 
 def upgrade_state(state: dict[str, Any]) -> None:
@@ -33,20 +34,22 @@ def upgrade_state(state: dict[str, Any]) -> None:
 
 def restore_saved_state(optimizer: Any, saved_groups: list[dict], saved_state: dict) -> None:
     """After torch's loader: give every floating state tensor back the dtype it was saved with
-    (torch casts floating state to the parameter's dtype), keep :data:`HOST_STATE` on the CPU, and
-    upgrade old layouts (:func:`upgrade_state`)."""
+    (torch casts floating state to the parameter's dtype), keep :data:`HOST_STATE` on the CPU with
+    its saved dtype (Langevin's integer step counter included), and upgrade old layouts
+    (:func:`upgrade_state`)."""
     saved_ids = [i for g in saved_groups for i in g["params"]]
     params = [p for g in optimizer.param_groups for p in g["params"]]
     for saved_id, p in zip(saved_ids, params):
         if saved_id not in saved_state:
             continue
         for key, value in saved_state[saved_id].items():
+            if isinstance(value, Tensor) and key in HOST_STATE:
+                optimizer.state[p][key] = value.to(device="cpu", copy=True)
+                continue
             if not isinstance(value, Tensor) or key == "step" or not value.is_floating_point():
                 continue
             loaded = optimizer.state[p].get(key)
-            if key in HOST_STATE:
-                optimizer.state[p][key] = value.to(device="cpu", copy=True)
-            elif isinstance(loaded, Tensor) and loaded.dtype != value.dtype:
+            if isinstance(loaded, Tensor) and loaded.dtype != value.dtype:
                 optimizer.state[p][key] = value.to(device=loaded.device, copy=True)
     for p in params:
         if p in optimizer.state:

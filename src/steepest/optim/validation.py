@@ -54,6 +54,20 @@ def check_constraint_keys(group: Mapping[str, Any]) -> None:
     check_choice("constraint_units", group["constraint_units"], CONSTRAINT_UNITS)
 
 
+def check_langevin_keys(group: Mapping[str, Any]) -> None:
+    """Langevin dynamics' keys: ``langevin_temperature`` (a finite number >= 0) and
+    ``langevin_seed`` (an integer >= 0)."""
+    temperature = _number("langevin_temperature", group["langevin_temperature"])
+    if not 0.0 <= temperature < math.inf:  # "not": NaN is rejected too
+        raise ValueError(f"Invalid langevin_temperature value: {group['langevin_temperature']}; "
+                         f"expected a finite number >= 0")
+    seed = group["langevin_seed"]
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"Invalid type for langevin_seed: expected int, got {type(seed).__name__}")
+    if seed < 0:
+        raise ValueError(f"Invalid langevin_seed value: {seed}; expected an integer >= 0")
+
+
 def check_group(group: Mapping[str, Any], transform_of=lambda group: TRANSFORM_TABLE[group["transform"]]) -> None:
     """Validate every hyperparameter a parameter group of the engine carries; ``transform_of(group)``
     is the group's stage-1 transform, which validates its own keys."""
@@ -78,6 +92,7 @@ def check_group(group: Mapping[str, Any], transform_of=lambda group: TRANSFORM_T
     check_choice("layout", group.get("layout", "out_in"), LAYOUTS)
     check_noise_keys(group)
     check_constraint_keys(group)
+    check_langevin_keys(group)
     if not isinstance(group["maximize"], bool):
         raise TypeError(f"Invalid type for maximize: expected bool, got {type(group['maximize']).__name__}")
 
