@@ -1,8 +1,18 @@
-"""Fixtures shared by the test modules."""
+"""Fixtures shared by the test modules, and the set-up of parallel runs (``pytest -n N``, pytest-xdist)."""
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
+
+
+def pytest_configure(config):
+    """Under pytest-xdist every worker runs torch on one thread, and so do the processes it starts
+    (``OMP_NUM_THREADS``): N workers then share N cores instead of each spinning on all of them."""
+    if hasattr(config, "workerinput"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +46,22 @@ def property_cases(request):
     """``{property: [generated cases, parametrizations]}`` of the property-based tests
     (tests/properties), filled as its properties run and printed in the terminal summary below."""
     return request.config.stash.setdefault(_PROPERTY_CASES, {})
+
+
+def pytest_sessionfinish(session):
+    """An xdist worker sends its property counts to the controller (:func:`pytest_testnodedown`)."""
+    config = session.config
+    if hasattr(config, "workeroutput"):
+        config.workeroutput["property_cases"] = {k: list(v) for k, v in config.stash.get(_PROPERTY_CASES, {}).items()}
+
+
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: absent without pytest-xdist
+def pytest_testnodedown(node, error):
+    """The controller adds up the property counts of its workers."""
+    counts = node.config.stash.setdefault(_PROPERTY_CASES, {})
+    for name, (cases, runs) in getattr(node, "workeroutput", {}).get("property_cases", {}).items():
+        before = counts.get(name, [0, 0])
+        counts[name] = [before[0] + cases, before[1] + runs]
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):

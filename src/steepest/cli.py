@@ -144,15 +144,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_bench(sub) -> None:
-    """``steepest bench [suite | kernels | distributed | lanton | overhead]`` and its options (in ``--help``
-    order)."""
+    """``steepest bench [suite | kernels | distributed | lanton | overhead | defaults | robust | spd |
+    langevin]`` and its options (in ``--help`` order)."""
     bench = sub.add_parser(
         "bench", help="compare optimizers on real tasks (or time the orthogonalization kernels)",
         description="`steepest bench` trains every task with every optimizer at a shared lr grid and "
                     "seeds, and writes report.md, PNG plots and results.json. The run resumes: rerunning "
                     "the same command skips the cells this steepest version finished. `steepest bench "
                     "kernels` times the orthogonalization backends against this machine's matmul roofline.")
-    bench.add_argument("what", nargs="?", choices=("suite", "kernels", "distributed", "lanton", "overhead", "defaults"),
+    bench.add_argument("what", nargs="?", choices=("suite", "kernels", "distributed", "lanton", "overhead", "defaults",
+                                                "robust", "spd", "langevin"),
                        default="suite",
                        help="suite (default): train and compare; kernels: the kernel micro-benchmark; "
                             "distributed: optimizer step time per rank under DDP and FSDP2 (torchrun, gloo); "
@@ -161,7 +162,12 @@ def _add_bench(sub) -> None:
                             "overhead: the time of one optimizer.step() with the gradients set, steepest "
                             "against its peers, on a tiny, the quick-suite and a GPT-2-small-shaped model; "
                             "defaults: the defaults study (every preset's candidate settings on six tasks, "
-                            "scored by worst-case regret; about an hour on 2 cores with --jobs 2, resumable)")
+                            "scored by worst-case regret; about an hour on 2 cores with --jobs 2, resumable); "
+                            "robust: robust gradient aggregation hooks (mean, median, trimmed mean, Flag) training "
+                            "under attack on 4 gloo ranks, and each rule's cost over workers and dimensions; "
+                            "spd: the spd-covariance task (SPD batch norms across condition numbers, geoopt's "
+                            "RiemannianAdam as peer when installed); langevin: recovery of a planted direction by "
+                            "gradient descent, Langevin dynamics and Langevin with averaging")
     size = bench.add_mutually_exclusive_group()
     size.add_argument("--quick", dest="budget", action="store_const", const="quick",
                       help="the quick suite, 4-13 minutes on 2 cores (the default): optimizers "
@@ -171,6 +177,8 @@ def _add_bench(sub) -> None:
                            "(external ones when installed), lr x0.5,1,2, seeds 0,1, longer budgets")
     size.add_argument("--smoke", dest="budget", action="store_const", const="smoke",
                       help="a few steps of everything (checks that it runs; numbers mean nothing)")
+    bench.add_argument("--world", type=_positive_int, default=None,
+                       help="robust: the number of gloo ranks of the training runs (default 4, at least 3)")
     _add_suite_options(bench)
     _add_distributed_and_lanton_options(bench)
     _add_overhead_options(bench)

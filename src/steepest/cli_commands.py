@@ -125,13 +125,14 @@ def suite_config(args: argparse.Namespace):
 _BENCH_OPTION_SCOPE = {
     ("tasks", "--task"): ("suite",), ("text", "--text"): ("suite", "lanton", "defaults"),
     ("optimizers", "--optimizers"): ("suite", "overhead"),
-    ("lr_grid", "--lr-grid"): ("suite",), ("seeds", "--seeds"): ("suite",), ("lr", "--lr"): ("suite",),
+    ("lr_grid", "--lr-grid"): ("suite",), ("seeds", "--seeds"): ("suite", "spd", "langevin"), ("lr", "--lr"): ("suite",),
     ("batch_size", "--batch-size"): ("suite",), ("eval_every", "--eval-every"): ("suite",),
     ("target", "--target"): ("suite",), ("in_process", "--in-process"): ("suite", "lanton", "defaults"),
     ("hyper_connections", "--hyper-connections"): ("suite",), ("diagnostics", "--diagnostics"): ("suite",),
     ("checkpoint_every", "--checkpoint-every"): ("suite",), ("average", "--average"): ("suite",),
-    ("budget", "--quick/--full/--smoke"): ("suite", "kernels", "lanton", "overhead", "defaults"),
-    ("steps", "--steps"): ("suite", "distributed"),
+    ("budget", "--quick/--full/--smoke"): ("suite", "kernels", "lanton", "overhead", "defaults", "robust", "spd",
+                                           "langevin"),
+    ("steps", "--steps"): ("suite", "distributed", "robust"), ("world", "--world"): ("robust",),
     ("threads", "--threads"): ("suite", "kernels", "distributed", "lanton", "overhead", "defaults"),
     ("ranks", "--ranks"): ("distributed",),
     ("jobs", "--jobs"): ("lanton", "defaults"), ("report_only", "--report-only"): ("lanton", "defaults"),
@@ -150,7 +151,8 @@ def _check_bench_options(args: argparse.Namespace, parser: argparse.ArgumentPars
 
 
 def cmd_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    """``steepest bench``: the suite, or the ``kernels``, ``distributed``, ``lanton`` or ``overhead`` command."""
+    """``steepest bench``: the suite, or the ``kernels``, ``distributed``, ``lanton``, ``overhead``, ``defaults``,
+    ``robust``, ``spd`` or ``langevin`` command."""
     _check_bench_options(args, parser)
     if args.what == "kernels":
         return _cmd_kernels(args, parser)
@@ -162,6 +164,10 @@ def cmd_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return _cmd_overhead(args, parser)
     if args.what == "defaults":
         return _cmd_defaults(args, parser)
+    if args.what == "robust":
+        return _cmd_robust(args, parser)
+    if args.what in ("spd", "langevin"):
+        return _cmd_study(args, parser)
     from .bench.config import default_run_dir
     from .bench.report import summary_text, write_report
     from .bench.runner import load_tasks, run_suite
@@ -270,6 +276,54 @@ def _cmd_distributed(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     paths = write_distributed_report(results, out)
     print(render(results))
     print(f"report written to {paths['report']}")
+    return 0
+
+
+def _cmd_robust(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """``steepest bench robust``: the aggregation hooks under attack, and each rule's cost."""
+    from .bench.robust import RobustConfig, render, run_robust, write_robust_report
+
+    try:
+        config = RobustConfig(world=args.world or 4, steps=args.steps or 60)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.budget == "smoke":
+        config.steps, config.workers, config.dims, config.repeats = 3, (4,), (1000,), 1
+    elif args.budget == "quick":
+        config.workers, config.dims = (4, 8, 16), (10_000, 100_000)
+    try:
+        results = run_robust(config, progress=not args.no_progress)
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        print(f"steepest bench robust: error: {exc}", file=sys.stderr)
+        return 1
+    out = Path(args.out) if args.out else Path("bench-out") / "robust"
+    paths = write_robust_report(results, out)
+    print(render(results))
+    print(f"report written to {paths['report']}")
+    return 0
+
+
+def _cmd_study(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """``steepest bench spd`` and ``steepest bench langevin``: the SPD batch-norm benchmark and the
+    planted-direction Langevin study (``--quick``: about 30 s; ``--smoke``: seconds)."""
+    out = Path(args.out) if args.out else Path("bench-out") / ("spd-covariance" if args.what == "spd" else "langevin")
+    seeds = tuple(args.seeds) if args.seeds else None
+    if args.what == "spd":
+        from .bench.spd_covariance import run
+
+        log = None if args.no_progress else (lambda line: print(line, file=sys.stderr, flush=True))
+        if args.budget == "smoke":
+            run(out, quick=True, seeds=seeds or (0,), epochs=1, kappas=(10.0,), log=log)
+        else:
+            run(out, quick=args.budget == "quick", seeds=seeds, log=log)
+    else:
+        from .bench.langevin_study import run
+
+        kwargs = {"seeds": seeds} if seeds else {}
+        run(out, quick=args.budget == "quick", smoke=args.budget == "smoke", **kwargs)
+    report = out / "report.md"
+    print(report.read_text(encoding="utf-8"))
+    print(f"report written to {report}")
     return 0
 
 

@@ -89,9 +89,9 @@ def test_hyper_connections_option_reaches_the_gpt_tasks_and_keeps_other_fingerpr
      "--task does not apply to `steepest bench distributed` (it applies to: suite)"),
     (["bench", "--ranks", "1,2"], "--ranks does not apply to `steepest bench suite` (it applies to: distributed)"),
     (["bench", "kernels", "--steps", "3"],
-     "--steps does not apply to `steepest bench kernels` (it applies to: suite, distributed)"),
+     "--steps does not apply to `steepest bench kernels` (it applies to: suite, distributed, robust)"),
     (["bench", "distributed", "--full"],
-     "--quick/--full/--smoke does not apply to `steepest bench distributed` (it applies to: suite, kernels, lanton, overhead, defaults)"),
+     "--quick/--full/--smoke does not apply to `steepest bench distributed` (it applies to: suite, kernels, lanton, overhead, defaults, robust, spd, langevin)"),
     (["bench", "distributed", "--ranks", "0,2"], "--ranks: world sizes must be >= 1"),
 ])
 def test_bad_arguments_exit_2_with_exact_message(argv, message, capsys):

@@ -1,12 +1,11 @@
 """Byzantine-robust aggregation (``steepest.distributed.aggregation``): the pure rules, FlagIRLS against
 direct solves of the same objective, the DDP hooks in a one-process gloo group, and one 4-rank
-training scenario (``robust_scenarios.py``) with an attacked rank."""
+training scenario (``steepest.bench.robust_worker``) with an attacked rank."""
 import json
 import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,7 +19,6 @@ from steepest.distributed.aggregation import (
 
 from .harness import TIMEOUT_S, gloo_available, requires_gloo
 
-ROBUST_SCENARIOS = Path(__file__).with_name("robust_scenarios.py")
 
 
 def cluster(p=5, n=6, spread=0.3, seed=0, dtype=torch.float64):
@@ -200,7 +198,8 @@ def test_four_ranks_one_attacked(tmp_path):
     0.848; no attack + flag: loss 0.965, accuracy 0.859."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=4",
-               str(ROBUST_SCENARIOS), str(tmp_path), "40", "mean:none", "mean:scale", "flag:scale", "flag:none"]
+               "-m", "steepest.bench.robust_worker", "--out", str(tmp_path / "result.json"), "--steps", "40",
+               "mean:none", "mean:scale", "flag:scale", "flag:none"]
     proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-8000:]
     runs = json.loads((tmp_path / "result.json").read_text())["runs"]
