@@ -205,6 +205,15 @@ INVALID: dict[str, Invalid] = {
     "noise_eps_negative": Invalid(_one("noise_eps", _negative), ValueError,
                                   lambda s: f"Invalid noise_eps value: {_value(s)}"),
     "noise_eps_nan": Invalid(_one("noise_eps", st.just(NAN)), ValueError, lambda s: "Invalid noise_eps value: nan"),
+    "langevin_temperature_negative": Invalid(
+        _one("langevin_temperature", st.one_of(_negative, st.just(NAN), st.just(math.inf))), ValueError,
+        lambda s: f"Invalid langevin_temperature value: {_value(s)}; expected a finite number >= 0"),
+    "langevin_seed_negative": Invalid(
+        _one("langevin_seed", st.integers(max_value=-1)), ValueError,
+        lambda s: f"Invalid langevin_seed value: {_value(s)}; expected an integer >= 0"),
+    "langevin_seed_type": Invalid(
+        _one("langevin_seed", st.one_of(st.floats(), st.text(max_size=3), st.booleans(), st.none())), TypeError,
+        lambda s: f"Invalid type for langevin_seed: expected int, got {_type_name(s)}"),
     "constraint_unknown": Invalid(_one("constraint", _unknown(CONSTRAINT_NAMES)), ValueError,
                                   _choice_message("constraint", CONSTRAINT_NAMES)),
     "constraint_bound_nonpositive": Invalid(
