@@ -20,9 +20,10 @@ from .optim.lion import Lion, LionK
 from .optim.mfac import MFAC
 from .optim.muon import Muon
 from .optim.normuon import NorMuon
+from .optim.regnewton import RegularizedNewton
 from .optim.scion import Scion
 from .optim.signum import Signum
-PRESET_EXPORTS = ("Muon", "Scion", "AuON", "HybridAuON", "NorMuon", "Lion", "LionK", "Signum", "DiffGrad", "MFAC", "LANTON")
+PRESET_EXPORTS = ("Muon", "Scion", "AuON", "HybridAuON", "NorMuon", "Lion", "LionK", "Signum", "DiffGrad", "MFAC", "LANTON", "RegularizedNewton")
 # </generated: presets>
 
 __version__ = "0.10.0"

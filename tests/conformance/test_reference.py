@@ -56,6 +56,22 @@ def _fisher_window(group):
     return precondition
 
 
+def _regularized_window(group):
+    """Gradient-regularized Newton (arXiv 2506.13710) on M-FAC's window, without a closure: gamma
+    stays at its initial value, lambda = ||g|| / (gamma + 1e-8), H = (1/m) sum of the last m g g^T;
+    the signal is (H + lambda I)^{-1} g, solved densely."""
+    rows = []
+
+    def precondition(g):
+        m = group["ngrads"]
+        rows.append(g.reshape(-1))
+        window = torch.stack(rows[-m:])
+        lam = g.norm() / (group["gamma"] + 1e-8)
+        hessian = lam * torch.eye(g.numel(), dtype=F64) + window.T @ window / m
+        return torch.linalg.solve(hessian, g.reshape(-1)).view_as(g)
+    return precondition
+
+
 def _hooks(name, group):
     hooks = {}
     if name == "normuon" and group["geometry"] == "spectral":
@@ -64,6 +80,8 @@ def _hooks(name, group):
         hooks["step_factor"] = _cosh_brake
     if name == "mfac":
         hooks["precondition"] = _fisher_window(group)
+    if name == "regnewton":
+        hooks["precondition"] = _regularized_window(group)
     return hooks
 
 
@@ -73,7 +91,7 @@ SECOND = {"hidden": (5, 3), "conv": (2, 2, 3, 1), "embedding": (7, 4), "head": (
 
 #: (preset, parameters per group): M-FAC's window spans its group, so the one-parameter reference
 #: holds for its groups of one only
-CASES = [(name, n) for name in sorted(PRESETS) for n in (1, 2) if not (name == "mfac" and n == 2)]
+CASES = [(name, n) for name in sorted(PRESETS) for n in (1, 2) if not (name in ("mfac", "regnewton") and n == 2)]
 
 
 @pytest.mark.parametrize("maximize", [False, True])

@@ -8,7 +8,7 @@ import pytest
 import torch
 from hypothesis import strategies as st
 
-from steepest.optim import MFAC, PRESETS
+from steepest.optim import MFAC, PRESETS, RegularizedNewton
 from steepest.optim.validation import MIN_EPS
 from steepest.roles import ROLES
 
@@ -43,7 +43,7 @@ def finite_cases(draw, preset: str, regime: str) -> dict[str, Any]:
     if structural:
         for role in ROLES:
             role_shapes = [shape for _, r, shape in specs if r == role]
-            overrides[role] = draw(group_overrides(role_shapes, allow_transform=cls is not MFAC))
+            overrides[role] = draw(group_overrides(role_shapes, allow_transform=cls not in (MFAC, RegularizedNewton)))
     grid = regime_grid("unit" if regime == "empty" else regime, step=10)  # 3 decades: both ends and the middle
     return {"specs": specs, "kwargs": draw(preset_kwargs(cls, structural=structural)), "overrides": overrides,
             "exponents": draw(st.permutations(grid)),
@@ -105,7 +105,7 @@ def test_finite_updates_edge_hyperparameters(edge, dtype, request, property_case
     Adam/diffGrad eps down to float32's smallest normal number (with some zero gradients: 0/0
     without eps), and ``ns_dtype="float16"`` on every matrix group (with gradients up to 1e10, far
     above float16's 65504)."""
-    presets = [p for p in PRESETS if p != "mfac"] if edge == "adam_eps_tiny" else list(PRESETS)
+    presets = [p for p in PRESETS if p not in ("mfac", "regnewton")] if edge == "adam_eps_tiny" else list(PRESETS)
     strategy = st.tuples(st.sampled_from(presets), st.data())
 
     def check(drawn):

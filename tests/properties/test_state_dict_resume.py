@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from steepest.geometry import GEOMETRIES, GEOMETRY_NAMES
-from steepest.optim import MFAC, PRESETS
+from steepest.optim import MFAC, PRESETS, RegularizedNewton
 from steepest.roles import ROLES
 
 from properties.known_bugs import parametrized
@@ -39,7 +39,7 @@ def resume_cases(draw, preset: str, noise: bool) -> dict[str, Any]:
     overrides = {}
     for role in ROLES:
         role_shapes = [shape for _, r, shape in specs if r == role]
-        keys = draw(group_overrides(role_shapes, allow_transform=cls is not MFAC))
+        keys = draw(group_overrides(role_shapes, allow_transform=cls not in (MFAC, RegularizedNewton)))
         keys["noise_adaptive"] = noise
         if noise and keys.get("geometry", "identity") == "identity":
             min_ndim = min(len(s) for s in role_shapes)

@@ -12,9 +12,10 @@ from .lion import Lion, LionK
 from .mfac import MFAC
 from .muon import Muon
 from .normuon import NorMuon
+from .regnewton import RegularizedNewton
 from .scion import Scion
 from .signum import Signum
-PRESET_EXPORTS = ("Muon", "Scion", "AuON", "HybridAuON", "NorMuon", "Lion", "LionK", "Signum", "DiffGrad", "MFAC", "LANTON")
+PRESET_EXPORTS = ("Muon", "Scion", "AuON", "HybridAuON", "NorMuon", "Lion", "LionK", "Signum", "DiffGrad", "MFAC", "LANTON", "RegularizedNewton")
 # </generated: presets>
 
 __all__ = ["GeometryOptimizer", *PRESET_EXPORTS, "ENGINE_DEFAULTS", "PRESETS", "REGISTRY", "preset_class"]

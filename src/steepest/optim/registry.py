@@ -23,6 +23,7 @@ from .mfac import MFAC
 from .muon import Muon
 from .normuon import NorMuon
 from .preset_spec import ErrorCase, Knobs, Preset
+from .regnewton import RegularizedNewton
 from .scion import Scion
 from .signum import Signum
 
@@ -169,6 +170,32 @@ REGISTRY: dict[str, Preset] = {
                           "polar_express_8, svd"),
                 ErrorCase("noise_adaptive_type", {"noise_adaptive": 1}, TypeError,
                           "Invalid type for noise_adaptive: expected bool, got int"),
+            ),
+        )),
+    # Without a closure (the conformance suite's and the benchmark's steps) the step is the
+    # regularized Newton step on the Fisher window with gamma fixed at gamma_0 = 1: its length is at
+    # most lr * gamma per group. Measured ratios: lr 0.03 -> 0.75, 0.1 -> 0.26, 0.3 -> 0.078, 1 -> 0.082.
+    # Bench lr 0.1: the quick suite's best lr was 0.03 on matrix-sensing and 0.3 on digits-cnn
+    # (docs/algorithms/regnewton.md).
+    "regnewton": Preset(
+        RegularizedNewton, bench={"lr": 0.1},
+        conformance=Knobs(
+            direction_kwargs={"lr": 0.3},
+            direction_max_ratio=0.2,
+            error_cases=(
+                ErrorCase("hessian", {"hessian": "dense"}, ValueError,
+                          "Unknown hessian 'dense'; expected one of: fisher, hvp"),
+                ErrorCase("search", {"search": "armijo"}, ValueError,
+                          "Unknown search 'armijo'; expected one of: none, loss"),
+                ErrorCase("gamma_zero", {"gamma": 0.0}, ValueError,
+                          "Invalid gamma value: 0.0; expected a positive number"),
+                ErrorCase("max_trials_zero", {"max_trials": 0}, ValueError,
+                          "Invalid max_trials: 0; expected an integer >= 1"),
+                ErrorCase("cg_iters_float", {"cg_iters": 2.5}, TypeError,
+                          "Invalid type for cg_iters: expected an int, got float"),
+                ErrorCase("cg_tol_negative", {"cg_tol": -1.0}, ValueError, "Invalid cg_tol value: -1.0"),
+                ErrorCase("momentum_with_search", {"momentum": 0.5, "search": "loss"}, ValueError,
+                          "RegularizedNewton: momentum must be 0 with search='loss' or hessian='hvp' (got 0.5)"),
             ),
         )),
 }
