@@ -297,3 +297,15 @@ def test_state_dict_round_trip_continues_identically(digits, hessian):
         opt2.step(closure2)
         assert torch.equal(w1, w2) and torch.equal(b1, b2)
     assert float(opt2.state[w2]["gamma"]) == float(opt1.state[w1]["gamma"])
+
+
+@pytest.mark.parametrize("keys", [{"search": "loss"}, {"hessian": "hvp"}])
+def test_closure_path_refuses_langevin_and_constraints(keys):
+    w = torch.nn.Parameter(torch.randn(4, 3))
+    message = ("RegularizedNewton: langevin_temperature and constraint need search='none' and hessian='fisher' "
+               "(the closure path applies the accepted trial point as it is)")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        RegularizedNewton([{"params": [w], "langevin_temperature": 0.1, **keys}])
+    with pytest.raises(ValueError, match=re.escape(message)):
+        RegularizedNewton([{"params": [w], "constraint": "hypersphere", **keys}])
+    RegularizedNewton([{"params": [w], "langevin_temperature": 0.1}])  # the plain Fisher step applies both

@@ -281,6 +281,10 @@ class RegularizedNewton(GeometryOptimizer):
         if group["momentum"] > 0 and (group["search"] == "loss" or group["hessian"] == "hvp"):
             raise ValueError(f"RegularizedNewton: momentum must be 0 with search='loss' or hessian='hvp' "
                              f"(got {group['momentum']})")
+        if self._needs_closure(group) and (group["langevin_temperature"] > 0 or group["constraint"] is not None):
+            # the closure path writes the accepted trial point itself, without the engine's stage 4
+            raise ValueError("RegularizedNewton: langevin_temperature and constraint need search='none' and "
+                             "hessian='fisher' (the closure path applies the accepted trial point as it is)")
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """The engine's loader; ``gamma`` then goes back to the CPU (torch moves state to the
