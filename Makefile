@@ -17,8 +17,9 @@ install: $(VENV)/.installed
 run: $(VENV)/.installed
 	$(PY) -m steepest bench
 
+# The tests run on every core (pytest-xdist, one torch thread per worker: tests/conftest.py).
 test: $(VENV)/.installed
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto
 
 # Rewrite the files generated from the preset registry (exports, docs/choosing.md tables).
 docs: $(VENV)/.installed

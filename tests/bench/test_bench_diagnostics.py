@@ -48,10 +48,12 @@ def test_diagnostics_leave_the_training_run_unchanged(tmp_path):
 
 def test_step_zero_snapshot_is_the_same_for_every_optimizer_and_matches_layer_sharpness(tmp_path):
     task = _text_task(tmp_path)
+    # (torch-muon is left out: its bfloat16 Newton-Schulz is emulated, 100x slower, on CPUs without
+    # native bfloat16, and its step-0 snapshot is taken before any optimizer step like the others')
     first = {name: _train(task, name, diagnostics=True)[0]["diagnostics"]["snapshots"][0]["layers"]
-             for name in ("adamw", "torch-muon", "steepest-muon")}
+             for name in ("adamw", "steepest-lion", "steepest-muon")}
     # same seed, same init and batch, and noise measured in the same (reference) norm for everyone
-    assert first["adamw"] == first["torch-muon"] == first["steepest-muon"]
+    assert first["adamw"] == first["steepest-lion"] == first["steepest-muon"]
     # the sharpness is the top eigenvalue of the layer's Hessian block on the first training batch
     trial = task.trial(0, task.budget("smoke").batch_size)
     layers = hidden_layers(trial.model)
