@@ -67,7 +67,7 @@ def test_hvp_search_reaches_the_optimum(digits, optimum):
     x, t = digits
     v_star, f_star = optimum
     w, b = start(x.shape[1])
-    opt = RegularizedNewton([w, b], hessian="hvp", search="loss")
+    opt = RegularizedNewton([w, b], lr=1.0, hessian="hvp", search="loss")
     losses, gammas = [], []
     for _ in range(10):
         loss = opt.step(lambda: logistic(x, t, w, b))
@@ -90,7 +90,7 @@ def test_fisher_search_reaches_the_optimum(digits, optimum):
     x, t = digits
     v_star, f_star = optimum
     w, b = start(x.shape[1])
-    opt = RegularizedNewton([w, b], hessian="fisher", search="loss")
+    opt = RegularizedNewton([w, b], lr=1.0, hessian="fisher", search="loss")
 
     def closure():
         opt.zero_grad()
@@ -111,7 +111,7 @@ def test_hvp_step_equals_the_dense_regularized_newton_step(digits):
     gen = torch.Generator().manual_seed(0)
     w0, b0 = 0.3 * torch.randn(d, generator=gen, dtype=F64), torch.tensor(0.2, dtype=F64)
     w, b = w0.clone().requires_grad_(), b0.clone().requires_grad_()
-    opt = RegularizedNewton([w, b], hessian="hvp", gamma=0.7, cg_iters=50, cg_tol=1e-14)
+    opt = RegularizedNewton([w, b], lr=1.0, hessian="hvp", gamma=0.7, cg_iters=50, cg_tol=1e-14)
     opt.step(lambda: logistic(x, t, w, b))
 
     def f(v):
@@ -175,7 +175,7 @@ def algorithm1(f, x, gamma, steps, max_trials=40, gamma_min=1e-9):
 
 def run_hvp_search(f, x0, gamma, steps):
     x = x0.clone().requires_grad_()
-    opt = RegularizedNewton([x], hessian="hvp", search="loss", gamma=gamma, cg_iters=50, cg_tol=1e-15)
+    opt = RegularizedNewton([x], lr=1.0, hessian="hvp", search="loss", gamma=gamma, cg_iters=50, cg_tol=1e-15)
     calls = []
     xs, gammas = [], []
     for _ in range(steps):
@@ -261,7 +261,7 @@ def test_groups_must_agree_on_the_closure_path():
 def test_registry_and_factory():
     assert steepest.optim.preset_class("regnewton") is RegularizedNewton
     model = torch.nn.Linear(3, 2)
-    opt = steepest.for_model(model, "regnewton", hessian="hvp", search="loss")
+    opt = steepest.for_model(model, "regnewton", lr=1.0, hessian="hvp", search="loss")
     assert {g["hessian"] for g in opt.param_groups} == {"hvp"}
 
 
@@ -273,7 +273,7 @@ def test_state_dict_round_trip_continues_identically(digits, hessian):
 
     def make():
         w, b = start(d)
-        opt = RegularizedNewton([w, b], hessian=hessian, search="loss", ngrads=4, gamma=8.0)
+        opt = RegularizedNewton([w, b], lr=1.0, hessian=hessian, search="loss", ngrads=4, gamma=8.0)
 
         def closure():
             loss = logistic(x, t, w, b)

@@ -109,7 +109,7 @@ GRIDS: dict[str, Grid] = {
     "signum": Grid((1e-4, 2.5e-4, 5e-4, 1e-3, 2e-3)),
     "diffgrad": Grid((1e-3, 2e-3, 4e-3, 8e-3)),
     "mfac": Grid((1e-3, 3e-3, 6e-3), variants=({"momentum": 0.0}, {"momentum": 0.5})),
-    "regnewton": Grid((0.3, 1.0, 3.0)),
+    "regnewton": Grid((0.1, 0.3, 1.0, 3.0)),
 }
 #: the constructor keywords whose defaults the study chooses
 STUDIED_KEYS = ("lr", "adamw_lr", "sign_lr", "momentum", "adjust_lr")
@@ -127,7 +127,7 @@ PREVIOUS_DEFAULTS: dict[str, dict] = {
     "signum": {"lr": 1e-4, "momentum": 0.9},
     "diffgrad": {"lr": 1e-3},
     "mfac": {"lr": 1e-3, "momentum": 0.0},
-    # new in 0.10 (no 0.9 default): the paper's step, lr 1
+    # new in 0.10, so no 0.9 default: its first default, the paper's step lr 1
     "regnewton": {"lr": 1.0, "momentum": 0.0},
 }
 
