@@ -18,7 +18,7 @@ from .spectral_norm import SPECTRAL_UNITS
 from .sphere import Hypersphere, SpectralSphere
 from .stiefel import Stiefel
 
-__all__ = ["CONSTRAINT_NAMES", "make_constraint", "constraint_class", "constraint_from_keys"]
+__all__ = ["CONSTRAINT_NAMES", "make_constraint", "constraint_class", "constraint_from_keys", "takes_bound"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,12 @@ def _entry(name: Any) -> _Entry:
 def constraint_class(name: str) -> type[Constraint]:
     """The class registered as ``name``."""
     return _entry(name).cls
+
+
+def takes_bound(name: str) -> bool:
+    """Whether the constraint ``name`` uses the group key ``constraint_bound`` (``birkhoff`` and
+    ``spd`` do not)."""
+    return _entry(name).bound_keyword is not None
 
 
 def make_constraint(name: str, **kwargs: Any) -> Constraint:

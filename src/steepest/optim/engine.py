@@ -89,6 +89,7 @@ from ..geometry import Geometry, make_geometry
 from .initialization import init_groups_
 from .apply_stage import LOW_PRECISION, add_langevin_noise, apply_steps, langevin_seed, stage_parts
 from .constraint_stage import ConstraintStage
+from ..constraints.registry import takes_bound
 from .guards import collect_work, finite_or_skip
 from .group_keys import ENGINE_DEFAULTS, GEOMETRY_KEYS, plain_keys, split_by_role
 from .noise_rates import NoiseRates, default_layer_rule, describe_noise, noise_active
@@ -491,7 +492,8 @@ class GeometryOptimizer(Optimizer):
             text += f" + Langevin noise (T={group['langevin_temperature']:g}, seed {group['langevin_seed']})"
         if group["constraint"] is not None:
             units = "" if group["constraint_units"] == "spectral" else f", {group['constraint_units']}"
-            text += f" + {group['constraint']}({group['constraint_bound']:g}{units})"
+            bound = f"({group['constraint_bound']:g}{units})" if takes_bound(group["constraint"]) else ""
+            text += f" + {group['constraint']}{bound}"
         return text
 
     # -- initialization ------------------------------------------------------------------------
