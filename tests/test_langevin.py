@@ -204,3 +204,17 @@ def test_langevin_study_smoke(tmp_path):
     assert {r["method"] for r in rows} == {"gd", "langevin", "langevin+swa"}
     for r in rows:
         assert -1.0 <= r["overlap"] <= 1.0
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_for_model_takes_the_keys_for_every_preset_and_overrides_win(name):
+    import steepest
+
+    model = _model()
+    opt = steepest.for_model(model, name, langevin_temperature=0.01, langevin_seed=3,
+                             overrides={"vector": {"langevin_temperature": 0.0}})
+    for group in opt.param_groups:
+        expected = 0.0 if group["role"] == "vector" else 0.01
+        assert group["langevin_temperature"] == expected and group["langevin_seed"] == 3, group["role"]
+    with pytest.raises(ValueError, match=r"^Invalid langevin_temperature value: -1"):
+        steepest.for_model(_model(), name, langevin_temperature=-1.0)
