@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from steepest.optim import PRESETS
-from steepest.optim.apply_stage import langevin_seed
+from steepest.optim.langevin import langevin_seed
 
 from state_dict_checks import assert_state_dicts_equal
 

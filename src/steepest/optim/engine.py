@@ -30,16 +30,8 @@ splits into parts in ``apply_stage.py``. Weight decay uses the unadjusted
 constrained (conditional-gradient) blend ``W <- (1 - lr) W - lr * radius * shape * O``, which keeps
 ``||W|| <= radius * shape`` in the geometry's norm.
 
-Langevin dynamics (``langevin_temperature`` T > 0; ``docs/averaging.md``): after stage 4's step and
-before the constraint's projection every parameter gets ``sqrt(2 * lr * T) * xi``, ``xi ~ N(0, I)``,
-with the group's unadjusted ``lr`` (as weight decay). For the plain gradient step (``transform=
-"momentum"`` with ``momentum=0``, ``geometry="identity"``, radius 1) this is SGLD,
-``W <- W - lr grad + sqrt(2 lr / beta) xi`` with inverse temperature ``beta = 1 / T``. The noise of
-a parameter's k-th Langevin step is drawn from a generator seeded with a mix of
-(``langevin_seed``, the parameter's index in the optimizer, k, and the rank for a shard): its
-state is the counter ``langevin_step`` (a CPU int64 tensor in the parameter's state), so a run
-resumed from ``state_dict`` is bit-identical to an uninterrupted one, and replicated parameters
-get the same noise on every rank. With T = 0 nothing is drawn and no state is added.
+Langevin dynamics (``langevin_temperature`` T > 0): after stage 4's step and before the constraint's
+projection, ``sqrt(2 * lr * T) * xi`` (``langevin.py``, ``docs/averaging.md``).
 
 Every hyperparameter is a flat key of the parameter group (strings for names), so param groups stay
 plain data: ``state_dict`` / ``load_state_dict`` round-trip exactly, ``torch.load(weights_only=True)``
@@ -76,7 +68,6 @@ operations), not bit for bit.
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any, Callable, Iterable
 
 import torch
@@ -87,18 +78,19 @@ from ..compiled import resolve_compile
 from ..distributed import is_sharded, local, resolve_topology
 from ..geometry import Geometry, make_geometry
 from .initialization import init_groups_
-from .apply_stage import LOW_PRECISION, add_langevin_noise, apply_steps, langevin_seed, stage_parts
+from .apply_stage import LOW_PRECISION, apply_steps, stage_parts
+from .langevin import LangevinNoise
 from .constraint_stage import ConstraintStage
 from ..constraints.registry import takes_bound
 from .guards import collect_work, finite_or_skip
 from .group_keys import ENGINE_DEFAULTS, GEOMETRY_KEYS, plain_keys, split_by_role
-from .noise_rates import NoiseRates, default_layer_rule, describe_noise, noise_active
+from .noise_rates import NoiseRates, NoiseRatesMethods, describe_noise, noise_active
 from .state_io import restore_saved_state
 from .transforms import TRANSFORMS, ElementwiseTransform, Transform, zeros_state
 from .checks import ON_NONFINITE, check_choice, check_compile
 from .validation import check_group, check_group_params, check_langevin_keys
 
-class GeometryOptimizer(Optimizer):
+class GeometryOptimizer(NoiseRatesMethods, Optimizer):
     """Steepest descent under a geometry chosen per parameter group (see the module docstring).
 
     Args:
@@ -151,8 +143,7 @@ class GeometryOptimizer(Optimizer):
         self._geometries: dict[tuple, Geometry] = {}
         self._constraints = ConstraintStage()
         self._noise = NoiseRates(self)
-        self._langevin_generators: dict[torch.device, torch.Generator] = {}
-        self._langevin_index: dict[int, int] = {}
+        self._langevin = LangevinNoise()
 
     # -- groups ------------------------------------------------------------------------------
     def role_settings(self, role: str) -> dict[str, Any]:
@@ -265,8 +256,8 @@ class GeometryOptimizer(Optimizer):
         self.transform(group).init_state(group, state, p, self.state_dtype(p))
         if noise_active(group):
             self._noise.ensure_state(group, p, state)
-        if group["langevin_temperature"] and "langevin_step" not in state:
-            state["langevin_step"] = torch.zeros((), dtype=torch.int64)  # on the CPU: read on the host
+        if group["langevin_temperature"]:
+            self._langevin.ensure_state(state)
 
     def _state_view(self, p: Tensor) -> dict[str, Any]:
         """``p``'s state with the local tensors of DTensor entries (they share storage, so in-place
@@ -319,8 +310,6 @@ class GeometryOptimizer(Optimizer):
             if noise_active(group):
                 self._noise.measure(group, params, grads)                       # stage 3's inputs
         self._noise.prefetch([group for _, group, _, _ in work if noise_active(group)])
-        if any(group["langevin_temperature"] for _, group, _, _ in work):
-            self._langevin_index = {id(p): i for i, p in enumerate(p for g in self.param_groups for p in g["params"])}
         for _, group, params, grads in work:
             self._update_group(group, params, grads, [peaks.get(id(p)) for p in params] if peaks else None)
 
@@ -356,7 +345,7 @@ class GeometryOptimizer(Optimizer):
         steps = self._step_sizes(group, params, directions)
         self._apply(group, params, directions, steps)                           # stage 4
         if group["langevin_temperature"]:
-            self._langevin(group, params)
+            self._langevin.add(self, group, params)
         if group["constraint"] is not None:
             self._constraints.project(group, params, steps, self.geometry(group), self._topology)
 
@@ -405,22 +394,6 @@ class GeometryOptimizer(Optimizer):
             params = [local(p) for p in params]
         apply_steps(params, directions, steps, 1 - float(group["lr"]) * group["weight_decay"])
 
-    def _langevin(self, group: dict[str, Any], params: list[Tensor]) -> None:
-        """Stage 4's Langevin noise: ``W <- W + sqrt(2 * lr * langevin_temperature) * xi`` (see the
-        module docstring for the seeding); every parameter's ``langevin_step`` counts its draws."""
-        scale = math.sqrt(2.0 * float(group["lr"]) * float(group["langevin_temperature"]))
-        seed = int(group["langevin_seed"])
-        seeds = []
-        for p in params:
-            counter = self.state[p]["langevin_step"]
-            rank = self._topology.rank if self._sharded([p]) else 0
-            seeds.append(langevin_seed(seed, self._langevin_index[id(p)], int(counter), rank))
-            counter.add_(1)
-        dtypes = [self.state_dtype(p) for p in params]
-        if self._topology is not None:
-            params = [local(p) for p in params]
-        add_langevin_noise(params, seeds, scale, dtypes, self._langevin_generators)
-
     def set_langevin(self, temperature: float, seed: int | None = None) -> None:
         """Set ``langevin_temperature`` (and ``langevin_seed`` when given) on every group, validated
         first (all or nothing); ``temperature=0`` turns the noise off."""
@@ -453,36 +426,6 @@ class GeometryOptimizer(Optimizer):
         if self._topology is None:
             return ["this process"] * len(group["params"])
         return self._topology.lmo_placement(group["params"], self.geometry(group).rowwise_lmo)
-
-    # -- noise-adaptive layerwise rates (the component in noise_rates.py) ---------------------
-    def needs_second_grads(self) -> bool:
-        """Whether the next :meth:`step` measures noise from a second gradient: some group has
-        ``noise_source="second"`` and one of its parameters reaches a measuring step
-        (``noise_every``). A training loop can compute the second gradient only then."""
-        return self._noise.needs_second_grads()
-
-    def noise_factors(self, group: dict[str, Any]) -> dict[int, float]:
-        """``{id(param): lr factor}`` for the layers of a noise-adaptive group: every factor is 1
-        until every parameter of the group that has stepped has a noise estimate. The factors
-        change only when an estimate does, so they are computed once per measurement and reused
-        (the noise EMAs are read from the device then, not at every step)."""
-        return self._noise.factors(group)
-
-    def layer_rule(self, group: dict[str, Any], stds: list[float]) -> list[float]:
-        """The lr factors of a group's layers from their noise standard deviations (in group order):
-        the named ``noise_rule`` (with ``noise_alpha`` for ``alpha_sqrt``). Override in a subclass
-        for a rule of your own."""
-        return default_layer_rule(group, stds)
-
-    def layer_stats(self) -> list[dict[str, Any]]:
-        """Per-layer noise estimates and learning rates of the noise-adaptive groups.
-
-        One dict per parameter of every group with ``noise_adaptive``: ``parameter`` (name),
-        ``group`` (index), ``role``, ``noise`` (bias-corrected noise standard deviation in the
-        layer's dual norm, ``None`` before the first estimate), ``factor`` (the lr factor the next
-        step uses) and ``lr`` (the group's current lr times radius, shape factor and ``factor``).
-        """
-        return self._noise.layer_stats()
 
     def describe_update(self, group: dict[str, Any]) -> str:
         """The state transform of ``group`` in words (plus the noise-adaptive rates and the

@@ -273,3 +273,37 @@ def describe_noise(group: dict[str, Any]) -> str:
 def default_layer_rule(group: dict[str, Any], stds: list[float]) -> list[float]:
     """The named ``noise_rule`` of ``group`` (with ``noise_alpha`` for ``alpha_sqrt``)."""
     return layer_factors(stds, group["noise_rule"], group["noise_alpha"])
+
+
+class NoiseRatesMethods:
+    """The optimizer's public methods of the noise-adaptive layerwise rates (a mixin of
+    :class:`~steepest.optim.engine.GeometryOptimizer`, whose ``_noise`` is a :class:`NoiseRates`)."""
+
+    def needs_second_grads(self) -> bool:
+        """Whether the next :meth:`step` measures noise from a second gradient: some group has
+        ``noise_source="second"`` and one of its parameters reaches a measuring step
+        (``noise_every``). A training loop can compute the second gradient only then."""
+        return self._noise.needs_second_grads()
+
+    def noise_factors(self, group: dict[str, Any]) -> dict[int, float]:
+        """``{id(param): lr factor}`` for the layers of a noise-adaptive group: every factor is 1
+        until every parameter of the group that has stepped has a noise estimate. The factors
+        change only when an estimate does, so they are computed once per measurement and reused
+        (the noise EMAs are read from the device then, not at every step)."""
+        return self._noise.factors(group)
+
+    def layer_rule(self, group: dict[str, Any], stds: list[float]) -> list[float]:
+        """The lr factors of a group's layers from their noise standard deviations (in group order):
+        the named ``noise_rule`` (with ``noise_alpha`` for ``alpha_sqrt``). Override in a subclass
+        for a rule of your own."""
+        return default_layer_rule(group, stds)
+
+    def layer_stats(self) -> list[dict[str, Any]]:
+        """Per-layer noise estimates and learning rates of the noise-adaptive groups.
+
+        One dict per parameter of every group with ``noise_adaptive``: ``parameter`` (name),
+        ``group`` (index), ``role``, ``noise`` (bias-corrected noise standard deviation in the
+        layer's dual norm, ``None`` before the first estimate), ``factor`` (the lr factor the next
+        step uses) and ``lr`` (the group's current lr times radius, shape factor and ``factor``).
+        """
+        return self._noise.layer_stats()
