@@ -76,6 +76,14 @@ def check_eps(name: str, value: Any) -> None:
                          f"normal number: a smaller eps rounds to 0 in float32 optimizer state)")
 
 
+def check_count(name: str, value: Any) -> None:
+    """An int ``>= 1`` (not a bool): ``TypeError`` / ``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"Invalid type for {name}: expected an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"Invalid {name}: {value}; expected an integer >= 1")
+
+
 def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"Unknown {name} {value!r}; expected one of: {', '.join(choices)}")

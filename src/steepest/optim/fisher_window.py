@@ -47,7 +47,7 @@ from torch import Tensor
 
 from ..distributed import local, rows_stack_like
 from ..numerics import max_abs, power_of_two_scale, scales_for_peaks, wide_float
-from .checks import check_positive
+from .checks import check_count, check_positive
 from .transforms import TRANSFORMS, Transform
 
 #: Window size of M-FAC's default recipe (see :class:`steepest.MFAC` for why not the paper's 1024).
@@ -138,14 +138,26 @@ def solve_window_system(gram: Tensor, rhs: Tensor, damp: float) -> Tensor:
     return torch.cholesky_solve(b, factor).reshape(m)
 
 
-def inverse_fisher_apply(windows: list[Tensor], xs: list[Tensor], coefficients: Tensor, damp: float) -> list[Tensor]:
+def inverse_fisher_apply(windows: list[Tensor], xs: list[Tensor], coefficients: Tensor,
+                         damp: float | Tensor) -> list[Tensor]:
     """``(x_p - G_p^T y) / damp`` for every block: the blocks of ``F^{-1} x`` given ``y`` from
-    :func:`solve_window_system` (new tensors, flattened, in the windows' dtypes)."""
+    :func:`solve_window_system` (new tensors, flattened, in the windows' dtypes). ``damp`` may be a
+    0-d tensor (no host read)."""
     out = []
     for w, x in zip(windows, xs):
         y = coefficients.to(device=w.device, dtype=w.dtype)
-        out.append(x.reshape(-1).to(w.dtype).sub(torch.mv(w.t(), y)).div_(float(damp)))
+        d = damp.to(device=w.device, dtype=w.dtype) if isinstance(damp, Tensor) else float(damp)
+        out.append(x.reshape(-1).to(w.dtype).sub(torch.mv(w.t(), y)).div_(d))
     return out
+
+
+def sum_grams(grams: list[Tensor]) -> Tensor:
+    """``K = sum_p K_p`` in float64 on the first Gram's device (a new tensor)."""
+    gram = grams[0].double()
+    gram = gram.clone() if gram is grams[0] else gram
+    for k in grams[1:]:
+        gram += k.to(device=gram.device, dtype=torch.float64)
+    return gram
 
 
 def inverse_fisher_product(windows: list[Tensor], gram: Tensor, xs: list[Tensor], damp: float) -> list[Tensor]:
@@ -156,10 +168,7 @@ def inverse_fisher_product(windows: list[Tensor], gram: Tensor, xs: list[Tensor]
 
 
 def check_ngrads(ngrads: Any) -> None:
-    if isinstance(ngrads, bool) or not isinstance(ngrads, int):
-        raise TypeError(f"Invalid type for ngrads: expected an int, got {type(ngrads).__name__}")
-    if ngrads < 1:
-        raise ValueError(f"Invalid ngrads: {ngrads}; expected an integer >= 1")
+    check_count("ngrads", ngrads)
 
 
 class FisherWindow(Transform):
@@ -186,22 +195,26 @@ class FisherWindow(Transform):
 
     def apply_group(self, group: dict, states: list[dict], grads: list[Tensor], compile: bool,
                     whole_sums=None, peaks: list[float] | None = None) -> list[Tensor]:
-        m, damp = group["ngrads"], group["damp"]
-        # (m, numel) views; a sharded parameter's window holds the columns of its local rows
-        windows = [state["grad_window"].reshape(m, g.numel()) for state, g in zip(states, grads)]
-        grams = [state["gram"] for state in states]
-        row = int(states[0]["step"]) % m
-        rhs = insert_gradient(windows, grams, grads, row, whole_sums)  # = G g after the insertion
-        for state in states:
-            state["step"] += 1
-        gram = grams[0].double()  # a new tensor unless the state is float64
-        gram = gram.clone() if gram is grams[0] else gram
-        for k in grams[1:]:
-            gram += k.to(device=gram.device, dtype=torch.float64)
+        damp = group["damp"]
+        windows, rhs, gram = self.insert(group, states, grads, whole_sums)
         coefficients = solve_window_system(gram, rhs, damp)
         directions = inverse_fisher_apply(windows, grads, coefficients, damp)
         return [self.inner.apply(group, state, u.view(g.shape), compile)
                 for state, g, u in zip(states, grads, directions)]
+
+    @staticmethod
+    def insert(group: dict, states: list[dict], grads: list[Tensor],
+               whole_sums=None) -> tuple[list[Tensor], Tensor, Tensor]:
+        """Write ``grads`` into the group's window (the next ring slot) and count the step; returns
+        the ``(m, numel)`` window views (a sharded parameter's window holds the columns of its local
+        rows), ``G g`` after the insertion and the total Gram ``K`` (float64, a new tensor)."""
+        m = group["ngrads"]
+        windows = [state["grad_window"].reshape(m, g.numel()) for state, g in zip(states, grads)]
+        grams = [state["gram"] for state in states]
+        rhs = insert_gradient(windows, grams, grads, int(states[0]["step"]) % m, whole_sums)
+        for state in states:
+            state["step"] += 1
+        return windows, rhs, sum_grams(grams)
 
     def describe(self, group: dict) -> str:
         text = f"mfac(m={group['ngrads']}, damp={group['damp']:g}"

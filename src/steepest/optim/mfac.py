@@ -6,12 +6,12 @@ from typing import Any, Callable, Iterable
 import torch
 
 from .docs import fill_doc
-from .engine import GeometryOptimizer
 from .fisher_window import DEFAULT_NGRADS, FISHER_WINDOW
 from .transforms import Transform
+from .window_optimizer import WindowOptimizer
 
 
-class MFAC(GeometryOptimizer):
+class MFAC(WindowOptimizer):
     __doc__ = fill_doc(r"""M-FAC (Frantar, Kurtic, Alistarh, NeurIPS 2021; arXiv 2107.03356).
 
     Preconditions the gradient with the inverse of an empirical Fisher built from the last ``m``
@@ -89,6 +89,7 @@ class MFAC(GeometryOptimizer):
     """)
 
     PRESET_KEYS = {"ngrads": DEFAULT_NGRADS, "damp": 1e-5}
+    window_owner = "MFAC"
 
     def __init__(self, params: Iterable[Any], lr: float = 6e-3, momentum: float = 0.5, weight_decay: float = 0.0,
                  ngrads: int = DEFAULT_NGRADS, damp: float = 1e-5, *, maximize: bool = False,
@@ -98,13 +99,6 @@ class MFAC(GeometryOptimizer):
                          compile=compile, lr=lr, momentum=momentum, nesterov=False,
                          weight_decay=weight_decay, transform="momentum", geometry="identity",
                          shape_scale=None, ngrads=ngrads, damp=damp, maximize=maximize)
-
-    # -- groups ------------------------------------------------------------------------------
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group; an unlabelled group stays one group (one window), with role ``""``."""
-        group = dict(param_group)
-        group.setdefault("role", "")
-        super().add_param_group(group)
 
     def transform(self, group: dict[str, Any]) -> Transform:
         """Stage 1 of every group is the gradient window (then the momentum EMA)."""
@@ -123,36 +117,4 @@ class MFAC(GeometryOptimizer):
             ValueError: a parameter of a group that has stepped lost (or gained) its gradient, or a
                 group's ``ngrads`` changed after its first step; nothing is modified then.
         """
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        self._check_windows()
-        super().step(second_grads=second_grads)
-        return loss
-
-    def _check_windows(self) -> None:
-        for gi, group in enumerate(self.param_groups):
-            params = group["params"]
-            has_grad = [p.grad is not None for p in params]
-            states = [self.state.get(p) or {} for p in params]
-            has_window = [float(s["step"]) > 0 if "step" in s else False for s in states]  # holds gradients
-            if not any(has_grad) or not any(has_window):
-                continue  # the group is skipped at this step, or this is its first step
-            for pi, (grad, window) in enumerate(zip(has_grad, has_window)):
-                if window and not grad:
-                    raise ValueError(
-                        f"MFAC: parameter {self._param_name(gi, pi)!r} has no gradient at this step, but "
-                        f"its group's gradient window holds it (the window spans every parameter of the "
-                        f"group, so the parameters with gradients must be the same at every step); give "
-                        f"it a zero gradient instead, or put it in a param group of its own")
-                if grad and not window:
-                    raise ValueError(
-                        f"MFAC: parameter {self._param_name(gi, pi)!r} has a gradient at this step, but it "
-                        f"had none at its group's first step (the window spans every parameter of the "
-                        f"group, so the parameters with gradients must be the same at every step); put it "
-                        f"in a param group of its own")
-            rows = next(s["grad_window"].shape[0] for s, held in zip(states, has_window) if held)
-            if rows != group["ngrads"]:
-                raise ValueError(f"MFAC: group {gi} has ngrads={group['ngrads']} but its gradient window "
-                                 f"holds {rows} gradients; ngrads cannot change after the group's first step")
+        return self._window_step(closure, second_grads)

@@ -1,99 +1,24 @@
 """Gradient-regularized Newton steps with an adaptive regularization constant (arXiv 2506.13710)."""
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Iterable
 
 import torch
 from torch import Tensor
 
-from .checks import check_choice, check_nonnegative, check_positive
+from .checks import check_choice, check_count, check_nonnegative, check_positive
 from .docs import fill_doc
-from .engine import GeometryOptimizer
-from .fisher_window import DEFAULT_NGRADS, FisherWindow, check_ngrads, insert_gradient
+from .fisher_window import DEFAULT_NGRADS, FisherWindow, check_ngrads
 from .guards import collect_work, finite_or_skip
+from .newton_solves import conjugate_gradients, group_norm, regularization, window_newton_directions
 from .transforms import TRANSFORMS
+from .window_optimizer import WindowOptimizer
 
 HESSIANS = ("fisher", "hvp")
 SEARCHES = ("none", "loss")
-#: the paper's ``eps`` in ``lambda = ||g|| / (gamma + eps)``
-GAMMA_EPS = 1e-8
 #: the default ``lr``: the minimax-regret choice of ``steepest bench defaults`` (closure-free Fisher step)
 #: over lr 0.1, 0.3, 1, 3 (docs/benchmarks.md, "The defaults study")
 DEFAULT_LR = 0.3
-
-
-def _check_count(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"Invalid type for {name}: expected an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"Invalid {name}: {value}; expected an integer >= 1")
-
-
-def group_norm(grads: list[Tensor]) -> Tensor:
-    """``||g||_2`` of a group's gradients (all tensors together), a float64 0-d tensor."""
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.double()) for g in grads]))
-
-
-def regularization(gnorm: Tensor, gamma: float) -> Tensor:
-    """The paper's ``lambda = ||g|| / (gamma + 1e-8)``."""
-    return gnorm / (gamma + GAMMA_EPS)
-
-
-def window_newton_directions(windows: list[Tensor], gram: Tensor, rhs: Tensor, grads: list[Tensor],
-                             lam: Tensor) -> list[Tensor]:
-    """``(H + lambda I)^{-1} g`` for ``H = (1/m) G^T G`` (the window ``G``, Gram ``K = G G^T = gram``,
-    ``rhs = G g``) by Woodbury: ``(g - G^T (m lambda I + K)^{-1} G g) / lambda``; flattened blocks.
-
-    ``lambda`` stays a tensor (no host read): it is floored at the window dtype's smallest normal number
-    (a zero gradient then gives exactly zero directions) and the shift of the ``m x m`` system at
-    ``4 m eps max|K|`` (``eps`` of the window's dtype), which only changes numerically singular
-    systems."""
-    m = gram.shape[0]
-    k = gram.double()
-    lam = lam.to(device=k.device, dtype=torch.float64).clamp_min(torch.finfo(windows[0].dtype).tiny)
-    floor = 4.0 * m * torch.finfo(windows[0].dtype).eps * k.abs().amax()
-    shift = torch.maximum(m * lam, floor)
-    eye = torch.eye(m, dtype=torch.float64, device=k.device)
-    factor, _ = torch.linalg.cholesky_ex(k + eye * shift)
-    y = torch.cholesky_solve(rhs.double().reshape(m, 1).to(k.device), factor).reshape(m)
-    out = []
-    for w, g in zip(windows, grads):
-        coeff = y.to(device=w.device, dtype=w.dtype)
-        out.append((g.reshape(-1).to(w.dtype) - torch.mv(w.t(), coeff)) / lam.to(device=w.device, dtype=w.dtype))
-    return out
-
-
-def conjugate_gradients(matvec: Callable[[list[Tensor]], list[Tensor]], b: list[Tensor], iters: int,
-                        tol: float, fallback: Callable[[list[Tensor]], list[Tensor]]) -> list[Tensor]:
-    """Solve ``A x = b`` (``A`` symmetric, applied by ``matvec``) by conjugate gradients from
-    ``x = 0``, stopping after ``iters`` products or when ``||r|| <= tol ||b||``. If a search
-    direction has ``p^T A p <= 0`` (negative curvature of a non-convex loss) the iteration stops
-    there; at the first iteration the result is then ``fallback(b)``."""
-    x = [torch.zeros_like(t) for t in b]
-    r = [t.clone() for t in b]
-    p = [t.clone() for t in b]
-    rr = sum(float(torch.sum(t.double() * t.double())) for t in r)
-    b_norm = math.sqrt(rr)
-    if b_norm == 0.0:
-        return x
-    for it in range(iters):
-        ap = matvec(p)
-        pap = sum(float(torch.sum(u.double() * v.double())) for u, v in zip(p, ap))
-        if not pap > 0.0:
-            return fallback(b) if it == 0 else x
-        alpha = rr / pap
-        for xi, pi, ri, api in zip(x, p, r, ap):
-            xi.add_(pi, alpha=alpha)
-            ri.sub_(api, alpha=alpha)
-        rr_new = sum(float(torch.sum(t.double() * t.double())) for t in r)
-        if math.sqrt(rr_new) <= tol * b_norm:
-            break
-        beta = rr_new / rr
-        for pi, ri in zip(p, r):
-            pi.mul_(beta).add_(ri)
-        rr = rr_new
-    return x
 
 
 class RegularizedWindow(FisherWindow):
@@ -116,14 +41,7 @@ class RegularizedWindow(FisherWindow):
 
     def apply_group(self, group: dict, states: list[dict], grads: list[Tensor], compile: bool,
                     whole_sums=None, peaks: list[float] | None = None) -> list[Tensor]:
-        m = group["ngrads"]
-        windows = [state["grad_window"].reshape(m, g.numel()) for state, g in zip(states, grads)]
-        grams = [state["gram"] for state in states]
-        row = int(states[0]["step"]) % m
-        rhs = insert_gradient(windows, grams, grads, row, whole_sums)
-        for state in states:
-            state["step"] += 1
-        gram = sum_grams(grams)
+        windows, rhs, gram = self.insert(group, states, grads, whole_sums)
         sq = torch.stack([torch.sum(g.double() * g.double()) for g in grads])
         if whole_sums is not None:
             sq = whole_sums(sq)
@@ -148,18 +66,10 @@ class RegularizedWindow(FisherWindow):
         check_ngrads(group["ngrads"])
 
 
-def sum_grams(grams: list[Tensor]) -> Tensor:
-    """``K = sum_p K_p`` in float64 (a new tensor)."""
-    gram = grams[0].double().clone()
-    for k in grams[1:]:
-        gram += k.to(device=gram.device, dtype=torch.float64)
-    return gram
-
-
 REGULARIZED_WINDOW = RegularizedWindow()
 
 
-class RegularizedNewton(GeometryOptimizer):
+class RegularizedNewton(WindowOptimizer):
     __doc__ = fill_doc(r"""Gradient-regularized Newton with an adaptive constant (Semenov, Jaggi, Doikov,
     "Gradient-Normalized Smoothness for Optimization with Approximate Hessians", arXiv 2506.13710,
     Algorithm 1), on an approximate Hessian this library can afford.
@@ -264,12 +174,9 @@ class RegularizedNewton(GeometryOptimizer):
                          hessian=hessian, search=search, gamma=gamma, gamma_min=gamma_min,
                          max_trials=max_trials, ngrads=ngrads, cg_iters=cg_iters, cg_tol=cg_tol)
 
-    # -- groups ------------------------------------------------------------------------------
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group; an unlabelled group stays one group (one ``||g||``, one window), role ``""``."""
-        group = dict(param_group)
-        group.setdefault("role", "")
-        super().add_param_group(group)
+    # -- groups (an unlabelled group stays one group: one ``||g||``, one window) ---------------
+    def _windowed(self, group: dict[str, Any]) -> bool:
+        return group["hessian"] == "fisher"
 
     def transform(self, group: dict[str, Any]) -> RegularizedWindow:
         """Stage 1 of every group (the no-closure path): the regularized window solve."""
@@ -281,8 +188,8 @@ class RegularizedNewton(GeometryOptimizer):
         check_choice("search", group["search"], SEARCHES)
         check_positive("gamma", group["gamma"])
         check_positive("gamma_min", group["gamma_min"])
-        _check_count("max_trials", group["max_trials"])
-        _check_count("cg_iters", group["cg_iters"])
+        check_count("max_trials", group["max_trials"])
+        check_count("cg_iters", group["cg_iters"])
         check_nonnegative("cg_tol", group["cg_tol"])
         if group["momentum"] > 0 and (group["search"] == "loss" or group["hessian"] == "hvp"):
             raise ValueError(f"RegularizedNewton: momentum must be 0 with search='loss' or hessian='hvp' "
@@ -323,41 +230,12 @@ class RegularizedNewton(GeometryOptimizer):
         """
         needs = [group for group in self.param_groups if self._needs_closure(group)]
         if not needs:
-            loss = None
-            if closure is not None:
-                with torch.enable_grad():
-                    loss = closure()
-            self._check_windows()
-            super().step(second_grads=second_grads)
-            return loss
+            return self._window_step(closure, second_grads)
         if closure is None:
             group = needs[0]
             raise RuntimeError(f"RegularizedNewton with hessian={group['hessian']!r} and search={group['search']!r} "
                                f"needs a closure that re-evaluates the loss: call optimizer.step(closure)")
         return self._closure_step(closure)
-
-    def _check_windows(self) -> None:
-        for gi, group in enumerate(self.param_groups):
-            if group["hessian"] != "fisher":
-                continue
-            params = group["params"]
-            has_grad = [p.grad is not None for p in params]
-            states = [self.state.get(p) or {} for p in params]
-            has_window = [float(s["step"]) > 0 if "step" in s else False for s in states]
-            if not any(has_grad) or not any(has_window):
-                continue
-            for pi, (grad, window) in enumerate(zip(has_grad, has_window)):
-                if grad != window:
-                    raise ValueError(
-                        f"RegularizedNewton: parameter {self._param_name(gi, pi)!r} "
-                        f"{'has no' if window else 'has a'} gradient at this step, but "
-                        f"{'its group window holds it' if window else 'had none at its group first step'} "
-                        f"(the window spans every parameter of the group, so the parameters with gradients "
-                        f"must be the same at every step); put it in a param group of its own")
-            rows = next(s["grad_window"].shape[0] for s, held in zip(states, has_window) if held)
-            if rows != group["ngrads"]:
-                raise ValueError(f"RegularizedNewton: group {gi} has ngrads={group['ngrads']} but its gradient "
-                                 f"window holds {rows} gradients; ngrads cannot change after the group's first step")
 
     def _closure_step(self, closure: Callable[[], Any]) -> Any:
         first = self.param_groups[0]
@@ -408,14 +286,8 @@ class RegularizedNewton(GeometryOptimizer):
                      "x0": [p.detach().clone() for p in params], "gamma": float(states[0]["gamma"]),
                      "gnorm": group_norm(gs)}
             if not hvp:
-                m = group["ngrads"]
-                windows = [s["grad_window"].reshape(m, g.numel()) for s, g in zip(states, gs)]
-                grams = [s["gram"] for s in states]
                 whole = (lambda partial, ps=params: self._whole_sums(ps, partial)) if self._sharded(params) else None
-                block["rhs"] = insert_gradient(windows, grams, gs, int(states[0]["step"]) % m, whole)
-                for s in states:
-                    s["step"] += 1
-                block["windows"], block["gram"] = windows, sum_grams(grams)
+                block["windows"], block["rhs"], block["gram"] = REGULARIZED_WINDOW.insert(group, states, gs, whole)
             blocks.append(block)
 
         if hvp:
