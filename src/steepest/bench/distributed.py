@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .environment import machine_info
-from .formatting import clean_json, markdown_table
+from .formatting import markdown_table, write_markdown_and_json
 
 
 @dataclass
@@ -105,9 +105,4 @@ def render(results: dict) -> str:
 
 
 def write_distributed_report(results: dict, out_dir: Path) -> dict[str, Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    report = out_dir / "distributed.md"
-    report.write_text(render(results), encoding="utf-8")
-    data = out_dir / "distributed.json"
-    data.write_text(json.dumps(clean_json({**results, "summary": summarize(results)}), indent=1), encoding="utf-8")
-    return {"report": report, "json": data}
+    return write_markdown_and_json(out_dir, "distributed", render(results), {**results, "summary": summarize(results)})

@@ -1,7 +1,9 @@
-"""Shared output helpers of the benchmark reports: strict JSON and markdown tables."""
+"""Shared output helpers of the benchmark reports: strict JSON, markdown tables, and writing both."""
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 
 def clean_json(value):
@@ -20,3 +22,14 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def write_markdown_and_json(out_dir: Path, stem: str, markdown: str, data: dict) -> dict[str, Path]:
+    """Write ``<stem>.md`` (``markdown``) and ``<stem>.json`` (``data`` through :func:`clean_json`)
+    into ``out_dir`` (created); returns their paths under ``report`` and ``json``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"report": out_dir / f"{stem}.md", "json": out_dir / f"{stem}.json"}
+    paths["report"].write_text(markdown, encoding="utf-8")
+    paths["json"].write_text(json.dumps(clean_json(data), indent=1), encoding="utf-8")
+    return paths

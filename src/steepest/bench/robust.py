@@ -30,7 +30,7 @@ import torch
 
 from ..distributed.aggregation import flag_aggregate, mean_aggregate, median_aggregate, trimmed_mean_aggregate
 from .environment import machine_info
-from .formatting import clean_json, markdown_table
+from .formatting import markdown_table, write_markdown_and_json
 
 RULES = ("mean", "median", "trimmed_mean", "flag")
 ATTACKS = ("none", "sign_flip", "scale", "noise")
@@ -199,9 +199,4 @@ def render(results: dict) -> str:
 
 
 def write_robust_report(results: dict, out_dir: Path) -> dict[str, Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    report = out_dir / "robust.md"
-    report.write_text(render(results), encoding="utf-8")
-    data = out_dir / "robust.json"
-    data.write_text(json.dumps(clean_json(results), indent=1), encoding="utf-8")
-    return {"report": report, "json": data}
+    return write_markdown_and_json(out_dir, "robust", render(results), results)
