@@ -51,6 +51,7 @@ from ..spd import (
     tie_tolerance,
 )
 from ..spd.metrics import GeneralizedBuresWasserstein
+from ._checks import positive_int
 
 __all__ = ["BiMap", "ReEig", "LogEig", "SPDBatchNorm", "SPD_BATCHNORM_METRICS", "triu_vector"]
 
@@ -63,12 +64,6 @@ def _check_spd_input(X: Tensor, n: int, name: str) -> None:
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(X).__name__}")
     if X.ndim < 2 or X.shape[-1] != X.shape[-2] or X.shape[-1] != n:
         raise ValueError(f"{name}: expected matrices of shape (..., {n}, {n}), got shape {tuple(X.shape)}")
-
-
-def _check_dim(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 def _check_positive(name: str, value) -> float:
@@ -102,8 +97,8 @@ class BiMap(nn.Module):
     def __init__(self, in_dim: int, out_dim: int, *, generator: torch.Generator | None = None,
                  dtype: torch.dtype | None = None, device: torch.device | str | None = None):
         super().__init__()
-        self.in_dim = _check_dim("in_dim", in_dim)
-        self.out_dim = _check_dim("out_dim", out_dim)
+        self.in_dim = positive_int("in_dim", in_dim)
+        self.out_dim = positive_int("out_dim", out_dim)
         if out_dim > in_dim:
             raise ValueError(f"out_dim must be at most in_dim (W has orthonormal columns), got in_dim={in_dim}, "
                              f"out_dim={out_dim}")
@@ -313,7 +308,7 @@ class SPDBatchNorm(nn.Module):
                  eps: float = 1e-5, iters: int = 1, detach_stats: bool = False,
                  dtype: torch.dtype | None = None, device: torch.device | str | None = None):
         super().__init__()
-        self.dim = _check_dim("dim", dim)
+        self.dim = positive_int("dim", dim)
         if not isinstance(metric, str) or metric not in SPD_BATCHNORM_METRICS:
             raise ValueError(f"Unknown metric {metric!r}; expected one of: {', '.join(SPD_BATCHNORM_METRICS)}")
         self.metric = metric
