@@ -8,12 +8,10 @@ import torch
 from steepest.bench import checkpoint as ckpt
 from steepest.bench import report, runner
 from steepest.bench.cells import Cell
-from steepest.bench.peers import build_peer
 from steepest.bench.runner import SuiteConfig
-from steepest.bench.tasks import Budget
-from steepest.bench.train import Averager, train_trial
+from steepest.bench.train import Averager
 
-from . import TINY_MODEL, write_tiny_text
+from . import TINY_MODEL, Interrupted, train_cell, write_tiny_text
 
 
 def _config(tmp_path, **overrides) -> SuiteConfig:
@@ -76,27 +74,11 @@ def test_an_averaged_cell_resumes_bit_for_bit(tmp_path):
     task.prepare()
     (cell,) = runner.plan_cells(config, tasks, config.optimizers)
 
-    def train(checkpoint=None, stop_at=None):
-        budget = Budget(**cell.budget)
-        trial = task.trial(cell.seed, budget.batch_size)
-        peer = build_peer(cell.optimizer, trial.model, lr=cell.lr, roles_override=trial.roles,
-                          adamw_weight_decay=task.adamw_weight_decay)
-        if stop_at is not None:
-            real, calls = peer.step, []
-
-            def step():
-                calls.append(1)
-                if len(calls) == stop_at:
-                    raise KeyboardInterrupt
-                real()
-            peer.step = step
-        return train_trial(task, trial, peer, budget, seed=cell.seed, checkpoint=checkpoint, average=cell.average)
-
-    ref = train()
+    ref = train_cell(task, cell)
     path = ckpt.partial_path(tmp_path / "run", cell)
-    with pytest.raises(KeyboardInterrupt):
-        train(ckpt.CellCheckpoint(path, cell.to_dict(), every=3), stop_at=8)
-    resumed = train(ckpt.CellCheckpoint(path, cell.to_dict(), every=3))
+    with pytest.raises(Interrupted):
+        train_cell(task, cell, ckpt.CellCheckpoint(path, cell.to_dict(), every=3), stop_at=8)
+    resumed = train_cell(task, cell, ckpt.CellCheckpoint(path, cell.to_dict(), every=3))
     assert resumed["resumed_from_step"] == 6
     assert resumed["averaged"] == ref["averaged"] and resumed["final"] == ref["final"]
 

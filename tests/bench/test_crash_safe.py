@@ -23,12 +23,9 @@ import steepest
 from steepest.bench import checkpoint as ckpt
 from steepest.bench import runner
 from steepest.bench.cells import CellStore, write_json_atomic
-from steepest.bench.peers import build_peer
 from steepest.bench.runner import SuiteConfig
-from steepest.bench.tasks import Budget
-from steepest.bench.train import train_trial
 
-from . import TINY_MODEL, write_tiny_text
+from . import TINY_MODEL, Interrupted, train_cell as _train, write_tiny_text
 
 OPTIMIZER = "steepest-muon"
 
@@ -131,28 +128,6 @@ def _tiny(tmp_path, optimizer: str, steps: int = 12, **options):
     return task, cell
 
 
-class Interrupted(Exception):
-    pass
-
-
-def _train(task, cell, checkpoint=None, stop_at: int | None = None) -> dict:
-    """Train ``cell`` (as ``run_cell`` does); with ``stop_at``, die just before that step's update."""
-    budget = Budget(**cell.budget)
-    trial = task.trial(cell.seed, budget.batch_size)
-    peer = build_peer(cell.optimizer, trial.model, lr=cell.lr, roles_override=trial.roles,
-                      adamw_weight_decay=task.adamw_weight_decay)
-    if stop_at is not None:
-        real, calls = peer.step, []
-
-        def step():
-            calls.append(1)
-            if len(calls) == stop_at:
-                raise Interrupted
-            real()
-
-        peer.step = step
-    return train_trial(task, trial, peer, budget, diagnostics=cell.diagnostics, seed=cell.seed,
-                       checkpoint=checkpoint)
 
 
 @pytest.mark.parametrize("optimizer, diagnostics", [("adamw", False), ("torch-muon", False),
