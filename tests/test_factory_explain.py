@@ -26,14 +26,17 @@ def test_muon_groups_by_role_with_names():
     assert groups["hidden"]["param_names"] == ["fc.weight", "proj.weight"]
     assert groups["hidden"]["lr"] == 0.03 and groups["hidden"]["geometry"] == "spectral"
     for role in ("embedding", "head", "vector"):
-        assert groups[role]["transform"] == "adam" and groups[role]["lr"] == 1e-3
+        assert groups[role]["transform"] == "adam"
+    assert groups["head"]["lr"] == groups["vector"]["lr"] == 1e-3
+    assert groups["embedding"]["lr"] == 3e-3  # embedding_lr's default, not adamw_lr
     assert sorted(n for g in opt.param_groups for n in g["param_names"]) == sorted(n for n, _ in LM().named_parameters())
 
 
 def test_default_lr_is_the_presets():
     opt = steepest.for_model(LM(), "scion")
     assert all(g["lr"] == 2**-6 for g in opt.param_groups)
-    assert {g["lr"] for g in steepest.for_model(LM(), "muon").param_groups} == {0.02, 1e-2}
+    lrs = {g["role"]: g["lr"] for g in steepest.for_model(LM(), "muon").param_groups}
+    assert lrs == {"hidden": 0.02, "head": 1e-2, "vector": 1e-2, "embedding": 3e-3}
 
 
 def test_overrides_per_role_and_per_parameter():

@@ -3,8 +3,10 @@
 Updates are compared as displacements ``W_t - W_0`` with an error relative to the displacement: an
 lr of a few hundredths moves the weights by about 1% of their size in a few steps, so an error
 relative to the weights would pass with any update at all (even none)."""
+import copy
 import inspect
 import math
+import re
 
 import pytest
 import torch
@@ -190,6 +192,52 @@ def test_fallback_groups_match_torch_adamw():
     _step_both(ref, ours, opt_ref, opt_ours, gen, 20)
     for a, b in zip(ref, ours):
         torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7)
+
+
+class _Tables(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.tok_emb = nn.Embedding(12, 8)
+        self.pos_emb = nn.Embedding(6, 8)
+        self.fc = nn.Linear(8, 8, bias=False)
+        self.lm_head = nn.Linear(8, 12, bias=False)
+
+
+@pytest.mark.parametrize("preset,default", [("muon", 3e-3), ("normuon", None), ("auon", None),
+                                            ("hybrid_auon", None)])
+def test_embedding_tables_take_embedding_lr(preset, default):
+    """Every AdamW-fallback preset takes embedding_lr; None gives the tables adamw_lr, as before 0.11."""
+    lrs = {g["role"]: g["lr"] for g in steepest.for_model(_Tables(), preset, adamw_lr=5e-3).param_groups}
+    assert lrs["head"] == 5e-3 and lrs["embedding"] == (5e-3 if default is None else default)
+    lrs = {g["role"]: g["lr"] for g in steepest.for_model(_Tables(), preset, adamw_lr=5e-3, embedding_lr=2e-4).param_groups}
+    assert lrs["embedding"] == 2e-4 and lrs["head"] == 5e-3
+    lrs = {g["role"]: g["lr"] for g in steepest.for_model(_Tables(), preset, adamw_lr=5e-3, embedding_lr=None).param_groups}
+    assert lrs["embedding"] == lrs["head"] == 5e-3
+    rows = {r["parameter"]: r for r in steepest.explain_rows(steepest.for_model(_Tables(), preset, embedding_lr=2e-4))}
+    assert rows["pos_emb.weight"]["lr"] == rows["tok_emb.weight"]["lr"] == 2e-4
+
+
+def test_embedding_lr_is_checked_without_embeddings():
+    """A model without tables never builds the embedding group, so the value is checked at once."""
+    with pytest.raises(ValueError, match=re.escape("Invalid learning rate: -0.001")):
+        steepest.Muon(nn.Linear(4, 4).parameters(), embedding_lr=-1e-3)
+    with pytest.raises(TypeError, match=re.escape("Invalid type for lr: expected a real number, got str")):
+        steepest.AuON(nn.Linear(4, 4).parameters(), embedding_lr="big")
+
+
+def test_embedding_lr_survives_a_checkpoint():
+    """The embedding group's lr travels with the state dict, so a resumed run keeps it."""
+    model = _Tables()
+    opt = steepest.for_model(model, "muon", embedding_lr=7e-4)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    opt.step()
+    fresh = steepest.for_model(model, "muon", embedding_lr=None)
+    fresh.load_state_dict(opt.state_dict())
+    assert {g["role"]: g["lr"] for g in fresh.param_groups}["embedding"] == 7e-4
+    clone = copy.deepcopy(opt)  # a pickled optimizer keeps its recipes: new tables get the same lr
+    clone.add_param_group({"params": [nn.Parameter(torch.zeros(3, 8))], "param_names": ["extra"], "role": "embedding"})
+    assert clone.param_groups[-1]["lr"] == 7e-4
 
 
 def test_unlabelled_parameters_are_split_by_shape():

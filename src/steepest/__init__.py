@@ -26,7 +26,7 @@ from .optim.signum import Signum
 PRESET_EXPORTS = ("Muon", "Scion", "AuON", "HybridAuON", "NorMuon", "Lion", "LionK", "Signum", "DiffGrad", "MFAC", "LANTON", "RegularizedNewton")
 # </generated: presets>
 
-__version__ = "0.10.0"
+__version__ = "0.11.0"
 
 
 def __getattr__(name: str):

@@ -7,6 +7,7 @@ import math
 import pytest
 
 import steepest
+from steepest.bench import defaults_report
 from steepest.bench import defaults_study as ds
 from steepest.bench import peers
 from steepest.bench.cells import Cell
@@ -62,6 +63,12 @@ def test_the_choice_minimises_the_worst_regret_and_a_divergence_disqualifies(mon
     assert res["chosen"]["score"] == pytest.approx(max(0.03 / 0.05, 0.05 / 0.1))
     assert next(r for r in res["candidates"] if r["options"] == a)["score"] == math.inf
     assert res["current"]["options"] == c and res["best"] == {"lm": a, "other": c}
+    # the 0.9 default (lion's lr 1e-4) is not among this study's candidates: that ranking says so
+    # instead of showing the chosen candidate's numbers under the 0.9 heading
+    assert res["previous"] is None
+    assert defaults_report.ranking_table({"lion": res}, "previous") == (
+        "No preset's 0.9 defaults were among this study's candidates.")
+    assert "2.03" in defaults_report.ranking_table({"lion": res})
 
 
 def test_the_smoke_study_runs_resumes_and_reports(tmp_path):

@@ -67,6 +67,18 @@ def test_every_registered_preset_is_a_bench_peer_with_its_lr():
         assert "parameter" in peer.explanation  # the report shows what each parameter gets
 
 
+def test_tuned_peers_keep_one_adamw_lr_and_defaults_peers_split_the_tables():
+    """The tuned Muon family runs every AdamW tensor at 2e-3, as beside torch.optim.Muon; the defaults
+    peer is what a user gets, embedding tables at embedding_lr."""
+    model = GPT(GPTConfig(vocab_size=84, **TINY))
+    for name in ("steepest-muon", "steepest-normuon", "steepest-auon", "steepest-hybrid-auon", "steepest-muon-lanton"):
+        (opt,) = peers.build_peer(name, model).optimizers
+        lrs = {g["role"]: g["lr"] for g in opt.param_groups}
+        assert lrs["embedding"] == lrs["head"] == lrs["vector"] == peers.AUX_ADAMW_LR, name
+    (opt,) = peers.build_peer("steepest-muon-defaults", model).optimizers
+    assert {g["role"]: g["lr"] for g in opt.param_groups}["embedding"] == 3e-3
+
+
 def test_missing_external_library_is_a_skip_with_the_install_hint(monkeypatch):
     import sys
 

@@ -47,16 +47,17 @@ def chosen_table(results: dict) -> str:
 def ranking(results: dict, which: str = "chosen") -> list[tuple[str, float, dict]]:
     """``(preset, mean rank, {task: value})`` at each preset's ``which`` settings, best mean rank first
     (per scored task, presets are ranked by their value; a diverged value ranks last; the values of
-    unscored tasks are listed, not ranked)."""
+    unscored tasks are listed, not ranked). A preset whose ``which`` settings were not a candidate
+    (a study given its own grid) is left out."""
     first = next(iter(results.values()))
     tasks = list(first["chosen"]["tasks"])
-    values = {p: {t: (r[which] or r["chosen"])["tasks"][t]["value"] for t in tasks} for p, r in results.items()}
-    ranks: dict[str, list[float]] = {p: [] for p in results}
+    values = {p: {t: r[which]["tasks"][t]["value"] for t in tasks} for p, r in results.items() if r[which]}
+    ranks: dict[str, list[float]] = {p: [] for p in values}
     for task in first["scored"]:
-        order = sorted(results, key=lambda p: values[p][task])
+        order = sorted(values, key=lambda p: values[p][task])
         for i, preset in enumerate(order, 1):
             ranks[preset].append(i)
-    out = [(p, statistics.fmean(ranks[p]), values[p]) for p in results]
+    out = [(p, statistics.fmean(ranks[p]), values[p]) for p in values]
     return sorted(out, key=lambda item: item[1])
 
 
@@ -64,6 +65,8 @@ def ranking_table(results: dict, which: str = "chosen") -> str:
     tasks = list(next(iter(results.values()))["chosen"]["tasks"])
     scored = next(iter(results.values()))["scored"]
     rows = [[f"`{p}`", f"{rank:.1f}", *[_num(values[t]) for t in tasks]] for p, rank, values in ranking(results, which)]
+    if not rows:
+        return f"No preset's {'0.9 defaults' if which == 'previous' else which + ' settings'} were among this study's candidates."
     return markdown_table(["preset", "mean rank (scored tasks)",
                            *[t if t in scored else f"{t} (not ranked)" for t in tasks]], rows)
 

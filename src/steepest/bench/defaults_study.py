@@ -95,10 +95,16 @@ _MUON_FALLBACKS = (3e-4, 1e-3, 3e-3, 1e-2)
 #: a task's best on the ladder's edge (NorMuon 0.08, AuON 1.6, LANTON sign_lr 3e-3, Lion-K 0.12,
 #: Signum 2e-3, M-FAC 6e-3), and Muon by two points between its first choice and the quick GPT's best
 GRIDS: dict[str, Grid] = {
-    "muon": Grid((0.01, 0.02, 0.04), "adamw_lr", _MUON_FALLBACKS,
-                 extra=(*({"lr": v, "adamw_lr": v, "adjust_lr": "match_rms_adamw"} for v in (3e-3, 1e-2)),
+    "muon": Grid((0.01, 0.02, 0.04), "adamw_lr", _MUON_FALLBACKS, variants=({"embedding_lr": None},),
+                 extra=(*({"lr": v, "adamw_lr": v, "adjust_lr": "match_rms_adamw", "embedding_lr": None}
+                          for v in (3e-3, 1e-2)),
                         # between the first pass's choice (0.02, 1e-2) and the quick GPT's best settings
-                        {"lr": 0.03, "adamw_lr": 1e-2}, {"lr": 0.02, "adamw_lr": 5e-3})),
+                        {"lr": 0.03, "adamw_lr": 1e-2, "embedding_lr": None},
+                        {"lr": 0.02, "adamw_lr": 5e-3, "embedding_lr": None},
+                        # 0.11: the embedding tables at their own AdamW lr (docs/benchmarks.md,
+                        # "Embedding tables": the quick GPT's position table wants less than 1e-2)
+                        *({"lr": lr, "adamw_lr": 1e-2, "embedding_lr": e} for lr, e in ((0.02, 1e-3), (0.02, 3e-3),
+                                                                                        (0.03, 3e-3))))),
     "normuon": Grid((0.02, 0.04, 0.08), "adamw_lr", (1e-3, 3e-3, 1e-2)),
     "auon": Grid((0.2, 0.4, 0.8, 1.6), "adamw_lr", (3e-3, 1e-2)),
     "hybrid_auon": Grid((0.2, 0.4, 0.8, 1.6), "adamw_lr", (3e-3, 1e-2)),
@@ -112,11 +118,11 @@ GRIDS: dict[str, Grid] = {
     "regnewton": Grid((0.1, 0.3, 1.0, 3.0)),
 }
 #: the constructor keywords whose defaults the study chooses
-STUDIED_KEYS = ("lr", "adamw_lr", "sign_lr", "momentum", "adjust_lr")
+STUDIED_KEYS = ("lr", "adamw_lr", "embedding_lr", "sign_lr", "momentum", "adjust_lr")
 #: the defaults of steepest 0.9, before this study chose new ones (always candidates, so the report
 #: says how far the change moved each preset)
 PREVIOUS_DEFAULTS: dict[str, dict] = {
-    "muon": {"lr": 0.02, "adamw_lr": 3e-4, "momentum": 0.95, "adjust_lr": "original"},
+    "muon": {"lr": 0.02, "adamw_lr": 3e-4, "embedding_lr": None, "momentum": 0.95, "adjust_lr": "original"},
     "normuon": {"lr": 0.02, "adamw_lr": 3e-4, "momentum": 0.95, "adjust_lr": None},
     "auon": {"lr": 0.055, "adamw_lr": 3e-4, "momentum": 0.95},
     "hybrid_auon": {"lr": 0.055, "adamw_lr": 3e-4, "momentum": 0.95},

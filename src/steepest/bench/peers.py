@@ -20,7 +20,7 @@ Peers:
                    plus torch.optim.AdamW (lr 3e-3, betas (0.9, 0.95), no weight decay) on the rest.
     steepest-*     steepest.for_model(model, <preset>, **STEEPEST_PEERS[name][1]): every preset of
                    steepest's registry, with the benchmark lrs below (presets with an AdamW
-                   fallback use adamw_lr 2e-3).
+                   fallback use adamw_lr 2e-3, embedding tables included).
     steepest-*-defaults  every preset at its own defaults (``for_model(model, <preset>)``, nothing
                    else): what a user who sets no hyperparameter gets (:data:`DEFAULTS_PEERS`).
     po-*, hb-*     the same-name optimizers of pytorch-optimizer and heavyball, when installed
@@ -74,13 +74,16 @@ STUDY_NOISE = {"noise_rule": "alpha_sqrt", "noise_alpha": 0.3, "noise_every": 10
 
 def registry_peers() -> dict[str, tuple[str, dict]]:
     """``steepest-<name>`` for every registered preset, with its registry entry's ``bench`` keywords;
-    presets with an AdamW fallback also get :data:`AUX_ADAMW_LR` (as the AdamW beside
-    torch.optim.Muon)."""
+    presets with an AdamW fallback also get :data:`AUX_ADAMW_LR` on every fallback tensor, embedding
+    tables included (``embedding_lr=None``), as the AdamW beside torch.optim.Muon."""
     peers = {}
     for name, entry in REGISTRY.items():
         kwargs = dict(entry.bench)
-        if "adamw_lr" in inspect.signature(entry.cls).parameters:
+        parameters = inspect.signature(entry.cls).parameters
+        if "adamw_lr" in parameters:
             kwargs["adamw_lr"] = AUX_ADAMW_LR
+        if "embedding_lr" in parameters:
+            kwargs["embedding_lr"] = None
         peers[f"steepest-{name.replace('_', '-')}"] = (name, kwargs)
     return peers
 
@@ -98,7 +101,8 @@ STEEPEST_PEERS: dict[str, tuple[str, dict]] = {
     "steepest-lanton-alpha-sqrt": ("lanton", {"lr": 0.04, "sign_lr": 5e-4, **STUDY_NOISE}),
     "steepest-lanton-second": ("lanton", {"lr": 0.04, "sign_lr": 5e-4, **STUDY_NOISE, "noise_source": "second"}),
     "steepest-lanton-every-step": ("lanton", {"lr": 0.04, "sign_lr": 5e-4, **STUDY_NOISE, "noise_every": 1}),
-    "steepest-muon-lanton": ("muon", {"lr": 0.04, "adamw_lr": AUX_ADAMW_LR, "noise_adaptive": True}),
+    "steepest-muon-lanton": ("muon", {"lr": 0.04, "adamw_lr": AUX_ADAMW_LR, "embedding_lr": None,
+                                      "noise_adaptive": True}),
 }
 
 

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from .docs import fill_doc
 from .engine import GeometryOptimizer
-from .muon import adamw_fallback
+from .muon import adamw_recipes
 
 #: additive guard of the brake's denominator ``r + 1e-8`` (the paper's constant).
 BRAKE_EPS = 1e-8
@@ -79,7 +79,9 @@ _AUON_ARGS = fill_doc("""{PARAMS_DOC}
         momentum: EMA coefficient ``mu`` in [0, 1).
         nesterov: use the Nesterov signal.
         weight_decay: decoupled weight decay ``lambda`` of the matrix groups.
-        adamw_lr, adamw_betas, adamw_eps, adamw_weight_decay: the fallback AdamW's hyperparameters.""")
+        adamw_lr, adamw_betas, adamw_eps, adamw_weight_decay: the fallback AdamW's hyperparameters.
+        embedding_lr: the fallback AdamW's lr on embedding tables (``None``, the default: ``adamw_lr``;
+            the defaults study did not test a split for AuON, see :class:`Muon`).""")
 
 
 class AuON(GeometryOptimizer):
@@ -138,13 +140,12 @@ class AuON(GeometryOptimizer):
 
     def __init__(self, params: Iterable[Any], lr: float = 0.4, momentum: float = 0.95, nesterov: bool = True,
                  weight_decay: float = 0.0, adamw_lr: float = 1e-2, adamw_betas: tuple[float, float] = (0.9, 0.95),
-                 adamw_eps: float = 1e-10, adamw_weight_decay: float = 0.0, *, maximize: bool = False,
-                 on_nonfinite: str = "raise", distributed_mesh: Any = None, compile: bool | str = "auto",
-                 **stage2_keys: Any):
+                 adamw_eps: float = 1e-10, adamw_weight_decay: float = 0.0, *, embedding_lr: float | None = None,
+                 maximize: bool = False, on_nonfinite: str = "raise", distributed_mesh: Any = None,
+                 compile: bool | str = "auto", **stage2_keys: Any):
         # stage2_keys: HybridAuON's spectral geometry (AuON's stage 2 is the Frobenius LMO)
-        self.recipes = {"hidden": {}, "conv": {},
-                        "*": {**adamw_fallback(adamw_lr, adamw_betas, adamw_eps, adamw_weight_decay),
-                              "cosh_brake": False}}
+        fallback = adamw_recipes(adamw_lr, embedding_lr, adamw_betas, adamw_eps, adamw_weight_decay)
+        self.recipes = {"hidden": {}, "conv": {}, **{role: {**keys, "cosh_brake": False} for role, keys in fallback.items()}}
         geometry = stage2_keys or {"geometry": "frobenius", "shape_scale": "original"}
         super().__init__(params, on_nonfinite=on_nonfinite, distributed_mesh=distributed_mesh, compile=compile,
                          lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
@@ -214,9 +215,9 @@ class HybridAuON(AuON):
     def __init__(self, params: Iterable[Any], lr: float = 0.4, momentum: float = 0.95, nesterov: bool = True,
                  weight_decay: float = 0.0, ns: str = "keller", ns_steps: int | None = 1, ns_dtype: str = "auto",
                  adamw_lr: float = 1e-2, adamw_betas: tuple[float, float] = (0.9, 0.95), adamw_eps: float = 1e-10,
-                 adamw_weight_decay: float = 0.0, *, maximize: bool = False, on_nonfinite: str = "raise",
-                 distributed_mesh: Any = None, compile: bool | str = "auto"):
+                 adamw_weight_decay: float = 0.0, *, embedding_lr: float | None = None, maximize: bool = False,
+                 on_nonfinite: str = "raise", distributed_mesh: Any = None, compile: bool | str = "auto"):
         super().__init__(params, lr, momentum, nesterov, weight_decay, adamw_lr, adamw_betas, adamw_eps,
-                         adamw_weight_decay, maximize=maximize, on_nonfinite=on_nonfinite,
+                         adamw_weight_decay, embedding_lr=embedding_lr, maximize=maximize, on_nonfinite=on_nonfinite,
                          distributed_mesh=distributed_mesh, compile=compile, geometry="spectral",
                          shape_scale="original", ns=ns, ns_steps=ns_steps, ns_dtype=ns_dtype)

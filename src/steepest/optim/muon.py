@@ -6,7 +6,7 @@ from typing import Any, Iterable
 from .docs import fill_doc
 from .engine import GeometryOptimizer
 from .noise import NOISE_ALPHA, NOISE_EVERY, NOISE_RULE
-from .checks import as_betas, check_choice, check_eps
+from .checks import as_betas, check_choice, check_eps, check_lr
 
 ADJUST_LR = ("original", "match_rms_adamw", "rms_to_rms", "none")
 MATRIX_ROLES = ("hidden", "conv")
@@ -16,6 +16,17 @@ def adamw_fallback(lr: float, betas: tuple[float, float], eps: float, weight_dec
     """Group keys of the AdamW-style fallback that matrix presets give embeddings, heads and vectors."""
     return {"transform": "adam", "geometry": "identity", "shape_scale": None, "lr": lr,
             "betas": as_betas(betas), "eps": eps, "weight_decay": weight_decay}
+
+
+def adamw_recipes(lr: float, embedding_lr: float | None, betas: tuple[float, float], eps: float,
+                  weight_decay: float) -> dict[str, dict[str, Any]]:
+    """The fallback's recipes by role: ``"*"`` (heads, vectors, unlabelled < 2-D tensors) at ``lr``,
+    and ``"embedding"`` at ``embedding_lr`` where it is given (``None``: embeddings take ``lr`` too)."""
+    recipes = {"*": adamw_fallback(lr, betas, eps, weight_decay)}
+    if embedding_lr is not None:
+        check_lr(embedding_lr)  # checked now: a model without embeddings never builds that group
+        recipes["embedding"] = adamw_fallback(embedding_lr, betas, eps, weight_decay)
+    return recipes
 
 
 def torch_muon_arguments(ns: Any, adjust_lr: str, ns_coefficients: Any, eps: Any,
@@ -57,13 +68,16 @@ class Muon(GeometryOptimizer):
 
     Embeddings, output heads and vectors (groups with role ``embedding``, ``head`` or ``vector``,
     and every < 2-D tensor of an unlabelled group) get AdamW inside the same optimizer, so one LR
-    scheduler drives every group; their lr is ``adamw_lr``.
+    scheduler drives every group; their lr is ``adamw_lr``, except on embedding tables (role
+    ``embedding``: token and position tables), which take ``embedding_lr``.
 
     Defaults: ``lr=0.02``, ``momentum=0.95``, Nesterov, 5 Keller steps, ``weight_decay=0`` (Keller
-    Jordan's reference); AdamW side ``lr=1e-2``, ``betas=(0.9, 0.95)``, ``eps=1e-10``,
-    ``weight_decay=0``. ``lr`` and ``adamw_lr`` are the minimax-regret choice of the defaults study,
-    ``steepest bench defaults`` (docs/benchmarks.md, "The defaults study": three character GPTs
-    and a CNN, 2 seeds; the reference's AdamW lr 3e-4 was 0.29-0.97 nats worse on the GPTs). Differences from ``torch.optim.Muon``: Newton-Schulz
+    Jordan's reference); AdamW side ``lr=1e-2`` (embedding tables ``3e-3``), ``betas=(0.9, 0.95)``,
+    ``eps=1e-10``, ``weight_decay=0``. ``lr``, ``adamw_lr`` and ``embedding_lr`` are the
+    minimax-regret choice of the defaults study, ``steepest bench defaults`` (docs/benchmarks.md,
+    "The defaults study": three character GPTs and a CNN; the reference's AdamW lr 3e-4 was
+    0.29-0.97 nats worse on the GPTs, and one AdamW lr for every table cost the width-128 GPT 0.02
+    nats against the split, docs/benchmarks.md "Embedding tables"). Differences from ``torch.optim.Muon``: Newton-Schulz
     runs in float32 on CPUs without native bfloat16 matmul (there it is 60-600x slower than
     float32) and in bfloat16 on CPUs with AMX-BF16 or AVX512-BF16 and on CUDA, conv
     and other >= 3-D tensors are accepted, same-shape matrices are orthogonalized in one batched
@@ -78,6 +92,8 @@ class Muon(GeometryOptimizer):
         adjust_lr: shape factor: ``original``, ``match_rms_adamw``, ``rms_to_rms`` or ``none``.
         {NS_DOC}
         adamw_lr, adamw_betas, adamw_eps, adamw_weight_decay: the fallback AdamW's hyperparameters.
+        embedding_lr: the fallback AdamW's lr on embedding tables (role ``embedding``); ``None``
+            gives them ``adamw_lr``, as ``torch.optim.Muon``'s usual recipe does.
         {NOISE_DOC}
         ns_coefficients, eps, adjust_lr_fn: ``torch.optim.Muon``'s names, with its meaning: a fixed
             ``(a, b, c)`` Newton-Schulz step (the same as ``ns=(a, b, c)``), the Newton-Schulz
@@ -90,7 +106,8 @@ class Muon(GeometryOptimizer):
                  weight_decay: float = 0.0, adjust_lr: str = "original", ns: str = "keller",
                  ns_steps: int | None = None, ns_dtype: str = "auto", adamw_lr: float = 1e-2,
                  adamw_betas: tuple[float, float] = (0.9, 0.95), adamw_eps: float = 1e-10,
-                 adamw_weight_decay: float = 0.0, *, noise_adaptive: bool = False, noise_beta: float = 0.9,
+                 adamw_weight_decay: float = 0.0, *, embedding_lr: float | None = 3e-3,
+                 noise_adaptive: bool = False, noise_beta: float = 0.9,
                  noise_source: str = "previous", noise_rule: str = NOISE_RULE, noise_alpha: float = NOISE_ALPHA,
                  noise_every: int = NOISE_EVERY, maximize: bool = False,
                  on_nonfinite: str = "raise", distributed_mesh: Any = None,
@@ -100,8 +117,8 @@ class Muon(GeometryOptimizer):
         ns, adjust_lr, torch_keys = torch_muon_arguments(ns, adjust_lr, ns_coefficients, eps, adjust_lr_fn)
         preset_keys.update(torch_keys)
         check_choice("adjust_lr", adjust_lr, ADJUST_LR)
-        self.recipes = {"hidden": {}, "conv": {}, "*": adamw_fallback(adamw_lr, adamw_betas, adamw_eps,
-                                                                       adamw_weight_decay)}
+        self.recipes = {"hidden": {}, "conv": {}, **adamw_recipes(adamw_lr, embedding_lr, adamw_betas, adamw_eps,
+                                                                   adamw_weight_decay)}
         super().__init__(params, on_nonfinite=on_nonfinite, distributed_mesh=distributed_mesh,
                          compile=compile, lr=lr, momentum=momentum, nesterov=nesterov,
                          weight_decay=weight_decay, transform="momentum", geometry="spectral",

@@ -87,6 +87,8 @@ class NorMuon(Muon):
             ``scale="frobenius"`` and ``none`` for ``scale="rms"``.
         {NS_DOC}
         adamw_lr, adamw_betas, adamw_eps, adamw_weight_decay: the fallback AdamW's hyperparameters.
+        embedding_lr: the fallback AdamW's lr on embedding tables (``None``, the default: ``adamw_lr``;
+            the defaults study did not test a split for NorMuon, see :class:`Muon`).
         {NOISE_DOC}
         {COMMON_DOC}
     """)
@@ -97,7 +99,8 @@ class NorMuon(Muon):
                  scale: str = "frobenius", nesterov: bool = True, weight_decay: float = 0.0,
                  adjust_lr: str | None = None, ns: str = "keller", ns_steps: int | None = None,
                  ns_dtype: str = "auto", adamw_lr: float = 1e-2, adamw_betas: tuple[float, float] = (0.9, 0.95),
-                 adamw_eps: float = 1e-10, adamw_weight_decay: float = 0.0, *, noise_adaptive: bool = False,
+                 adamw_eps: float = 1e-10, adamw_weight_decay: float = 0.0, *, embedding_lr: float | None = None,
+                 noise_adaptive: bool = False,
                  noise_beta: float = 0.9, noise_source: str = "previous", noise_rule: str = NOISE_RULE, noise_alpha: float = NOISE_ALPHA,
                  noise_every: int = NOISE_EVERY,
                  maximize: bool = False, on_nonfinite: str = "raise", distributed_mesh: Any = None,
@@ -108,7 +111,7 @@ class NorMuon(Muon):
         super().__init__(params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
                          adjust_lr=adjust_lr, ns=ns, ns_steps=ns_steps, ns_dtype=ns_dtype, adamw_lr=adamw_lr,
                          adamw_betas=adamw_betas, adamw_eps=adamw_eps, adamw_weight_decay=adamw_weight_decay,
-                         noise_adaptive=noise_adaptive, noise_beta=noise_beta, noise_source=noise_source,
+                         embedding_lr=embedding_lr, noise_adaptive=noise_adaptive, noise_beta=noise_beta, noise_source=noise_source,
                          noise_rule=noise_rule, noise_alpha=noise_alpha, noise_every=noise_every, maximize=maximize, on_nonfinite=on_nonfinite, distributed_mesh=distributed_mesh,
                          compile=compile, beta2=beta2, scale=scale)
 

@@ -42,6 +42,7 @@ REGISTRY: dict[str, Preset] = {
                           "Invalid beta parameter at index 0: 1.0", roles=("hidden", "vector")),
                 ErrorCase("adamw_lr", {"adamw_lr": -1e-3}, ValueError,
                           "Invalid learning rate: -0.001", roles=("hidden", "vector")),
+                ErrorCase("embedding_lr", {"embedding_lr": -1e-3}, ValueError, "Invalid learning rate: -0.001"),
                 ErrorCase("adamw_eps", {"adamw_eps": -1.0}, ValueError,
                           "Invalid eps value: -1.0; expected a positive number", roles=("hidden", "vector")),
             ),
