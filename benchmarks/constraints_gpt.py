@@ -55,7 +55,8 @@ def main() -> None:
         losses, steps_ms, norms = [], [], []
         for seed in seeds:
             trial = task.trial(seed, budget.batch_size)
-            opt = for_model(trial.model, "muon", lr=0.02, adamw_lr=AUX_ADAMW_LR, constraints=constraints)
+            opt = for_model(trial.model, "muon", lr=0.02, adamw_lr=AUX_ADAMW_LR, embedding_lr=None,
+                            constraints=constraints)
             record = train_trial(task, trial, Peer("steepest-muon", [opt], step_covers="muon"), budget)
             losses.append(record["final"][task.metric])
             steps_ms.append(record["step_ms"])

@@ -19,7 +19,7 @@ from steepest.optim.noise import nuclear_norm_estimate
 def main() -> None:
     data = load_data("shakespeare-char")
     model = GPT(GPTConfig(vocab_size=data.vocab_size), seed=1234)
-    opt = steepest.for_model(model, "muon", lr=0.02, adamw_lr=2e-3)
+    opt = steepest.for_model(model, "muon", lr=0.02, adamw_lr=2e-3, embedding_lr=None)
     gen = torch.Generator().manual_seed(1)
     roles = steepest.roles.classify(model)
     hidden = [(n, p) for n, p in model.named_parameters() if roles[n] == "hidden"]

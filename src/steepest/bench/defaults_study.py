@@ -35,7 +35,9 @@ the Muon family, the sign lr of LANTON) and with momentum where it changes the a
 behaviour (M-FAC, whose default has none); the preset's current default is always a candidate,
 so the report says how much a change moves results. Muon also gets "tied" candidates: the hidden
 update rescaled to AdamW's RMS (``adjust_lr="match_rms_adamw"``, arXiv 2502.16982) with one lr
-for both, a setting meant to carry across model sizes by construction.
+for both, a setting meant to carry across model sizes by construction; and, since 0.11, candidates
+whose embedding tables take their own AdamW lr (``embedding_lr`` 3e-3 or 1e-3; every other Muon
+candidate has ``embedding_lr=None``, one lr for the whole AdamW side).
 
 Every (task, preset, candidate family) is a benchmark suite (:func:`steepest.bench.runner.run_suite`)
 in its own run directory, so an interrupted study resumes cell by cell; ``jobs`` suites run at a
@@ -102,7 +104,7 @@ GRIDS: dict[str, Grid] = {
                         {"lr": 0.03, "adamw_lr": 1e-2, "embedding_lr": None},
                         {"lr": 0.02, "adamw_lr": 5e-3, "embedding_lr": None},
                         # 0.11: the embedding tables at their own AdamW lr (docs/benchmarks.md,
-                        # "Embedding tables": the quick GPT's position table wants less than 1e-2)
+                        # "Embedding tables": the GPTs' position tables want less than 1e-2)
                         *({"lr": lr, "adamw_lr": 1e-2, "embedding_lr": e} for lr, e in ((0.02, 1e-3), (0.02, 3e-3),
                                                                                         (0.03, 3e-3))))),
     "normuon": Grid((0.02, 0.04, 0.08), "adamw_lr", (1e-3, 3e-3, 1e-2)),
