@@ -33,8 +33,8 @@ tied ``wte``/``lm_head`` tensor once, as ``head``). This route, rather than
 What Trainer still does, and what steepest decides instead:
 
 - Learning rate: each role keeps its preset lr (Muon: 0.02 for hidden matrices, ``adamw_lr`` for
-  the AdamW side, ``embedding_lr`` for embedding tables). ``TrainingArguments.learning_rate`` is not used; pass ``lr=`` (and the preset's
-  other lr options) here. Trainer's scheduler (``lr_scheduler_type``, warmup) is a ``LambdaLR``
+  the AdamW side, ``embedding_lr`` for embedding tables). ``TrainingArguments.learning_rate`` is
+  not used; pass ``lr=`` (and the preset's other lr options) here. Trainer's scheduler (``lr_scheduler_type``, warmup) is a ``LambdaLR``
   that multiplies every group's own initial lr by the same factor, so the ratios between roles are
   kept. The ``learning_rate`` Trainer logs is the first group's (the embedding group's) lr.
 - Weight decay: steepest's per-role recipe wins. ``TrainingArguments.weight_decay`` only shapes

@@ -66,7 +66,8 @@ def ranking_table(results: dict, which: str = "chosen") -> str:
     scored = next(iter(results.values()))["scored"]
     rows = [[f"`{p}`", f"{rank:.1f}", *[_num(values[t]) for t in tasks]] for p, rank, values in ranking(results, which)]
     if not rows:
-        return f"No preset's {'0.9 defaults' if which == 'previous' else which + ' settings'} were among this study's candidates."
+        label = "0.9 defaults" if which == "previous" else f"{which} settings"
+        return f"No preset's {label} were among this study's candidates."
     return markdown_table(["preset", "mean rank (scored tasks)",
                            *[t if t in scored else f"{t} (not ranked)" for t in tasks]], rows)
 

@@ -145,7 +145,8 @@ class AuON(GeometryOptimizer):
                  compile: bool | str = "auto", **stage2_keys: Any):
         # stage2_keys: HybridAuON's spectral geometry (AuON's stage 2 is the Frobenius LMO)
         fallback = adamw_recipes(adamw_lr, embedding_lr, adamw_betas, adamw_eps, adamw_weight_decay)
-        self.recipes = {"hidden": {}, "conv": {}, **{role: {**keys, "cosh_brake": False} for role, keys in fallback.items()}}
+        self.recipes = {"hidden": {}, "conv": {},
+                        **{role: {**keys, "cosh_brake": False} for role, keys in fallback.items()}}
         geometry = stage2_keys or {"geometry": "frobenius", "shape_scale": "original"}
         super().__init__(params, on_nonfinite=on_nonfinite, distributed_mesh=distributed_mesh, compile=compile,
                          lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,

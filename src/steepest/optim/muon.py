@@ -77,7 +77,9 @@ class Muon(GeometryOptimizer):
     minimax-regret choice of the defaults study, ``steepest bench defaults`` (docs/benchmarks.md,
     "The defaults study": three character GPTs and a CNN; the reference's AdamW lr 3e-4 was
     0.29-0.97 nats worse on the GPTs, and one AdamW lr of 1e-2 for the tables too cost the width-128
-    GPT 0.017 nats over six seeds, docs/benchmarks.md "Embedding tables"). Differences from ``torch.optim.Muon``: Newton-Schulz
+    GPT 0.017 nats over six seeds, docs/benchmarks.md "Embedding tables").
+
+    Differences from ``torch.optim.Muon``: Newton-Schulz
     runs in float32 on CPUs without native bfloat16 matmul (there it is 60-600x slower than
     float32) and in bfloat16 on CPUs with AMX-BF16 or AVX512-BF16 and on CUDA, conv
     and other >= 3-D tensors are accepted, same-shape matrices are orthogonalized in one batched

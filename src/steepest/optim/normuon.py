@@ -112,7 +112,8 @@ class NorMuon(Muon):
         super().__init__(params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
                          adjust_lr=adjust_lr, ns=ns, ns_steps=ns_steps, ns_dtype=ns_dtype, adamw_lr=adamw_lr,
                          adamw_betas=adamw_betas, adamw_eps=adamw_eps, adamw_weight_decay=adamw_weight_decay,
-                         embedding_lr=embedding_lr, noise_adaptive=noise_adaptive, noise_beta=noise_beta, noise_source=noise_source,
+                         embedding_lr=embedding_lr, noise_adaptive=noise_adaptive, noise_beta=noise_beta,
+                         noise_source=noise_source,
                          noise_rule=noise_rule, noise_alpha=noise_alpha, noise_every=noise_every, maximize=maximize, on_nonfinite=on_nonfinite, distributed_mesh=distributed_mesh,
                          compile=compile, beta2=beta2, scale=scale)
 
