@@ -309,3 +309,18 @@ def test_closure_path_refuses_langevin_and_constraints(keys):
     with pytest.raises(ValueError, match=re.escape(message)):
         RegularizedNewton([{"params": [w], "constraint": "hypersphere", **keys}])
     RegularizedNewton([{"params": [w], "langevin_temperature": 0.1}])  # the plain Fisher step applies both
+
+
+def test_window_errors_name_the_preset():
+    """The window checks are shared with M-FAC; their messages name the optimizer that raised them."""
+    w, b = torch.nn.Parameter(torch.randn(3, 2)), torch.nn.Parameter(torch.zeros(3))
+    opt = RegularizedNewton([w, b], lr=0.1, ngrads=2)
+    w.grad, b.grad = torch.randn(3, 2), torch.randn(3)
+    opt.step()
+    b.grad = None
+    message = ("RegularizedNewton: parameter 'param 1 of group 0 (shape (3,))' has no gradient at this step, "
+               "but its group's gradient window holds it (the window spans every parameter of the group, so the "
+               "parameters with gradients must be the same at every step); give it a zero gradient instead, or "
+               "put it in a param group of its own")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        opt.step()

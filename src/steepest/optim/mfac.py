@@ -89,7 +89,6 @@ class MFAC(WindowOptimizer):
     """)
 
     PRESET_KEYS = {"ngrads": DEFAULT_NGRADS, "damp": 1e-5}
-    window_owner = "MFAC"
 
     def __init__(self, params: Iterable[Any], lr: float = 6e-3, momentum: float = 0.5, weight_decay: float = 0.0,
                  ngrads: int = DEFAULT_NGRADS, damp: float = 1e-5, *, maximize: bool = False,

@@ -15,9 +15,14 @@ from .fisher_window import inverse_fisher_apply
 GAMMA_EPS = 1e-8
 
 
-def group_norm(grads: list[Tensor]) -> Tensor:
-    """``||g||_2`` of a group's gradients (all tensors together), a float64 0-d tensor."""
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.double()) for g in grads]))
+def group_norm(grads: list[Tensor], whole_sums: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+    """``||g||_2`` of a group's gradients (all tensors together), a float64 0-d tensor (no host read).
+    ``whole_sums`` turns the per-tensor sums of squares of local shards into whole-tensor sums
+    (the engine's ``_whole_sums`` for a sharded group)."""
+    sq = torch.stack([torch.sum(g.double() * g.double()) for g in grads])
+    if whole_sums is not None:
+        sq = whole_sums(sq)
+    return sq.sum().sqrt()
 
 
 def regularization(gnorm: Tensor, gamma: float) -> Tensor:

@@ -42,10 +42,7 @@ class RegularizedWindow(FisherWindow):
     def apply_group(self, group: dict, states: list[dict], grads: list[Tensor], compile: bool,
                     whole_sums=None, peaks: list[float] | None = None) -> list[Tensor]:
         windows, rhs, gram = self.insert(group, states, grads, whole_sums)
-        sq = torch.stack([torch.sum(g.double() * g.double()) for g in grads])
-        if whole_sums is not None:
-            sq = whole_sums(sq)
-        lam = regularization(sq.sum().sqrt(), float(states[0]["gamma"]))
+        lam = regularization(group_norm(grads, whole_sums), float(states[0]["gamma"]))
         directions = window_newton_directions(windows, gram, rhs, grads, lam)
         return [self.inner.apply(group, state, u.view(g.shape), compile)
                 for state, g, u in zip(states, grads, directions)]
@@ -160,7 +157,6 @@ class RegularizedNewton(WindowOptimizer):
 
     PRESET_KEYS = {"hessian": "fisher", "search": "none", "gamma": 1.0, "gamma_min": 1e-9, "max_trials": 40,
                    "ngrads": DEFAULT_NGRADS, "cg_iters": 100, "cg_tol": 1e-10}
-    recipes = {"*": {}}
 
     def __init__(self, params: Iterable[Any], lr: float = DEFAULT_LR, hessian: str = "fisher", search: str = "none",
                  gamma: float = 1.0, gamma_min: float = 1e-9, max_trials: int = 40,
@@ -308,14 +304,14 @@ class RegularizedNewton(WindowOptimizer):
                     for b in blocks:
                         for p, x0 in zip(b["params"], b["x0"]):
                             p.data.copy_(x0)
-                lam_of = [lam for b, lam in zip(blocks, lams) for _ in b["params"]]
+                lam_of = [float(lam) for b, lam in zip(blocks, lams) for _ in b["params"]]  # read once per trial
                 rhs = [g for b in blocks for g in b["grads"]]
 
                 def matvec(vs, lam_of=lam_of):
-                    return [h + float(lam) * v for h, v, lam in zip(hessian_product(vs), vs, lam_of)]
+                    return [h + lam * v for h, v, lam in zip(hessian_product(vs), vs, lam_of)]
 
                 def fallback(bs, lam_of=lam_of):
-                    return [v / float(lam) for v, lam in zip(bs, lam_of)]
+                    return [v / lam for v, lam in zip(bs, lam_of)]
 
                 solution = conjugate_gradients(matvec, rhs, first["cg_iters"], float(first["cg_tol"]), fallback)
                 deltas, i = [], 0

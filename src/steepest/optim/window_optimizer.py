@@ -12,9 +12,7 @@ from .engine import GeometryOptimizer
 
 class WindowOptimizer(GeometryOptimizer):
     """A :class:`GeometryOptimizer` whose groups each keep one gradient window
-    (``fisher_window.FisherWindow``). ``window_owner`` names the preset in error messages."""
-
-    window_owner = "WindowOptimizer"
+    (``fisher_window.FisherWindow``). Error messages name the preset by its class."""
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group; an unlabelled group stays one group (one window), with role ``""``."""
@@ -39,7 +37,7 @@ class WindowOptimizer(GeometryOptimizer):
     def _check_windows(self) -> None:
         """Exact errors, before anything moves, when a parameter of a group that has stepped lost (or
         gained) its gradient, or a group's ``ngrads`` changed after its first step."""
-        name = self.window_owner
+        name = type(self).__name__
         for gi, group in enumerate(self.param_groups):
             if not self._windowed(group):
                 continue
