@@ -218,3 +218,16 @@ def test_for_model_takes_the_keys_for_every_preset_and_overrides_win(name):
         assert group["langevin_temperature"] == expected and group["langevin_seed"] == 3, group["role"]
     with pytest.raises(ValueError, match=r"^Invalid langevin_temperature value: -1"):
         steepest.for_model(_model(), name, langevin_temperature=-1.0)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_constructor_takes_the_keys(name):
+    """The keys are common constructor keywords, like maximize: every group gets them, and invalid
+    values fail with the engine's exact error."""
+    import torch
+
+    params = [torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.zeros(4))]
+    opt = PRESETS[name](params, langevin_temperature=0.02, langevin_seed=5)
+    assert all(g["langevin_temperature"] == 0.02 and g["langevin_seed"] == 5 for g in opt.param_groups)
+    with pytest.raises(ValueError, match=r"^Invalid langevin_seed value: -1; expected an integer >= 0$"):
+        PRESETS[name](params, langevin_seed=-1)

@@ -8,7 +8,6 @@ recipe (geometry, lr, weight decay). Every preset has default hyperparameters, s
 """
 from __future__ import annotations
 
-import inspect
 from typing import Any, Iterable, Mapping
 
 from torch import nn
@@ -50,9 +49,8 @@ def for_model(model: nn.Module, preset: str = "muon", *, lr: float | None = None
             most 1 after every step (the constrained presets of arXiv 2507.13338). Shorthand for
             the group keys ``constraint``, ``constraint_bound`` and ``constraint_units`` in
             ``overrides``.
-        **preset_kwargs: any other keyword of the preset's constructor. ``langevin_temperature`` and
-            ``langevin_seed`` (Langevin noise, ``docs/averaging.md``) work with every preset: where
-            the constructor does not take them they go into every group (``overrides`` still win).
+        **preset_kwargs: any other keyword of the preset's constructor (every preset takes
+            ``langevin_temperature`` and ``langevin_seed``, Langevin noise: ``docs/averaging.md``).
 
     Returns:
         The preset optimizer; ``steepest.explain(optimizer)`` shows what each parameter gets.
@@ -104,19 +102,7 @@ def for_model(model: nn.Module, preset: str = "muon", *, lr: float | None = None
     kwargs = dict(preset_kwargs)
     if lr is not None:
         kwargs["lr"] = lr
-    accepted = inspect.signature(cls.__init__).parameters
-    if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
-        for key in LANGEVIN_KEYS:
-            if key in kwargs and key not in accepted:
-                value = kwargs.pop(key)
-                for group in role_groups + groups:
-                    group.setdefault(key, value)
     return cls(role_groups + groups, **kwargs)
-
-
-#: group keys of every preset that ``for_model`` also takes as keywords (into every group when the
-#: preset's constructor does not take them)
-LANGEVIN_KEYS = ("langevin_temperature", "langevin_seed")
 
 
 _CONSTRAINT_KEYS = ("constraint", "constraint_bound", "constraint_units")

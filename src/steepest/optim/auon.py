@@ -141,7 +141,8 @@ class AuON(GeometryOptimizer):
     def __init__(self, params: Iterable[Any], lr: float = 0.4, momentum: float = 0.95, nesterov: bool = True,
                  weight_decay: float = 0.0, adamw_lr: float = 1e-2, adamw_betas: tuple[float, float] = (0.9, 0.95),
                  adamw_eps: float = 1e-10, adamw_weight_decay: float = 0.0, *, embedding_lr: float | None = None,
-                 maximize: bool = False, on_nonfinite: str = "raise", distributed_mesh: Any = None,
+                 maximize: bool = False,
+                 langevin_temperature: float = 0.0, langevin_seed: int = 0, on_nonfinite: str = "raise", distributed_mesh: Any = None,
                  compile: bool | str = "auto", **stage2_keys: Any):
         # stage2_keys: HybridAuON's spectral geometry (AuON's stage 2 is the Frobenius LMO)
         fallback = adamw_recipes(adamw_lr, embedding_lr, adamw_betas, adamw_eps, adamw_weight_decay)
@@ -150,7 +151,8 @@ class AuON(GeometryOptimizer):
         geometry = stage2_keys or {"geometry": "frobenius", "shape_scale": "original"}
         super().__init__(params, on_nonfinite=on_nonfinite, distributed_mesh=distributed_mesh, compile=compile,
                          lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
-                         transform="momentum", maximize=maximize, cosh_brake=True, **geometry)
+                         transform="momentum", maximize=maximize,
+                         langevin_temperature=langevin_temperature, langevin_seed=langevin_seed, cosh_brake=True, **geometry)
 
     def _validate_group(self, group: dict[str, Any]) -> None:
         super()._validate_group(group)
@@ -217,8 +219,10 @@ class HybridAuON(AuON):
                  weight_decay: float = 0.0, ns: str = "keller", ns_steps: int | None = 1, ns_dtype: str = "auto",
                  adamw_lr: float = 1e-2, adamw_betas: tuple[float, float] = (0.9, 0.95), adamw_eps: float = 1e-10,
                  adamw_weight_decay: float = 0.0, *, embedding_lr: float | None = None, maximize: bool = False,
+                 langevin_temperature: float = 0.0, langevin_seed: int = 0,
                  on_nonfinite: str = "raise", distributed_mesh: Any = None, compile: bool | str = "auto"):
         super().__init__(params, lr, momentum, nesterov, weight_decay, adamw_lr, adamw_betas, adamw_eps,
-                         adamw_weight_decay, embedding_lr=embedding_lr, maximize=maximize, on_nonfinite=on_nonfinite,
+                         adamw_weight_decay, embedding_lr=embedding_lr, maximize=maximize,
+                         langevin_temperature=langevin_temperature, langevin_seed=langevin_seed, on_nonfinite=on_nonfinite,
                          distributed_mesh=distributed_mesh, compile=compile, geometry="spectral",
                          shape_scale="original", ns=ns, ns_steps=ns_steps, ns_dtype=ns_dtype)

@@ -45,12 +45,14 @@ class DiffGrad(GeometryOptimizer):
 
     def __init__(self, params: Iterable[Any], lr: float = 4e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, *, maximize: bool = False,
+                 langevin_temperature: float = 0.0, langevin_seed: int = 0,
                  on_nonfinite: str = "raise", distributed_mesh: Any = None,
                  compile: bool | str = "auto"):
         super().__init__(params, on_nonfinite=on_nonfinite, distributed_mesh=distributed_mesh,
                          compile=compile, lr=lr, betas=as_betas(betas), eps=eps,
                          weight_decay=weight_decay, transform="diffgrad", geometry="identity",
-                         shape_scale=None, maximize=maximize)
+                         shape_scale=None, maximize=maximize,
+                         langevin_temperature=langevin_temperature, langevin_seed=langevin_seed)
 
     #: every role gets the same elementwise update
     recipes = {"*": {"geometry": "identity", "shape_scale": None}}

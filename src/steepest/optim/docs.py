@@ -16,6 +16,9 @@ NS_DOC = """ns: Newton-Schulz schedule (``keller``, ``you``, ``quintic``, ``pola
             its name)."""
 
 COMMON_DOC = """maximize: maximize the objective instead of minimizing it.
+        langevin_temperature, langevin_seed: Langevin noise ``sqrt(2 lr T) xi`` after every step
+            (``T = langevin_temperature >= 0``; 0, the default, is off) and the integer that seeds
+            it (``docs/averaging.md``; ``set_langevin`` changes both on every group).
         on_nonfinite: ``raise`` (default: ``FloatingPointError`` naming the parameter, nothing
             modified) or ``skip`` (the whole step is skipped, warned about and counted in
             ``optimizer.nonfinite_skips``).

@@ -76,7 +76,8 @@ class LANTON(GeometryOptimizer):
                  ns_dtype: str = "auto", *, noise_adaptive: bool = True, noise_beta: float = 0.9,
                  noise_source: str = "previous", noise_rule: str = NOISE_RULE, noise_alpha: float = NOISE_ALPHA,
                  noise_every: int = NOISE_EVERY, noise_ns: str = "quintic",
-                 maximize: bool = False, on_nonfinite: str = "raise", distributed_mesh: Any = None,
+                 maximize: bool = False,
+                 langevin_temperature: float = 0.0, langevin_seed: int = 0, on_nonfinite: str = "raise", distributed_mesh: Any = None,
                  compile: bool | str = "auto"):
         # spectral (RMS->RMS) for hidden and conv; Signum at sign_lr for every other role
         self.recipes = {"hidden": {}, "conv": {}, "*": {"geometry": "sign", "shape_scale": "none", "lr": sign_lr}}
@@ -85,5 +86,6 @@ class LANTON(GeometryOptimizer):
                          weight_decay=weight_decay, transform="momentum", geometry="spectral",
                          shape_scale="rms_to_rms", ns=ns, ns_steps=ns_steps, ns_dtype=ns_dtype,
                          noise_adaptive=noise_adaptive, noise_beta=noise_beta, noise_source=noise_source,
-                         noise_rule=noise_rule, noise_alpha=noise_alpha, noise_every=noise_every, noise_ns=noise_ns, maximize=maximize)
+                         noise_rule=noise_rule, noise_alpha=noise_alpha, noise_every=noise_every, noise_ns=noise_ns, maximize=maximize,
+                         langevin_temperature=langevin_temperature, langevin_seed=langevin_seed)
 

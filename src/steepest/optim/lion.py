@@ -42,11 +42,13 @@ class Lion(GeometryOptimizer):
     """)
 
     def __init__(self, params: Iterable[Any], lr: float = 6e-4, betas: tuple[float, float] = (0.9, 0.99),
-                 weight_decay: float = 0.0, *, maximize: bool = False, on_nonfinite: str = "raise", distributed_mesh: Any = None,
+                 weight_decay: float = 0.0, *, maximize: bool = False,
+                 langevin_temperature: float = 0.0, langevin_seed: int = 0, on_nonfinite: str = "raise", distributed_mesh: Any = None,
                  compile: bool | str = "auto"):
         super().__init__(params, on_nonfinite=on_nonfinite, distributed_mesh=distributed_mesh,
                          compile=compile, lr=lr, betas=as_betas(betas), weight_decay=weight_decay,
-                         transform="lion", geometry="sign", shape_scale="none", maximize=maximize)
+                         transform="lion", geometry="sign", shape_scale="none", maximize=maximize,
+                         langevin_temperature=langevin_temperature, langevin_seed=langevin_seed)
 
     #: every role uses the sign geometry (Lion is elementwise)
     recipes = {"*": {"geometry": "sign", "shape_scale": "none"}}
@@ -99,14 +101,16 @@ class LionK(GeometryOptimizer):
 
     def __init__(self, params: Iterable[Any], lr: float = 0.03, betas: tuple[float, float] = (0.9, 0.99),
                  weight_decay: float = 0.0, kappa: str = "nuclear", ns: str = "you", ns_steps: int | None = None,
-                 ns_dtype: str = "auto", *, maximize: bool = False, on_nonfinite: str = "raise", distributed_mesh: Any = None,
+                 ns_dtype: str = "auto", *, maximize: bool = False,
+                 langevin_temperature: float = 0.0, langevin_seed: int = 0, on_nonfinite: str = "raise", distributed_mesh: Any = None,
                  compile: bool | str = "auto"):
         check_choice("kappa", kappa, KAPPAS)
         self.recipes = lionk_recipes(kappa)
         super().__init__(params, on_nonfinite=on_nonfinite, distributed_mesh=distributed_mesh,
                          compile=compile, lr=lr, betas=as_betas(betas), weight_decay=weight_decay,
                          transform="lion", geometry="sign", shape_scale="none", ns=ns, ns_steps=ns_steps,
-                         ns_dtype=ns_dtype, maximize=maximize)
+                         ns_dtype=ns_dtype, maximize=maximize,
+                         langevin_temperature=langevin_temperature, langevin_seed=langevin_seed)
 
     @property
     def kappa(self) -> str:

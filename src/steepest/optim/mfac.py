@@ -92,12 +92,14 @@ class MFAC(WindowOptimizer):
 
     def __init__(self, params: Iterable[Any], lr: float = 6e-3, momentum: float = 0.5, weight_decay: float = 0.0,
                  ngrads: int = DEFAULT_NGRADS, damp: float = 1e-5, *, maximize: bool = False,
+                 langevin_temperature: float = 0.0, langevin_seed: int = 0,
                  on_nonfinite: str = "raise", distributed_mesh: Any = None,
                  compile: bool | str = "auto"):
         super().__init__(params, on_nonfinite=on_nonfinite, distributed_mesh=distributed_mesh,
                          compile=compile, lr=lr, momentum=momentum, nesterov=False,
                          weight_decay=weight_decay, transform="momentum", geometry="identity",
-                         shape_scale=None, ngrads=ngrads, damp=damp, maximize=maximize)
+                         shape_scale=None, ngrads=ngrads, damp=damp, maximize=maximize,
+                         langevin_temperature=langevin_temperature, langevin_seed=langevin_seed)
 
     def transform(self, group: dict[str, Any]) -> Transform:
         """Stage 1 of every group is the gradient window (then the momentum EMA)."""

@@ -112,6 +112,7 @@ class Muon(GeometryOptimizer):
                  noise_adaptive: bool = False, noise_beta: float = 0.9,
                  noise_source: str = "previous", noise_rule: str = NOISE_RULE, noise_alpha: float = NOISE_ALPHA,
                  noise_every: int = NOISE_EVERY, maximize: bool = False,
+                 langevin_temperature: float = 0.0, langevin_seed: int = 0,
                  on_nonfinite: str = "raise", distributed_mesh: Any = None,
                  compile: bool | str = "auto", ns_coefficients: tuple[float, float, float] | None = None,
                  eps: float | None = None, adjust_lr_fn: str | None = None, **preset_keys: Any):
@@ -125,5 +126,6 @@ class Muon(GeometryOptimizer):
                          compile=compile, lr=lr, momentum=momentum, nesterov=nesterov,
                          weight_decay=weight_decay, transform="momentum", geometry="spectral",
                          shape_scale=adjust_lr, ns=ns, ns_steps=ns_steps, ns_dtype=ns_dtype, maximize=maximize,
+                         langevin_temperature=langevin_temperature, langevin_seed=langevin_seed,
                          noise_adaptive=noise_adaptive, noise_beta=noise_beta, noise_source=noise_source,
                          noise_rule=noise_rule, noise_alpha=noise_alpha, noise_every=noise_every, **preset_keys)

@@ -104,7 +104,8 @@ class NorMuon(Muon):
                  noise_adaptive: bool = False,
                  noise_beta: float = 0.9, noise_source: str = "previous", noise_rule: str = NOISE_RULE, noise_alpha: float = NOISE_ALPHA,
                  noise_every: int = NOISE_EVERY,
-                 maximize: bool = False, on_nonfinite: str = "raise", distributed_mesh: Any = None,
+                 maximize: bool = False,
+                 langevin_temperature: float = 0.0, langevin_seed: int = 0, on_nonfinite: str = "raise", distributed_mesh: Any = None,
                  compile: bool | str = "auto"):
         check_choice("scale", scale, SCALES)
         if adjust_lr is None:
@@ -114,7 +115,8 @@ class NorMuon(Muon):
                          adamw_betas=adamw_betas, adamw_eps=adamw_eps, adamw_weight_decay=adamw_weight_decay,
                          embedding_lr=embedding_lr, noise_adaptive=noise_adaptive, noise_beta=noise_beta,
                          noise_source=noise_source,
-                         noise_rule=noise_rule, noise_alpha=noise_alpha, noise_every=noise_every, maximize=maximize, on_nonfinite=on_nonfinite, distributed_mesh=distributed_mesh,
+                         noise_rule=noise_rule, noise_alpha=noise_alpha, noise_every=noise_every, maximize=maximize,
+                         langevin_temperature=langevin_temperature, langevin_seed=langevin_seed, on_nonfinite=on_nonfinite, distributed_mesh=distributed_mesh,
                          compile=compile, beta2=beta2, scale=scale)
 
     def _validate_group(self, group: dict[str, Any]) -> None:

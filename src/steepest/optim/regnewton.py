@@ -162,11 +162,13 @@ class RegularizedNewton(WindowOptimizer):
                  gamma: float = 1.0, gamma_min: float = 1e-9, max_trials: int = 40,
                  ngrads: int = DEFAULT_NGRADS, cg_iters: int = 100, cg_tol: float = 1e-10,
                  momentum: float = 0.0, weight_decay: float = 0.0, *, maximize: bool = False,
+                 langevin_temperature: float = 0.0, langevin_seed: int = 0,
                  on_nonfinite: str = "raise", distributed_mesh: Any = None, compile: bool | str = "auto"):
         self.recipes = {"*": {}}
         super().__init__(params, on_nonfinite=on_nonfinite, distributed_mesh=distributed_mesh, compile=compile,
                          lr=lr, momentum=momentum, nesterov=False, weight_decay=weight_decay,
                          transform="momentum", geometry="identity", shape_scale=None, maximize=maximize,
+                         langevin_temperature=langevin_temperature, langevin_seed=langevin_seed,
                          hessian=hessian, search=search, gamma=gamma, gamma_min=gamma_min,
                          max_trials=max_trials, ngrads=ngrads, cg_iters=cg_iters, cg_tol=cg_tol)
 

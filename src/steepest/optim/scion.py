@@ -70,7 +70,8 @@ class Scion(GeometryOptimizer):
                  ns_steps: int | None = None, ns_dtype: str = "auto", *, noise_adaptive: bool = False,
                  noise_beta: float = 0.9, noise_source: str = "previous", noise_rule: str = NOISE_RULE, noise_alpha: float = NOISE_ALPHA,
                  noise_every: int = NOISE_EVERY,
-                 maximize: bool = False, on_nonfinite: str = "raise", distributed_mesh: Any = None,
+                 maximize: bool = False,
+                 langevin_temperature: float = 0.0, langevin_seed: int = 0, on_nonfinite: str = "raise", distributed_mesh: Any = None,
                  compile: bool | str = "auto"):
         radii = {"hidden": hidden_radius, "conv": hidden_radius, "embedding": embedding_radius,
                  "head": head_radius, "vector": vector_radius}
@@ -85,7 +86,8 @@ class Scion(GeometryOptimizer):
                          weight_decay=1.0 if constrained else 0.0, transform="momentum", geometry="spectral",
                          shape_scale="rms_to_rms", ns=ns, ns_steps=ns_steps, ns_dtype=ns_dtype,
                          noise_adaptive=noise_adaptive, noise_beta=noise_beta, noise_source=noise_source,
-                         noise_rule=noise_rule, noise_alpha=noise_alpha, noise_every=noise_every, maximize=maximize)
+                         noise_rule=noise_rule, noise_alpha=noise_alpha, noise_every=noise_every, maximize=maximize,
+                         langevin_temperature=langevin_temperature, langevin_seed=langevin_seed)
 
 
 def scion_recipe(role: str, radius: float) -> dict[str, Any]:

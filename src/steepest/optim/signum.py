@@ -35,12 +35,14 @@ class Signum(GeometryOptimizer):
     """)
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, momentum: float = 0.9, nesterov: bool = False,
-                 weight_decay: float = 0.0, *, maximize: bool = False, on_nonfinite: str = "raise", distributed_mesh: Any = None,
+                 weight_decay: float = 0.0, *, maximize: bool = False,
+                 langevin_temperature: float = 0.0, langevin_seed: int = 0, on_nonfinite: str = "raise", distributed_mesh: Any = None,
                  compile: bool | str = "auto"):
         super().__init__(params, on_nonfinite=on_nonfinite, distributed_mesh=distributed_mesh,
                          compile=compile, lr=lr, momentum=momentum, nesterov=nesterov,
                          weight_decay=weight_decay, transform="momentum", geometry="sign", shape_scale="none",
-                         maximize=maximize)
+                         maximize=maximize,
+                         langevin_temperature=langevin_temperature, langevin_seed=langevin_seed)
 
     #: every role uses the sign geometry (Signum is elementwise)
     recipes = {"*": {"geometry": "sign", "shape_scale": "none"}}
