@@ -267,13 +267,19 @@ def _cmd_distributed(args: argparse.Namespace, parser: argparse.ArgumentParser) 
             setattr(config, key, getattr(args, key))
     if any(w < 1 for w in config.ranks):
         parser.error("--ranks: world sizes must be >= 1")
+    return _run_ranks("distributed", args, lambda: run_distributed(config, progress=not args.no_progress),
+                      write_distributed_report, render)
+
+
+def _run_ranks(name: str, args: argparse.Namespace, run, write, render) -> int:
+    """Run a study that launches rank processes (``run()``), then write and print its report under
+    ``--out`` (default ``bench-out/<name>``); a failed or timed-out launch is an exit status of 1."""
     try:
-        results = run_distributed(config, progress=not args.no_progress)
+        results = run()
     except (RuntimeError, subprocess.TimeoutExpired) as exc:
-        print(f"steepest bench distributed: error: {exc}", file=sys.stderr)
+        print(f"steepest bench {name}: error: {exc}", file=sys.stderr)
         return 1
-    out = Path(args.out) if args.out else Path("bench-out") / "distributed"
-    paths = write_distributed_report(results, out)
+    paths = write(results, Path(args.out) if args.out else Path("bench-out") / name)
     print(render(results))
     print(f"report written to {paths['report']}")
     return 0
@@ -291,16 +297,8 @@ def _cmd_robust(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         config.steps, config.workers, config.dims, config.repeats = 3, (4,), (1000,), 1
     elif args.budget == "quick":
         config.workers, config.dims = (4, 8, 16), (10_000, 100_000)
-    try:
-        results = run_robust(config, progress=not args.no_progress)
-    except (RuntimeError, subprocess.TimeoutExpired) as exc:
-        print(f"steepest bench robust: error: {exc}", file=sys.stderr)
-        return 1
-    out = Path(args.out) if args.out else Path("bench-out") / "robust"
-    paths = write_robust_report(results, out)
-    print(render(results))
-    print(f"report written to {paths['report']}")
-    return 0
+    return _run_ranks("robust", args, lambda: run_robust(config, progress=not args.no_progress),
+                      write_robust_report, render)
 
 
 def _cmd_study(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
