@@ -10,15 +10,12 @@ and the ratios understate the scaling.
 """
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .environment import machine_info
+from .rank_launch import launch_ranks
 from .formatting import markdown_table, write_markdown_and_json
 
 
@@ -39,19 +36,10 @@ def run_distributed(config: DistributedConfig, progress: bool = True) -> dict:
     for world in config.ranks:
         if progress:
             print(f"steepest bench distributed: {world} rank(s) ...", file=sys.stderr, flush=True)
-        with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp) / "result.json"
-            env = dict(os.environ, OMP_NUM_THREADS=str(config.threads), PYTHONWARNINGS="ignore")
-            command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world}",
-                       "-m", "steepest.bench.distributed_worker", "--out", str(out),
-                       "--d-model", str(config.d_model), "--layers", str(config.layers),
-                       "--steps", str(config.steps), "--warmup", str(config.warmup),
-                       "--threads", str(config.threads)]
-            proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=config.timeout_s)
-            if proc.returncode != 0:
-                lines = [line for line in (proc.stdout + proc.stderr).splitlines() if not line.startswith("W")]
-                raise RuntimeError(f"the distributed worker failed on {world} rank(s):\n" + "\n".join(lines)[-4000:])
-            runs.append(json.loads(out.read_text(encoding="utf-8")))
+        args = ["--d-model", str(config.d_model), "--layers", str(config.layers), "--steps", str(config.steps),
+                "--warmup", str(config.warmup), "--threads", str(config.threads)]
+        runs.append(launch_ranks("steepest.bench.distributed_worker", world, args, threads=config.threads,
+                                 timeout_s=config.timeout_s, what="the distributed worker"))
     return {"config": vars(config), "runs": runs, "environment": machine_info()}
 
 

@@ -15,13 +15,9 @@ Two parts:
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,6 +26,7 @@ import torch
 
 from ..distributed.aggregation import flag_aggregate, mean_aggregate, median_aggregate, trimmed_mean_aggregate
 from .environment import machine_info
+from .rank_launch import launch_ranks
 from .formatting import markdown_table, write_markdown_and_json
 
 RULES = ("mean", "median", "trimmed_mean", "flag")
@@ -75,18 +72,9 @@ def run_training(config: RobustConfig, progress: bool = True) -> dict:
     runs = [f"{rule}:{attack}" for rule in config.rules for attack in config.attacks]
     if progress:
         print(f"steepest bench robust: {len(runs)} runs on {config.world} ranks ...", file=sys.stderr, flush=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "result.json"
-        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={config.world}",
-                   "-m", "steepest.bench.robust_worker", "--out", str(out), "--steps", str(config.steps),
-                   "--hidden", str(config.hidden), *runs]
-        proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=config.timeout_s)
-        if proc.returncode != 0:
-            lines = [line for line in (proc.stdout + proc.stderr).splitlines() if not line.startswith("W")]
-            raise RuntimeError(f"the robust aggregation worker failed on {config.world} ranks:\n"
-                               + "\n".join(lines)[-4000:])
-        return json.loads(out.read_text(encoding="utf-8"))
+    args = ["--steps", str(config.steps), "--hidden", str(config.hidden), *runs]
+    return launch_ranks("steepest.bench.robust_worker", config.world, args, threads=1,
+                        timeout_s=config.timeout_s, what="the robust aggregation worker")
 
 
 def aggregation_cost(workers, dims, rules=RULES, repeats: int = 5, progress: bool = False) -> list[dict]:
